@@ -1,0 +1,40 @@
+"""polytask's own exceptions.
+
+Every error a user can cause is one of these, and its message names the thing that was wrong,
+what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class PolytaskError(ValueError):
+    """Base class for errors caused by input a user can fix."""
+
+
+class ConfigError(PolytaskError):
+    """A run file, a Python API argument or a CLI override is invalid."""
+
+
+class DataError(PolytaskError):
+    """A table does not match the schema (missing column, bad label, empty split, ...)."""
+
+
+class NotFittedError(PolytaskError, AttributeError):
+    """A method that needs a fitted model was called before ``fit``."""
+
+
+class ModelFileError(PolytaskError):
+    """A saved model or checkpoint is missing, corrupt or of an unsupported format version."""
+
+
+class TrainingError(PolytaskError):
+    """Training cannot go on (for example a NaN loss)."""
+
+
+def closest(name: str, candidates: Iterable[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest candidate, or ``""`` when none is close."""
+    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {matches[0]!r}?" if matches else ""
