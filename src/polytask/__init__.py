@@ -1,5 +1,27 @@
 """polytask: multi-task learning for tabular data in PyTorch."""
 
 from polytask._version import __version__
+from polytask.config import EstimatorConfig, RunConfig, load_run_file
+from polytask.errors import (
+    ConfigError,
+    DataError,
+    ModelFileError,
+    NotFittedError,
+    PolytaskError,
+    TrainingError,
+)
+from polytask.estimator import MultiTaskModel
 
-__all__ = ["__version__"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "EstimatorConfig",
+    "ModelFileError",
+    "MultiTaskModel",
+    "NotFittedError",
+    "PolytaskError",
+    "RunConfig",
+    "TrainingError",
+    "__version__",
+    "load_run_file",
+]

@@ -1,0 +1,439 @@
+"""The run-file schema: one validated description of data, features, tasks, model, loss,
+optimizer and training.
+
+The YAML run file, the Python API (`MultiTaskModel(...)`) and the CLI's ``key.sub=value``
+overrides are three views of these pydantic models; defaults live here and nowhere else.
+Every validation error is reported at once, each naming the key, what was expected, what was
+found and, for a misspelt key, the closest valid one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from polytask.errors import ConfigError, closest
+
+TaskType = Literal["binary", "regression", "multiclass"]
+LossName = Literal["bce", "mse", "huber", "cross_entropy"]
+
+_DEFAULT_LOSS: dict[str, str] = {"binary": "bce", "regression": "mse", "multiclass": "cross_entropy"}
+_ALLOWED_LOSSES: dict[str, tuple[str, ...]] = {
+    "binary": ("bce",),
+    "regression": ("mse", "huber"),
+    "multiclass": ("cross_entropy",),
+}
+
+
+class _Strict(BaseModel):
+    """Base for every section: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------
+# features
+
+
+class CategoricalFeature(_Strict):
+    """A categorical column, embedded. ``embedding_dim``/``min_freq`` default to the section's."""
+
+    name: str
+    embedding_dim: int | None = Field(default=None, ge=1)
+    min_freq: int | None = Field(default=None, ge=1)
+
+
+class NumericFeature(_Strict):
+    """A numeric column: standardized (optionally after a signed log1p), NaN/inf imputed."""
+
+    name: str
+    log1p: bool = False
+
+
+class FeaturesConfig(_Strict):
+    """Which columns are inputs and how they are encoded.
+
+    Categorical columns go through one embedding each; numeric columns through one learned
+    linear projection of dimension ``numeric_dim`` (default: ``embedding_dim`` per numeric
+    column), and the two are concatenated.
+    """
+
+    categorical: list[CategoricalFeature] = Field(default_factory=list)
+    numeric: list[NumericFeature] = Field(default_factory=list)
+    embedding_dim: int = Field(default=8, ge=1)
+    min_freq: int = Field(default=1, ge=1)
+    numeric_dim: int | None = Field(default=None, ge=1)
+    numeric_scaling: Literal["standardize", "none"] = "standardize"
+
+    @field_validator("categorical", mode="before")
+    @classmethod
+    def _cat_names(cls, v: Any) -> Any:
+        return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
+    @field_validator("numeric", mode="before")
+    @classmethod
+    def _num_names(cls, v: Any) -> Any:
+        return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _unique(self) -> FeaturesConfig:
+        names = [f.name for f in self.categorical] + [f.name for f in self.numeric]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"feature column(s) {dupes} listed more than once")
+        if not names:
+            raise ValueError("no feature columns: list at least one categorical or numeric column")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        return [f.name for f in self.categorical] + [f.name for f in self.numeric]
+
+
+# --------------------------------------------------------------------------------------------
+# tasks
+
+
+class TaskConfig(_Strict):
+    """One prediction task.
+
+    ``label`` defaults to the task's name. A binary label is 0/1, bool, or mapped to 1 where it
+    equals ``positive``. ``inputs_from`` feeds other tasks' estimates into this task's tower;
+    ``detach`` (stop-gradient, the default) keeps this task's loss from training them.
+    """
+
+    type: TaskType
+    label: str | None = None
+    positive: Any = None
+    loss: LossName | None = None
+    huber_delta: float = Field(default=1.0, gt=0)
+    weight: float = Field(default=1.0, ge=0)
+    inputs_from: list[str] = Field(default_factory=list)
+    detach: bool = True
+
+    @model_validator(mode="after")
+    def _loss_fits_type(self) -> TaskConfig:
+        if self.loss is None:
+            object.__setattr__(self, "loss", _DEFAULT_LOSS[self.type])
+        elif self.loss not in _ALLOWED_LOSSES[self.type]:
+            raise ValueError(
+                f"loss {self.loss!r} does not fit a {self.type} task; expected one of "
+                f"{list(_ALLOWED_LOSSES[self.type])}"
+            )
+        if self.positive is not None and self.type != "binary":
+            raise ValueError(f"'positive' is only for binary tasks, found type {self.type!r}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# model, loss, optimizer, training, data
+
+
+def _check_params(schema: type[BaseModel], params: dict[str, Any], owner: str) -> None:
+    try:
+        schema.model_validate(params)
+    except ValidationError as err:
+        detail = format_validation_error(err, schema).replace("\n", "; ")
+        raise ValueError(f"{owner}: {detail}") from None
+
+
+class ModelConfig(BaseModel):
+    """``name`` picks the architecture; the other keys are that architecture's parameters,
+    validated by the architecture's own schema (see :mod:`polytask.models`)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "mmoe"
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelConfig:
+        from polytask.models import MODELS
+
+        if self.name not in MODELS:
+            raise ValueError(
+                f"unknown model {self.name!r}; expected one of {sorted(MODELS)}"
+                f"{closest(self.name, MODELS)}"
+            )
+        _check_params(MODELS[self.name].params, self.params, f"model {self.name!r}")
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class LossConfig(BaseModel):
+    """``weighting`` picks how task losses become one update; other keys are its parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    weighting: str = "sum"
+
+    @model_validator(mode="after")
+    def _known(self) -> LossConfig:
+        from polytask.weighting import WEIGHTINGS
+
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"unknown weighting {self.weighting!r}; expected one of {sorted(WEIGHTINGS)}"
+                f"{closest(self.weighting, WEIGHTINGS)}"
+            )
+        _check_params(WEIGHTINGS[self.weighting].params, self.params, f"weighting {self.weighting!r}")
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SchedulerConfig(_Strict):
+    """Learning-rate schedule, stepped once per epoch."""
+
+    name: Literal["cosine", "step", "plateau"]
+    step_size: int = Field(default=1, ge=1)
+    gamma: float = Field(default=0.5, gt=0)
+    patience: int = Field(default=1, ge=0)
+    min_lr: float = Field(default=0.0, ge=0)
+
+
+class OptimizerConfig(_Strict):
+    """Optimizer with one learning rate per parameter group.
+
+    ``group_lr``/``group_weight_decay`` are keyed by group names or glob patterns
+    (``shared``, ``experts``, ``gates``, ``towers.ctr``, ``towers.*``, ``weighting``); the
+    first matching pattern wins, in the order written.
+    """
+
+    name: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    lr: float = Field(default=1e-3, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.0, ge=0)
+    group_lr: dict[str, float] = Field(default_factory=dict)
+    group_weight_decay: dict[str, float] = Field(default_factory=dict)
+    scheduler: SchedulerConfig | None = None
+
+
+class TrainingConfig(_Strict):
+    """Epochs, batching, early stopping and reproducibility."""
+
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=1024, ge=1)
+    eval_batch_size: int = Field(default=8192, ge=1)
+    seed: int = 0
+    schedule: Literal["joint", "alternate"] = "joint"
+    task_sampling: Literal["uniform", "proportional", "round_robin"] = "proportional"
+    monitor: str = "loss"
+    patience: int | None = Field(default=None, ge=0)
+    restore_best: bool = True
+    progress: bool = True
+    device: str = "cpu"
+    num_threads: int | None = Field(default=None, ge=1)
+    checkpoint_every: int | None = Field(default=None, ge=1)
+    on_nan: Literal["raise", "skip"] = "raise"
+
+
+class SplitConfig(_Strict):
+    train: float = Field(default=0.8, gt=0)
+    validation: float = Field(default=0.1, ge=0)
+    test: float = Field(default=0.1, ge=0)
+
+
+class DataConfig(_Strict):
+    """Where the tables are: separate ``train``/``validation``/``test`` files, or one ``path``
+    cut by ``split`` with ``split_seed``. ``loader`` reads a file: ``auto`` (CSV or Parquet by
+    extension) or a built-in dataset loader (``census_income``). Relative paths are resolved
+    against the run file's folder."""
+
+    loader: Literal["auto", "csv", "parquet", "census_income"] = "auto"
+    path: str | None = None
+    split: SplitConfig | None = None
+    split_seed: int = 0
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.path is None and self.train is None:
+            raise ValueError("data needs either 'path' (with 'split') or 'train'")
+        if self.path is not None and self.train is not None:
+            raise ValueError("data takes either 'path' or 'train'/'validation'/'test', not both")
+        return self
+
+
+class EstimatorConfig(_Strict):
+    """Everything but the data: what `MultiTaskModel` is built from and saves."""
+
+    features: FeaturesConfig
+    tasks: dict[str, TaskConfig]
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_name(cls, v: Any) -> Any:
+        return {"weighting": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> EstimatorConfig:
+        if not self.tasks:
+            raise ValueError("tasks: at least one task is needed")
+        features = set(self.features.columns)
+        for name, task in self.tasks.items():
+            label = task.label or name
+            if label in features:
+                raise ValueError(
+                    f"task {name!r}: label column {label!r} is also listed as a feature; "
+                    "a label among the features leaks the answer"
+                )
+            for src in task.inputs_from:
+                if src not in self.tasks:
+                    raise ValueError(
+                        f"task {name!r}: inputs_from names unknown task {src!r}; expected one of "
+                        f"{sorted(self.tasks)}{closest(src, self.tasks)}"
+                    )
+                if src == name:
+                    raise ValueError(f"task {name!r}: inputs_from names the task itself")
+        task_order(self.tasks)  # raises on cycles
+        return self
+
+
+class RunConfig(EstimatorConfig):
+    """A whole run file: the estimator's settings plus the data section."""
+
+    data: DataConfig
+
+
+def task_order(tasks: Mapping[str, TaskConfig]) -> list[str]:
+    """Tasks in an order where every ``inputs_from`` source comes before its target."""
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join([*path[path.index(name) :], name])
+            raise ValueError(f"tasks' inputs_from form a cycle: {cycle}")
+        state[name] = 1
+        for src in tasks[name].inputs_from:
+            visit(src, [*path, name])
+        state[name] = 2
+        order.append(name)
+
+    for name in tasks:
+        visit(name, [])
+    return order
+
+
+# --------------------------------------------------------------------------------------------
+# errors, loading, overrides
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys at ``loc`` (the parent of a rejected key), for 'did you mean'."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return []
+            annotation = field.annotation
+            current = _unwrap_model(annotation)
+        else:
+            current = _unwrap_model(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _unwrap_model(annotation: Any) -> Any:
+    args = getattr(annotation, "__args__", None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if args:
+        for arg in reversed(args):
+            found = _unwrap_model(arg)
+            if isinstance(found, type) and issubclass(found, BaseModel):
+                return found
+    return annotation
+
+
+def format_validation_error(
+    err: ValidationError, root: type[BaseModel], prefix: str = ""
+) -> str:
+    """One line per problem: ``key.path: what was wrong (found ...)``."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        key = ".".join(str(x) for x in loc) or "<root>"
+        key = f"{prefix}{key}" if prefix else key
+        if e["type"] == "extra_forbidden":
+            valid = _field_names(root, loc[:-1])
+            hint = closest(str(loc[-1]), valid)
+            lines.append(f"{key}: unknown key; valid keys here are {sorted(valid)}{hint}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        found = e.get("input")
+        if e["type"] in {"missing"}:
+            lines.append(f"{key}: required key is missing")
+        elif isinstance(found, dict | list) or e["type"].startswith("value_error"):
+            lines.append(f"{key}: {msg}")
+        else:
+            lines.append(f"{key}: {msg} (found {found!r})")
+    return "\n".join(lines)
+
+
+def validate(model: type[BaseModel], raw: Mapping[str, Any], *, what: str = "config") -> Any:
+    """Validate ``raw`` against ``model``; every problem goes in one `ConfigError`."""
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as err:
+        raise ConfigError(f"invalid {what}:\n{format_validation_error(err, model)}") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides; values are parsed as YAML (``3``, ``true``, ``[1,2]``)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        key, _, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: empty key segment in {key!r}")
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    return out
+
+
+def load_run_file(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, Path]:
+    """Read, override and validate a YAML run file. Returns the config and the file's folder."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"run file {str(p)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"run file {str(p)!r} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"run file {str(p)!r}: expected a mapping of sections, found {raw!r}")
+    raw = apply_overrides(raw, overrides or [])
+    return validate(RunConfig, raw, what=f"run file {str(p)!r}"), p.resolve().parent

@@ -1,0 +1,16 @@
+"""Schema-driven tables -> tensors: reading, the fitted preprocessor, encoded splits."""
+
+from polytask.data.encoded import LABEL_PREFIX, Batch, EncodedData
+from polytask.data.io import read_table, write_table
+from polytask.data.preprocess import MISSING_INDEX, UNKNOWN_INDEX, Preprocessor
+
+__all__ = [
+    "LABEL_PREFIX",
+    "MISSING_INDEX",
+    "UNKNOWN_INDEX",
+    "Batch",
+    "EncodedData",
+    "Preprocessor",
+    "read_table",
+    "write_table",
+]

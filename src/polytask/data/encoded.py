@@ -1,0 +1,75 @@
+"""A split encoded once into column tensors; a batch is an index slice of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+Batch = dict[str, torch.Tensor]
+"""``{"categorical": LongTensor[B, C], "numeric": FloatTensor[B, M], "label:<task>": FloatTensor[B]}``.
+Missing labels are NaN."""
+
+LABEL_PREFIX = "label:"
+
+
+@dataclass
+class EncodedData:
+    """Column tensors for a whole split.
+
+    ``categorical`` is ``[N, C]`` int64 vocabulary indices, ``numeric`` ``[N, M]`` float32
+    (scaled values then missing indicators), ``labels[task]`` ``[N]`` float32 with NaN for
+    "no label" (class index for multiclass).
+    """
+
+    categorical: torch.Tensor
+    numeric: torch.Tensor
+    labels: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return int(self.categorical.shape[0])
+
+    def select(self, index: torch.Tensor) -> EncodedData:
+        """Rows at ``index`` (one gather per column)."""
+        return EncodedData(
+            categorical=self.categorical[index],
+            numeric=self.numeric[index],
+            labels={k: v[index] for k, v in self.labels.items()},
+        )
+
+    def to(self, device: torch.device | str) -> EncodedData:
+        return EncodedData(
+            categorical=self.categorical.to(device),
+            numeric=self.numeric.to(device),
+            labels={k: v.to(device) for k, v in self.labels.items()},
+        )
+
+    def slice(self, start: int, stop: int) -> Batch:
+        """Rows ``start:stop`` as a batch of views (no copy)."""
+        batch: Batch = {
+            "categorical": self.categorical[start:stop],
+            "numeric": self.numeric[start:stop],
+        }
+        for k, v in self.labels.items():
+            batch[LABEL_PREFIX + k] = v[start:stop]
+        return batch
+
+    def batches(
+        self, batch_size: int, *, generator: torch.Generator | None = None
+    ) -> Iterator[Batch]:
+        """Batches in order, or shuffled when a generator is given.
+
+        Shuffling gathers the whole split once by a permutation, then every batch is a
+        contiguous view: no per-row Python and no per-sample collate."""
+        data = self
+        if generator is not None:
+            data = self.select(torch.randperm(len(self), generator=generator).to(self.categorical.device))
+        for start in range(0, len(data), batch_size):
+            yield data.slice(start, start + batch_size)
+
+    def num_batches(self, batch_size: int) -> int:
+        return (len(self) + batch_size - 1) // batch_size
+
+    def label_counts(self) -> dict[str, int]:
+        return {k: int((~torch.isnan(v)).sum()) for k, v in self.labels.items()}

@@ -1,0 +1,405 @@
+"""`MultiTaskModel`: the estimator facade (scikit-learn conventions).
+
+The constructor validates and stores settings, ``fit`` learns and returns ``self``, learned
+state ends in ``_``, and methods that need a fitted model raise `NotFittedError` before
+``fit``. A saved model is one folder (weights in safetensors, preprocessor and config as
+JSON/YAML, read with safe loaders), so ``predict`` works on raw rows of the original table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from polytask._atomic import atomic_dir
+from polytask._version import __version__
+from polytask.config import EstimatorConfig, validate
+from polytask.data import EncodedData, Preprocessor, read_table
+from polytask.errors import ConfigError, DataError, ModelFileError, NotFittedError, closest
+from polytask.metrics import valid_monitors
+from polytask.models import MODELS, Head, MultiTaskNet
+from polytask.nn import FeatureInput
+from polytask.training import (
+    build_optimizer,
+    build_scheduler,
+    evaluate_split,
+    fit_loop,
+    gate_statistics,
+    predict_outputs,
+)
+from polytask.weighting import WEIGHTINGS, Weighting
+
+FORMAT_VERSION = 1
+"""Version of the saved-model folder layout; readers accept exactly the versions listed in
+``READABLE_FORMATS``."""
+READABLE_FORMATS = (1,)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"training.device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', found {name!r}"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"training.device: {name!r} requested but CUDA is not available")
+    return device
+
+
+def build_network(cfg: EstimatorConfig, preprocessor: Preprocessor) -> MultiTaskNet:
+    """The model the config names, sized by the fitted preprocessor."""
+    f = cfg.features
+    dims = [c.embedding_dim or f.embedding_dim for c in f.categorical]
+    numeric_dim = f.numeric_dim or f.embedding_dim * max(len(f.numeric), 1)
+    inputs = FeatureInput(
+        cardinalities=preprocessor.cardinalities,
+        embedding_dims=dims,
+        numeric_width=preprocessor.numeric_width,
+        numeric_dim=numeric_dim,
+    )
+    heads = [
+        Head(
+            name=name,
+            type=t.type,
+            out_dim=preprocessor.num_classes(name),
+            inputs_from=tuple(t.inputs_from),
+            detach=t.detach,
+        )
+        for name, t in cfg.tasks.items()
+    ]
+    entry = MODELS[cfg.model.name]
+    params = entry.params.model_validate(cfg.model.params)
+    return entry.build(inputs=inputs, heads=heads, params=params)  # type: ignore[no-any-return]
+
+
+def build_weighting(cfg: EstimatorConfig) -> Weighting:
+    entry = WEIGHTINGS[cfg.loss.weighting]
+    params = entry.params.model_validate(cfg.loss.params)
+    try:
+        return entry.build(tasks=cfg.tasks, params=params)  # type: ignore[no-any-return]
+    except ValueError as err:
+        raise ConfigError(f"loss: {err}") from None
+
+
+class MultiTaskModel:
+    """One model, several tasks.
+
+    Parameters are the sections of a run file (everything but ``data``): ``features``,
+    ``tasks``, ``model`` (a name or a mapping with ``name:``), ``loss`` (a weighting name or a
+    mapping with ``weighting:``), ``optimizer`` and ``training``. Each may be a mapping or the
+    validated pydantic object.
+
+    Example::
+
+        model = MultiTaskModel(
+            features={"categorical": ["education"], "numeric": ["age"]},
+            tasks={"income": {"type": "binary", "label": "income_50k", "positive": "50000+."}},
+            model={"name": "mmoe", "num_experts": 8},
+        ).fit(train, validation=valid)
+        model.evaluate(test)   # {"income": {"auc": ..., "logloss": ...}}
+    """
+
+    def __init__(
+        self,
+        *,
+        features: Mapping[str, Any] | Any,
+        tasks: Mapping[str, Any],
+        model: str | Mapping[str, Any] | Any = "mmoe",
+        loss: str | Mapping[str, Any] | Any = "sum",
+        optimizer: Mapping[str, Any] | Any | None = None,
+        training: Mapping[str, Any] | Any | None = None,
+    ) -> None:
+        raw: dict[str, Any] = {"features": features, "tasks": tasks, "model": model, "loss": loss}
+        if optimizer is not None:
+            raw["optimizer"] = optimizer
+        if training is not None:
+            raw["training"] = training
+        self.config: EstimatorConfig = validate(
+            EstimatorConfig, _plain(raw), what="MultiTaskModel settings"
+        )
+        monitors = valid_monitors(self.config.tasks)
+        if self.config.training.monitor not in monitors:
+            m = self.config.training.monitor
+            raise ConfigError(
+                f"training.monitor: unknown monitor {m!r}; expected one of {monitors}"
+                f"{closest(m, monitors)}"
+            )
+
+    @classmethod
+    def from_config(cls, config: EstimatorConfig) -> MultiTaskModel:
+        c = config
+        return cls(
+            features=c.features,
+            tasks=c.tasks,
+            model=c.model,
+            loss=c.loss,
+            optimizer=c.optimizer,
+            training=c.training,
+        )
+
+    # ------------------------------------------------------------------------------ fit
+    def fit(
+        self,
+        train: Any,
+        validation: Any | None = None,
+        *,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+    ) -> MultiTaskModel:
+        """Fit the preprocessor on ``train`` and train the network.
+
+        ``train``/``validation`` are DataFrames or CSV/Parquet paths. ``epochs`` and
+        ``batch_size`` override the ``training`` section for this call. Returns ``self``.
+        """
+        cfg = self.config
+        if epochs is not None:
+            cfg.training.epochs = epochs
+        if batch_size is not None:
+            cfg.training.batch_size = batch_size
+        tcfg = cfg.training
+        if tcfg.num_threads:
+            torch.set_num_threads(tcfg.num_threads)
+        device = resolve_device(tcfg.device)
+
+        train_df = read_table(train, what="training set")
+        valid_df = read_table(validation, what="validation set") if validation is not None else None
+        if valid_df is not None:
+            extra = [str(c) for c in valid_df.columns if c not in set(train_df.columns)]
+            if extra:
+                raise DataError(
+                    f"validation set has column(s) {extra} that the training set and the schema "
+                    "lack; the two splits must come from the same table"
+                )
+        preprocessor = Preprocessor(features=cfg.features, tasks=cfg.tasks).fit(train_df)
+        train_data = preprocessor.transform(train_df, labels=True, what="training set").to(device)
+        valid_data = (
+            preprocessor.transform(valid_df, labels=True, what="validation set").to(device)
+            if valid_df is not None
+            else None
+        )
+        if valid_data is not None and len(valid_data) == 0:
+            raise DataError("validation set is empty: expected at least one row, found 0")
+
+        torch.manual_seed(tcfg.seed)
+        network = build_network(cfg, preprocessor).to(device)
+        weighting = build_weighting(cfg).to(device)
+        groups = network.parameter_groups()
+        if any(True for _ in weighting.parameters()):
+            groups["weighting"] = list(weighting.parameters())
+        optimizer = build_optimizer(groups, cfg.optimizer)
+        scheduler = build_scheduler(optimizer, cfg.optimizer, tcfg.epochs)
+
+        result = fit_loop(
+            model=network,
+            weighting=weighting,
+            tasks=cfg.tasks,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            train=train_data,
+            validation=valid_data,
+            cfg=tcfg,
+        )
+        self.preprocessor_ = preprocessor
+        self.network_ = network
+        self.weighting_ = weighting
+        self.optimizer_ = optimizer
+        self.history_ = result.history
+        self.best_epoch_ = result.best_epoch
+        self.n_train_ = len(train_data)
+        return self
+
+    # ------------------------------------------------------------------------------ use
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "network_"):
+            raise NotFittedError(
+                "this MultiTaskModel is not fitted yet; call fit(...) or MultiTaskModel.load(dir)"
+            )
+
+    def _device(self) -> torch.device:
+        return next(self.network_.parameters()).device
+
+    def encode(self, data: Any, *, labels: bool | None = None, what: str = "data") -> EncodedData:
+        """Encode a table with the fitted preprocessor (on the model's device)."""
+        self._check_fitted()
+        df = read_table(data, what=what)
+        return self.preprocessor_.transform(df, labels=labels, what=what).to(self._device())
+
+    def evaluate(self, data: Any) -> dict[str, dict[str, float]]:
+        """Exact per-task metrics over the whole table: ``{task: {metric: value}}``.
+
+        Label columns absent from the table give tasks with ``count`` 0 and no metrics."""
+        encoded = self.encode(data, labels=None, what="evaluation data")
+        return evaluate_split(
+            self.network_, self.config.tasks, encoded, self.config.training.eval_batch_size
+        )
+
+    def predict(self, data: Any) -> pd.DataFrame:
+        """One column per task, rows in input order with the input's index: probability of the
+        positive class (binary), value (regression), predicted class (multiclass, plus one
+        ``<task>.proba.<class>`` column per class)."""
+        self._check_fitted()
+        df = read_table(data, what="prediction data")
+        encoded = self.preprocessor_.transform(df, labels=False, what="prediction data").to(
+            self._device()
+        )
+        outputs = predict_outputs(self.network_, encoded, self.config.training.eval_batch_size)
+        columns: dict[str, Any] = {}
+        for name, task in self.config.tasks.items():
+            out = outputs[name]
+            if task.type == "binary":
+                columns[name] = 1.0 / (1.0 + np.exp(-out.astype(np.float64)))
+            elif task.type == "regression":
+                columns[name] = out.astype(np.float64)
+            else:
+                z = out - out.max(axis=1, keepdims=True)
+                p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+                columns[name] = self.preprocessor_.decode_class(name, p.argmax(axis=1))
+                for j, cls in enumerate(self.preprocessor_.classes_[name]):
+                    columns[f"{name}.proba.{cls}"] = p[:, j]
+        return pd.DataFrame(columns, index=df.index)
+
+    def gate_statistics(self, data: Any) -> dict[str, dict[str, list[float] | float]]:
+        """Mean gate weight per expert for each gate over ``data``, with its entropy (nats);
+        empty for models without gates. Shows expert collapse."""
+        encoded = self.encode(data, labels=False, what="gate statistics data")
+        return gate_statistics(self.network_, encoded, self.config.training.eval_batch_size)
+
+    # ------------------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model folder atomically: ``polytask.json`` (versions), ``config.yaml``,
+        ``preprocessor.json``, ``weights.safetensors``, ``history.json``."""
+        self._check_fitted()
+        target = Path(path)
+        tensors = {f"network.{k}": v for k, v in self.network_.state_dict().items()}
+        tensors.update({f"weighting.{k}": v for k, v in self.weighting_.state_dict().items()})
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        with atomic_dir(target) as tmp:
+            (tmp / "polytask.json").write_text(
+                json.dumps(
+                    {
+                        "format_version": FORMAT_VERSION,
+                        "polytask_version": __version__,
+                        "best_epoch": self.best_epoch_,
+                        "n_train": self.n_train_,
+                    },
+                    indent=2,
+                )
+            )
+            (tmp / "config.yaml").write_text(
+                yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False)
+            )
+            (tmp / "preprocessor.json").write_text(
+                json.dumps(self.preprocessor_.state_dict(), ensure_ascii=False)
+            )
+            (tmp / "history.json").write_text(json.dumps(_jsonable(self.history_), indent=1))
+            save_file(tensors, str(tmp / "weights.safetensors"))
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, device: str = "cpu") -> MultiTaskModel:
+        """Load a model folder written by `save`. Never executes code from the folder."""
+        folder = Path(path)
+        meta = _read_json(folder / "polytask.json")
+        version = meta.get("format_version")
+        if version not in READABLE_FORMATS:
+            raise ModelFileError(
+                f"{folder}: model format version {version!r} (written by polytask "
+                f"{meta.get('polytask_version')!r}) cannot be read by polytask {__version__}, "
+                f"which reads format version(s) {list(READABLE_FORMATS)}"
+            )
+        try:
+            raw_cfg = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as err:
+            raise ModelFileError(f"{folder / 'config.yaml'}: cannot read: {err}") from None
+        config = validate(EstimatorConfig, raw_cfg, what=f"saved config in {folder}")
+        model = cls.from_config(config)
+        try:
+            pre = Preprocessor(features=config.features, tasks=config.tasks).load_state_dict(
+                _read_json(folder / "preprocessor.json")
+            )
+        except DataError as err:
+            raise ModelFileError(f"{folder / 'preprocessor.json'}: {err}") from None
+        network = build_network(config, pre)
+        weighting = build_weighting(config)
+        weights_file = folder / "weights.safetensors"
+        try:
+            tensors = load_file(str(weights_file))
+        except (OSError, SafetensorError, ValueError) as err:
+            raise ModelFileError(
+                f"{weights_file}: not a readable safetensors file ({err}); polytask never "
+                "loads pickled weights"
+            ) from None
+        try:
+            network.load_state_dict(_strip(tensors, "network."))
+            weighting.load_state_dict(_strip(tensors, "weighting."))
+        except RuntimeError as err:
+            raise ModelFileError(f"{weights_file}: weights do not fit the saved config: {err}") from None
+        dev = resolve_device(device)
+        model.preprocessor_ = pre
+        model.network_ = network.to(dev).eval()
+        model.weighting_ = weighting.to(dev)
+        model.best_epoch_ = meta.get("best_epoch")
+        model.n_train_ = int(meta.get("n_train", 0))
+        history_file = folder / "history.json"
+        model.history_ = _read_json(history_file) if history_file.exists() else []  # type: ignore[assignment]
+        return model
+
+    def __repr__(self) -> str:
+        fitted = "fitted" if hasattr(self, "network_") else "not fitted"
+        return (
+            f"MultiTaskModel(model={self.config.model.name!r}, tasks={list(self.config.tasks)}, "
+            f"loss={self.config.loss.weighting!r}, {fitted})"
+        )
+
+
+def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: missing; is this a polytask model folder?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{path}: not valid JSON: {err}") from None
+
+
+def _plain(value: Any) -> Any:
+    """Pydantic objects to plain data so every entry point validates the same way."""
+    if hasattr(value, "model_dump"):
+        dumped = value.model_dump(mode="python")
+        extra = getattr(value, "model_extra", None)
+        if extra:
+            dumped.update(extra)
+        return dumped
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and (np.isnan(value) or np.isinf(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

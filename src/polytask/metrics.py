@@ -1,0 +1,109 @@
+"""Per-task metrics over a whole split (never averaged over batches).
+
+binary: ``auc``, ``logloss``; regression: ``rmse``, ``mae``; multiclass: ``accuracy``,
+``logloss``; every task also reports ``loss`` (its training loss on the split) and ``count``
+(labelled rows). Rows without a label are left out. AUC and log-loss come from scikit-learn.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+from sklearn.metrics import log_loss, roc_auc_score
+
+from polytask.config import TaskConfig
+
+HIGHER_IS_BETTER = {"auc": True, "accuracy": True}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def task_metrics(task: TaskConfig, output: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """Metrics for one task from raw outputs (logits or values) and labels with NaN missing."""
+    mask = ~np.isnan(label)
+    y = label[mask]
+    out = output[mask].astype(np.float64)
+    result: dict[str, float] = {"count": float(mask.sum())}
+    if y.size == 0:
+        return result
+    if task.type == "binary":
+        p = _sigmoid(out)
+        pc = np.clip(p, 1e-7, 1 - 1e-7)
+        ll = float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc)))
+        result["loss"] = ll
+        result["logloss"] = float(log_loss(y, pc, labels=[0, 1]))
+        if 0 < y.sum() < y.size:
+            result["auc"] = float(roc_auc_score(y, p))
+        else:
+            result["auc"] = math.nan  # AUC is undefined with one class present
+    elif task.type == "regression":
+        err = out - y
+        if task.loss == "huber":
+            d = task.huber_delta
+            a = np.abs(err)
+            result["loss"] = float(np.mean(np.where(a <= d, 0.5 * err**2, d * (a - 0.5 * d))))
+        else:
+            result["loss"] = float(np.mean(err**2))
+        result["rmse"] = float(np.sqrt(np.mean(err**2)))
+        result["mae"] = float(np.mean(np.abs(err)))
+    else:
+        p = _softmax(out)
+        yi = y.astype(np.int64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result["logloss"] = float(log_loss(yi, p, labels=list(range(p.shape[1]))))
+        result["loss"] = result["logloss"]
+        result["accuracy"] = float(np.mean(p.argmax(axis=1) == yi))
+    return result
+
+
+def all_metrics(
+    tasks: Mapping[str, TaskConfig],
+    outputs: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+) -> dict[str, dict[str, float]]:
+    return {name: task_metrics(t, outputs[name], labels[name]) for name, t in tasks.items()}
+
+
+def monitor_value(metrics: Mapping[str, Mapping[str, float]], monitor: str) -> float:
+    """Value of a monitor name: ``loss`` (sum of task losses), ``<task>.<metric>``, or
+    ``mean.<metric>`` (mean over the tasks that report that metric)."""
+    if monitor == "loss":
+        return float(sum(m.get("loss", 0.0) for m in metrics.values()))
+    head, _, metric = monitor.partition(".")
+    if head == "mean":
+        values = [m[metric] for m in metrics.values() if metric in m]
+        return float(np.mean(values)) if values else math.nan
+    return float(metrics[head][metric])
+
+
+def monitor_mode(monitor: str) -> str:
+    """``max`` for AUC/accuracy monitors, ``min`` otherwise."""
+    metric = monitor.rpartition(".")[2]
+    return "max" if HIGHER_IS_BETTER.get(metric, False) else "min"
+
+
+def valid_monitors(tasks: Mapping[str, TaskConfig]) -> list[str]:
+    per_type = {
+        "binary": ["auc", "logloss", "loss"],
+        "regression": ["rmse", "mae", "loss"],
+        "multiclass": ["accuracy", "logloss", "loss"],
+    }
+    names = ["loss"]
+    metrics: set[str] = set()
+    for name, t in tasks.items():
+        names += [f"{name}.{m}" for m in per_type[t.type]]
+        metrics.update(per_type[t.type])
+    names += [f"mean.{m}" for m in sorted(metrics)]
+    return names

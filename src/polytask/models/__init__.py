@@ -1,0 +1,27 @@
+"""The model zoo. Adding a model is one module plus one registry line below."""
+
+from __future__ import annotations
+
+from polytask.models._moe import MMoE, MoE, MoEParams
+from polytask.models._shared_bottom import SharedBottom, SharedBottomParams
+from polytask.models.base import Head, ModelEntry, MultiTaskNet, Representation, TowerParams
+
+MODELS: dict[str, ModelEntry] = {
+    "shared_bottom": ModelEntry(SharedBottomParams, SharedBottom),
+    "moe": ModelEntry(MoEParams, MoE),
+    "mmoe": ModelEntry(MoEParams, MMoE),
+}
+
+__all__ = [
+    "MODELS",
+    "MMoE",
+    "ModelEntry",
+    "MoE",
+    "MoEParams",
+    "MultiTaskNet",
+    "Head",
+    "Representation",
+    "SharedBottom",
+    "SharedBottomParams",
+    "TowerParams",
+]

@@ -1,0 +1,75 @@
+"""Mixture-of-experts with one gate (MoE / OMoE) and with one gate per task (MMoE).
+
+Ma, Zhao, Yi, Chen, Hong, Chi, "Modeling Task Relationships in Multi-task Learning with
+Multi-gate Mixture-of-Experts", KDD 2018: ``y_k = h_k(sum_i g_k(x)_i f_i(x))`` with
+``g_k(x) = softmax(W_gk x / T)``; MoE uses a single gate ``g`` for every task. The temperature
+``T`` (``gate_temperature``) is polytask's addition: above 1 it spreads the mixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import Field
+from torch import Tensor, nn
+
+from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
+from polytask.nn import ExpertBank, FeatureInput, Gates, mix
+
+
+class MoEParams(TowerParams):
+    num_experts: int = Field(default=8, ge=1)
+    expert_units: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
+    gate_temperature: float = Field(default=1.0, gt=0)
+
+
+class _GatedExperts(MultiTaskNet):
+    """Shared expert bank plus ``num_gates`` softmax gates."""
+
+    def __init__(
+        self, *, inputs: FeatureInput, heads: Sequence[Head], params: MoEParams, num_gates: int
+    ) -> None:
+        super().__init__(
+            inputs=inputs, heads=heads, body_dim=params.expert_units[-1], params=params
+        )
+        self.experts = ExpertBank(
+            in_dim=inputs.out_dim,
+            num_experts=params.num_experts,
+            units=params.expert_units,
+            activation=params.activation,
+            dropout=params.dropout,
+        )
+        self.gates = Gates(
+            in_dim=inputs.out_dim,
+            num_gates=num_gates,
+            num_experts=params.num_experts,
+            temperature=params.gate_temperature,
+        )
+
+    def body_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"experts": list(self.experts.parameters()), "gates": list(self.gates.parameters())}
+
+
+class MoE(_GatedExperts):
+    """One gate shared by all tasks (the MMoE paper's OMoE baseline)."""
+
+    def __init__(self, *, inputs: FeatureInput, heads: Sequence[Head], params: MoEParams) -> None:
+        super().__init__(inputs=inputs, heads=heads, params=params, num_gates=1)
+
+    def represent(self, x: Tensor) -> Representation:
+        g = self.gates(x)
+        return Representation(shared=mix(g, self.experts(x))[0], gates={"shared": g[:, 0]})
+
+
+class MMoE(_GatedExperts):
+    """One gate per task over a shared bank of experts."""
+
+    def __init__(self, *, inputs: FeatureInput, heads: Sequence[Head], params: MoEParams) -> None:
+        super().__init__(inputs=inputs, heads=heads, params=params, num_gates=len(heads))
+
+    def represent(self, x: Tensor) -> Representation:
+        g = self.gates(x)
+        return Representation(
+            per_task=mix(g, self.experts(x)),
+            gates={name: g[:, k] for k, name in enumerate(self.task_names)},
+        )

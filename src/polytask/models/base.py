@@ -1,0 +1,184 @@
+"""The contract every model keeps.
+
+A model maps a batch to ``{task name: raw output}`` (a logit ``[B]`` for binary, a value
+``[B]`` for regression, logits ``[B, C]`` for multiclass) and names its parameter groups
+(``input``, then its own such as ``shared``, ``experts``, ``gates``, then ``towers.<task>``),
+which cover every parameter exactly once. Towers and the links between tasks (one task's
+estimate fed into another's tower, with or without stop-gradient) live here, so every
+architecture gets them the same way.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from polytask.nn import Activation, FeatureInput, Norm, mlp
+
+
+@dataclass(frozen=True)
+class Head:
+    """What a model needs to know about a task: output width and links from other tasks."""
+
+    name: str
+    type: str
+    out_dim: int = 1
+    inputs_from: tuple[str, ...] = ()
+    detach: bool = True
+
+    @property
+    def estimate_dim(self) -> int:
+        """Width of this task's estimate when fed into another task's tower."""
+        return self.out_dim if self.type == "multiclass" else 1
+
+
+class TowerParams(BaseModel):
+    """Parameters every architecture shares: the per-task towers."""
+
+    model_config = ConfigDict(extra="forbid")
+    tower_units: list[int] = Field(default_factory=lambda: [64])
+    activation: Activation = "relu"
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    norm: Norm = "none"
+
+
+def estimate(head: Head, output: Tensor) -> Tensor:
+    """A task's estimate from its raw output: probability (binary), value (regression),
+    class probabilities (multiclass); always 2-D ``[B, estimate_dim]``."""
+    if head.type == "binary":
+        return torch.sigmoid(output).unsqueeze(1)
+    if head.type == "multiclass":
+        return torch.softmax(output, dim=1)
+    return output.unsqueeze(1)
+
+
+def topological(heads: Sequence[Head]) -> list[str]:
+    by_name = {h.name: h for h in heads}
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str, stack: tuple[str, ...]) -> None:
+        if name in seen:
+            return
+        if name in stack:
+            raise ValueError(f"tasks' inputs_from form a cycle through {name!r}")
+        for src in by_name[name].inputs_from:
+            visit(src, (*stack, name))
+        seen.add(name)
+        order.append(name)
+
+    for h in heads:
+        visit(h.name, ())
+    return order
+
+
+@dataclass
+class Representation:
+    """What a model body hands to the towers: one ``[B, D]`` tensor for all tasks, or one per
+    task (``per_task[k]`` for task k), plus the gate weights when the body has gates."""
+
+    shared: Tensor | None = None
+    per_task: Tensor | list[Tensor] | None = None
+    gates: dict[str, Tensor] = field(default_factory=dict)
+
+
+class MultiTaskNet(nn.Module):
+    """Base of the zoo: a feature input, a body (the subclass) and one tower per task."""
+
+    def __init__(
+        self, *, inputs: FeatureInput, heads: Sequence[Head], body_dim: int, params: TowerParams
+    ) -> None:
+        super().__init__()
+        self.inputs = inputs
+        self.heads = list(heads)
+        self.task_names = [h.name for h in self.heads]
+        self.order = topological(self.heads)
+        by_name = {h.name: h for h in self.heads}
+        self.towers = nn.ModuleDict()
+        for h in self.heads:
+            extra = sum(by_name[src].estimate_dim for src in h.inputs_from)
+            body = mlp(
+                body_dim + extra,
+                params.tower_units,
+                activation=params.activation,
+                dropout=params.dropout,
+                norm=params.norm,
+            )
+            width = params.tower_units[-1] if params.tower_units else body_dim + extra
+            self.towers[h.name] = nn.Sequential(body, nn.Linear(width, h.out_dim))
+
+    # ------------------------------------------------------------------ to implement
+    @abstractmethod
+    def represent(self, x: Tensor) -> Representation:
+        """Body: ``[B, input dim]`` -> per-task inputs of the towers."""
+
+    @abstractmethod
+    def body_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The body's parameter groups (e.g. ``shared``, or ``experts`` and ``gates``)."""
+
+    # ------------------------------------------------------------------ shared logic
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        outputs, _ = self._run(batch)
+        return outputs
+
+    def gate_weights(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Gate weights per gate name (``[B, num_experts]`` each); empty for gateless models."""
+        _, rep = self._run(batch)
+        return rep.gates
+
+    def _run(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], Representation]:
+        x = self.inputs(batch["categorical"], batch["numeric"])
+        rep = self.represent(x)
+        index = {name: k for k, name in enumerate(self.task_names)}
+        by_name = {h.name: h for h in self.heads}
+        outputs: dict[str, Tensor] = {}
+        for name in self.order:
+            head = by_name[name]
+            if rep.per_task is not None:
+                h = rep.per_task[index[name]]
+            else:
+                assert rep.shared is not None
+                h = rep.shared
+            if head.inputs_from:
+                feats = []
+                for src in head.inputs_from:
+                    est = estimate(by_name[src], outputs[src])
+                    feats.append(est.detach() if head.detach else est)
+                h = torch.cat([h, *feats], dim=1)
+            out = self.towers[name](h)
+            outputs[name] = out.squeeze(1) if head.out_dim == 1 else out
+        return {name: outputs[name] for name in self.task_names}, rep
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named groups covering every parameter exactly once, in a stable order."""
+        groups: dict[str, list[nn.Parameter]] = {"input": list(self.inputs.parameters())}
+        groups.update(self.body_groups())
+        for name in self.task_names:
+            groups[f"towers.{name}"] = list(self.towers[name].parameters())
+        return {k: v for k, v in groups.items() if v}
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """Parameters that ``task``'s output depends on (its tower; subclasses add gates)."""
+        return list(self.towers[task].parameters())
+
+    def extra_repr(self) -> str:
+        links = [
+            f"{src}->{h.name}{' (stop-gradient)' if h.detach else ''}"
+            for h in self.heads
+            for src in h.inputs_from
+        ]
+        return f"tasks={self.task_names}" + (f", links={links}" if links else "")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """Registry row: the parameter schema and the builder."""
+
+    params: type[TowerParams]
+    build: Any  # Callable[[FeatureInput, Sequence[Head], TowerParams], MultiTaskNet]

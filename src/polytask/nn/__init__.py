@@ -1,0 +1,178 @@
+"""Building blocks: feature input, MLP, a batched expert bank and softmax gates."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Activation = Literal["relu", "gelu", "silu", "tanh", "leaky_relu"]
+Norm = Literal["none", "batch", "layer"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+class FeatureInput(nn.Module):
+    """One embedding per categorical column plus a learned linear projection of the numeric
+    columns into the same space, concatenated: ``[B, C] long, [B, M] float -> [B, out_dim]``.
+
+    Categorical columns with the same embedding dimension share one table with per-column
+    offsets, so the lookup is one ``embedding`` call per distinct dimension rather than a
+    Python loop over columns; each column still has its own rows (its own embedding).
+    """
+
+    def __init__(
+        self,
+        *,
+        cardinalities: Sequence[int],
+        embedding_dims: Sequence[int],
+        numeric_width: int,
+        numeric_dim: int,
+    ) -> None:
+        super().__init__()
+        if len(cardinalities) != len(embedding_dims):
+            raise ValueError(
+                f"expected one embedding dim per categorical column ({len(cardinalities)}), "
+                f"received {len(embedding_dims)}"
+            )
+        self.embeddings = nn.ModuleList()
+        self._groups: list[list[int]] = []
+        for dim in sorted(set(embedding_dims)):
+            cols = [j for j, d in enumerate(embedding_dims) if d == dim]
+            sizes = [cardinalities[j] for j in cols]
+            offsets = torch.tensor([0, *torch.tensor(sizes).cumsum(0)[:-1].tolist()])
+            self.register_buffer(f"_offsets{len(self._groups)}", offsets, persistent=False)
+            self.register_buffer(
+                f"_columns{len(self._groups)}", torch.tensor(cols), persistent=False
+            )
+            table = nn.Embedding(sum(sizes), dim)
+            nn.init.normal_(table.weight, std=0.05)
+            self.embeddings.append(table)
+            self._groups.append(cols)
+        self._contiguous = [cols == list(range(cols[0], cols[0] + len(cols))) for cols in self._groups]
+        self.numeric = nn.Linear(numeric_width, numeric_dim) if numeric_width > 0 else None
+        self.out_dim = sum(embedding_dims) + (numeric_dim if numeric_width > 0 else 0)
+
+    def forward(self, categorical: Tensor, numeric: Tensor) -> Tensor:
+        parts = []
+        for g, table in enumerate(self.embeddings):
+            offsets: Tensor = getattr(self, f"_offsets{g}")
+            if len(self.embeddings) == 1 and self._contiguous[g]:
+                idx = categorical
+            else:
+                idx = categorical.index_select(1, getattr(self, f"_columns{g}"))
+            parts.append(table(idx + offsets).flatten(1))
+        if self.numeric is not None:
+            parts.append(self.numeric(numeric))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def mlp(
+    in_dim: int,
+    units: Sequence[int],
+    *,
+    activation: Activation = "relu",
+    dropout: float = 0.0,
+    norm: Norm = "none",
+) -> nn.Sequential:
+    """Linear -> [norm] -> activation -> [dropout] per hidden layer. Empty ``units`` is the
+    identity."""
+    layers: list[nn.Module] = []
+    prev = in_dim
+    for width in units:
+        layers.append(nn.Linear(prev, width))
+        if norm == "batch":
+            layers.append(nn.BatchNorm1d(width))
+        elif norm == "layer":
+            layers.append(nn.LayerNorm(width))
+        layers.append(_ACTIVATIONS[activation]())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        prev = width
+    return nn.Sequential(*layers)
+
+
+class ExpertBank(nn.Module):
+    """``num_experts`` MLPs of the same shape run as one batched op.
+
+    ``[B, in] -> [E, B, units[-1]]``. Weights are stacked ``[E, in, out]``; the first layer is
+    one matmul for all experts and each later one a ``baddbmm``: no Python loop over experts.
+    Initialisation matches ``nn.Linear`` (Kaiming-uniform, fan-in).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        num_experts: int,
+        units: Sequence[int],
+        activation: Activation = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_experts < 1 or not units:
+            raise ValueError(
+                f"expected num_experts >= 1 and non-empty units, received {num_experts}, {units}"
+            )
+        self.num_experts = num_experts
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        prev = in_dim
+        for width in units:
+            bound = 1.0 / math.sqrt(prev)
+            self.weights.append(nn.Parameter(torch.empty(num_experts, prev, width).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(num_experts, 1, width).uniform_(-bound, bound)))
+            prev = width
+        self.act = _ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out_dim = prev
+
+    def forward(self, x: Tensor) -> Tensor:
+        e = self.num_experts
+        w0 = self.weights[0]
+        # One GEMM for every expert's first layer: [B, in] @ [in, E*out].
+        h = (x @ w0.permute(1, 0, 2).reshape(w0.shape[1], -1)).view(x.shape[0], e, -1)
+        h = self.dropout(self.act(h.transpose(0, 1) + self.biases[0]))
+        for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
+            h = self.dropout(self.act(torch.baddbmm(b, h, w)))
+        return h
+
+
+class Gates(nn.Module):
+    """``num_gates`` softmax gates over ``num_experts``, computed as one linear layer.
+
+    ``[B, in] -> [B, G, E]``, ``softmax(W x / temperature)``. A temperature above 1 flattens
+    the mixture, below 1 sharpens it (MMoE, Ma et al. KDD 2018, with a temperature).
+    """
+
+    def __init__(
+        self, *, in_dim: int, num_gates: int, num_experts: int, temperature: float = 1.0
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"expected gate temperature > 0, received {temperature}")
+        self.num_gates = num_gates
+        self.num_experts = num_experts
+        self.temperature = temperature
+        self.linear = nn.Linear(in_dim, num_gates * num_experts)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.linear(x).view(x.shape[0], self.num_gates, self.num_experts)
+        return torch.softmax(logits / self.temperature, dim=-1)
+
+
+def mix(gates: Tensor, experts: Tensor) -> Tensor:
+    """Gate-weighted sums: ``gates [B, G, E]`` and ``experts [E, B, D]`` -> ``[G, B, D]``."""
+    return torch.einsum("bge,ebd->gbd", gates, experts)
+
+
+__all__ = ["Activation", "ExpertBank", "FeatureInput", "Gates", "Norm", "mix", "mlp"]

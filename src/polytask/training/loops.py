@@ -1,0 +1,100 @@
+"""The step and evaluation loops as plain functions.
+
+The hot path moves tensors only: batches are contiguous slices of pre-encoded column tensors,
+task losses stay on the device and are summed there; the host reads them once per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from polytask.config import TaskConfig
+from polytask.data import LABEL_PREFIX, Batch, EncodedData
+from polytask.errors import TrainingError
+from polytask.losses import task_losses
+from polytask.models import MultiTaskNet
+from polytask.weighting import Weighting
+
+
+def batch_labels(batch: Batch, tasks: Mapping[str, TaskConfig]) -> dict[str, Tensor]:
+    return {name: batch[LABEL_PREFIX + name] for name in tasks}
+
+
+def joint_step(
+    model: MultiTaskNet,
+    weighting: Weighting,
+    tasks: dict[str, TaskConfig],
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+) -> Tensor:
+    """One optimizer step on all tasks; returns the detached task losses ``[K]``.
+
+    A non-finite loss skips the update (the caller decides whether to stop), so one bad batch
+    never writes NaN into the weights."""
+    outputs = model(batch)
+    losses = task_losses(tasks, outputs, batch_labels(batch, tasks))
+    total = weighting(losses)
+    optimizer.zero_grad(set_to_none=True)
+    if not bool(torch.isfinite(total)):
+        return losses.detach()
+    total.backward()
+    optimizer.step()
+    return losses.detach()
+
+
+def check_finite(losses: Tensor, task_names: list[str], step: int, where: str) -> None:
+    """Raise `TrainingError` naming the first task whose loss is NaN or inf."""
+    bad = ~torch.isfinite(losses)
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0, 0])
+        raise TrainingError(
+            f"task {task_names[k]!r}: loss is {float(losses[k])} at step {step}{where}"
+        )
+
+
+@torch.inference_mode()
+def predict_outputs(
+    model: MultiTaskNet, data: EncodedData, batch_size: int
+) -> dict[str, np.ndarray]:
+    """Raw outputs for every row, in row order, as float32 numpy arrays."""
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[Tensor]] = {name: [] for name in model.task_names}
+    for batch in data.batches(batch_size):
+        for name, out in model(batch).items():
+            chunks[name].append(out.float())
+    model.train(was_training)
+    return {
+        name: torch.cat(parts).cpu().numpy() if parts else np.zeros((0,), np.float32)
+        for name, parts in chunks.items()
+    }
+
+
+@torch.inference_mode()
+def gate_statistics(
+    model: MultiTaskNet, data: EncodedData, batch_size: int
+) -> dict[str, dict[str, list[float] | float]]:
+    """Mean gate weight per expert per gate over ``data``, and the entropy of that mean (nats).
+
+    A collapsed gate (all weight on one expert) has entropy near 0; a uniform one log(E).
+    """
+    was_training = model.training
+    model.eval()
+    sums: dict[str, Tensor] = {}
+    for batch in data.batches(batch_size):
+        for name, g in model.gate_weights(batch).items():
+            sums[name] = sums.get(name, 0) + g.float().sum(0)  # type: ignore[assignment]
+    model.train(was_training)
+    out: dict[str, dict[str, list[float] | float]] = {}
+    for name, total in sums.items():
+        mean = total / max(len(data), 1)
+        entropy = float(-(mean * mean.clamp_min(1e-12).log()).sum())
+        out[name] = {"mean_weight": mean.tolist(), "entropy": entropy}
+    return out
+
+
+StepFn = Callable[[Batch], Tensor]

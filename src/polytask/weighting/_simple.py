@@ -1,0 +1,49 @@
+"""Fixed combinations: the plain sum and fixed per-task weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from polytask.config import TaskConfig
+from polytask.weighting.base import NoParams, Weighting
+
+
+class Sum(Weighting):
+    """``sum_k L_k``. Simple, but a task with a larger loss scale dominates shared layers."""
+
+    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: NoParams) -> None:
+        super().__init__(tasks=tasks)
+
+    def forward(self, losses: Tensor) -> Tensor:
+        return losses.sum()
+
+
+class WeightedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="task -> weight; tasks left out use their `weight`"
+    )
+
+
+class Weighted(Weighting):
+    """``sum_k w_k L_k`` with fixed weights: ``loss.weights`` or each task's ``weight``."""
+
+    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: WeightedParams) -> None:
+        super().__init__(tasks=tasks)
+        unknown = sorted(set(params.weights) - set(tasks))
+        if unknown:
+            raise ValueError(
+                f"loss.weights names unknown task(s) {unknown}; expected some of {list(tasks)}"
+            )
+        w = [params.weights.get(name, t.weight) for name, t in tasks.items()]
+        self.register_buffer("weights", torch.tensor(w, dtype=torch.float32))
+
+    def forward(self, losses: Tensor) -> Tensor:
+        return (self.weights * losses).sum()
+
+    def report(self) -> dict[str, float]:
+        return {f"weight.{n}": float(w) for n, w in zip(self.task_names, self.weights.tolist(), strict=True)}

@@ -1,0 +1,64 @@
+"""Learned homoscedastic-uncertainty weighting.
+
+Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses for Scene
+Geometry and Semantics", CVPR 2018. With ``s_k = log sigma_k^2`` learned per task:
+
+- regression (Gaussian likelihood): ``0.5 * exp(-s) * L + 0.5 * s``
+- classification (scaled softmax / Bernoulli): ``exp(-s) * L + 0.5 * s``
+
+The two forms differ, so mixed regression/classification tasks each get the right one (unlike
+a single regression form for every task). The total can be negative; that is expected.
+``clamp`` bounds ``s`` to keep a task from being switched off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+from polytask.config import TaskConfig
+from polytask.weighting.base import Weighting
+
+
+class UncertaintyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    init_log_var: float = 0.0
+    clamp: tuple[float, float] | None = Field(
+        default=None, description="(min, max) bounds for s = log sigma^2"
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> UncertaintyParams:
+        if self.clamp is not None and self.clamp[0] >= self.clamp[1]:
+            raise ValueError(f"clamp: expected min < max, found {list(self.clamp)}")
+        return self
+
+
+class Uncertainty(Weighting):
+    """``sum_k c_k exp(-s_k) L_k + s_k / 2``, ``c_k = 1/2`` for regression, 1 otherwise."""
+
+    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: UncertaintyParams) -> None:
+        super().__init__(tasks=tasks)
+        k = len(tasks)
+        self.log_var = nn.Parameter(torch.full((k,), float(params.init_log_var)))
+        scale = [0.5 if t.type == "regression" else 1.0 for t in tasks.values()]
+        self.register_buffer("scale", torch.tensor(scale))
+        self.clamp = params.clamp
+
+    def _s(self) -> Tensor:
+        return self.log_var if self.clamp is None else self.log_var.clamp(*self.clamp)
+
+    def forward(self, losses: Tensor) -> Tensor:
+        s = self._s()
+        return (self.scale * torch.exp(-s) * losses + 0.5 * s).sum()
+
+    def sigmas(self) -> dict[str, float]:
+        """Learned sigma per task, ``exp(s / 2)``."""
+        values = torch.exp(0.5 * self._s().detach()).tolist()
+        return dict(zip(self.task_names, values, strict=True))
+
+    def report(self) -> dict[str, float]:
+        return {f"sigma.{k}": v for k, v in self.sigmas().items()}
