@@ -22,7 +22,11 @@ from polytask.errors import ConfigError, closest
 TaskType = Literal["binary", "regression", "multiclass"]
 LossName = Literal["bce", "mse", "huber", "cross_entropy"]
 
-_DEFAULT_LOSS: dict[str, str] = {"binary": "bce", "regression": "mse", "multiclass": "cross_entropy"}
+_DEFAULT_LOSS: dict[str, str] = {
+    "binary": "bce",
+    "regression": "mse",
+    "multiclass": "cross_entropy",
+}
 _ALLOWED_LOSSES: dict[str, tuple[str, ...]] = {
     "binary": ("bce",),
     "regression": ("mse", "huber"),
@@ -181,7 +185,9 @@ class LossConfig(BaseModel):
                 f"unknown weighting {self.weighting!r}; expected one of {sorted(WEIGHTINGS)}"
                 f"{closest(self.weighting, WEIGHTINGS)}"
             )
-        _check_params(WEIGHTINGS[self.weighting].params, self.params, f"weighting {self.weighting!r}")
+        _check_params(
+            WEIGHTINGS[self.weighting].params, self.params, f"weighting {self.weighting!r}"
+        )
         return self
 
     @property
@@ -369,9 +375,7 @@ def _unwrap_model(annotation: Any) -> Any:
     return annotation
 
 
-def format_validation_error(
-    err: ValidationError, root: type[BaseModel], prefix: str = ""
-) -> str:
+def format_validation_error(err: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
     """One line per problem: ``key.path: what was wrong (found ...)``."""
     lines = []
     for e in err.errors():

@@ -82,14 +82,16 @@ def build_network(cfg: EstimatorConfig, preprocessor: Preprocessor) -> MultiTask
     ]
     entry = MODELS[cfg.model.name]
     params = entry.params.model_validate(cfg.model.params)
-    return entry.build(inputs=inputs, heads=heads, params=params)  # type: ignore[no-any-return]
+    network: MultiTaskNet = entry.build(inputs=inputs, heads=heads, params=params)
+    return network
 
 
 def build_weighting(cfg: EstimatorConfig) -> Weighting:
     entry = WEIGHTINGS[cfg.loss.weighting]
     params = entry.params.model_validate(cfg.loss.params)
     try:
-        return entry.build(tasks=cfg.tasks, params=params)  # type: ignore[no-any-return]
+        weighting: Weighting = entry.build(tasks=cfg.tasks, params=params)
+        return weighting
     except ValueError as err:
         raise ConfigError(f"loss: {err}") from None
 
@@ -346,7 +348,9 @@ class MultiTaskModel:
             network.load_state_dict(_strip(tensors, "network."))
             weighting.load_state_dict(_strip(tensors, "weighting."))
         except RuntimeError as err:
-            raise ModelFileError(f"{weights_file}: weights do not fit the saved config: {err}") from None
+            raise ModelFileError(
+                f"{weights_file}: weights do not fit the saved config: {err}"
+            ) from None
         dev = resolve_device(device)
         model.preprocessor_ = pre
         model.network_ = network.to(dev).eval()
@@ -354,7 +358,7 @@ class MultiTaskModel:
         model.best_epoch_ = meta.get("best_epoch")
         model.n_train_ = int(meta.get("n_train", 0))
         history_file = folder / "history.json"
-        model.history_ = _read_json(history_file) if history_file.exists() else []  # type: ignore[assignment]
+        model.history_ = _read_json(history_file) if history_file.exists() else []
         return model
 
     def __repr__(self) -> str:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 Batch = dict[str, torch.Tensor]
-"""``{"categorical": LongTensor[B, C], "numeric": FloatTensor[B, M], "label:<task>": FloatTensor[B]}``.
-Missing labels are NaN."""
+"""``categorical`` LongTensor[B, C], ``numeric`` FloatTensor[B, M] and ``label:<task>``
+FloatTensor[B] per task. Missing labels are NaN."""
 
 LABEL_PREFIX = "label:"
 
@@ -64,7 +64,9 @@ class EncodedData:
         contiguous view: no per-row Python and no per-sample collate."""
         data = self
         if generator is not None:
-            data = self.select(torch.randperm(len(self), generator=generator).to(self.categorical.device))
+            data = self.select(
+                torch.randperm(len(self), generator=generator).to(self.categorical.device)
+            )
         for start in range(0, len(data), batch_size):
             yield data.slice(start, start + batch_size)
 

@@ -206,8 +206,12 @@ class Preprocessor:
         cat = np.zeros((n, len(self.features.categorical)), dtype=np.int64)
         for j, feat in enumerate(self.features.categorical):
             values, missing = category_strings(df[feat.name])
-            codes = pd.Index(self.vocabularies_[feat.name], dtype=object).get_indexer(values)
-            cat[:, j] = np.where(missing, MISSING_INDEX, np.where(codes < 0, UNKNOWN_INDEX, codes + 2))
+            codes = pd.Index(self.vocabularies_[feat.name], dtype=object).get_indexer(
+                pd.Index(values, dtype=object)
+            )
+            cat[:, j] = np.where(
+                missing, MISSING_INDEX, np.where(codes < 0, UNKNOWN_INDEX, codes + 2)
+            )
 
         num_cols: list[np.ndarray] = []
         indicators: list[np.ndarray] = []
@@ -248,7 +252,9 @@ class Preprocessor:
             return arr.astype(np.float32)
         if t.type == "multiclass":
             values, missing = category_strings(series)
-            codes = pd.Index(self.classes_[task], dtype=object).get_indexer(values)
+            codes = pd.Index(self.classes_[task], dtype=object).get_indexer(
+                pd.Index(values, dtype=object)
+            )
             unseen = (codes < 0) & ~missing
             if unseen.any():
                 examples = sorted(set(values[unseen].tolist()))[:5]
@@ -306,9 +312,7 @@ class Preprocessor:
     def load_state_dict(self, state: Mapping[str, Any]) -> Preprocessor:
         try:
             self.vocabularies_ = {k: [str(x) for x in v] for k, v in state["vocabularies"].items()}
-            self.numeric_stats_ = {
-                k: _NumericStats(**v) for k, v in state["numeric"].items()
-            }
+            self.numeric_stats_ = {k: _NumericStats(**v) for k, v in state["numeric"].items()}
             self.classes_ = {k: [str(x) for x in v] for k, v in state["classes"].items()}
             self.train_columns_ = list(state.get("train_columns", []))
         except (KeyError, TypeError, AttributeError) as err:
@@ -325,8 +329,11 @@ class Preprocessor:
 def _numeric_label(
     series: pd.Series, task: str, col: str, what: str, *, binary: bool = False
 ) -> np.ndarray:
+    present = series.dropna()
     if pd.api.types.is_bool_dtype(series.dtype) or (
-        series.dtype == object and series.dropna().map(type).eq(bool).all() and series.notna().any()
+        series.dtype == object
+        and len(present) > 0
+        and all(isinstance(v, bool | np.bool_) for v in present)
     ):
         return series.map(lambda v: np.nan if pd.isna(v) else float(v)).to_numpy(dtype=np.float64)
     coerced = pd.to_numeric(series, errors="coerce")

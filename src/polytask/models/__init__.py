@@ -14,12 +14,12 @@ MODELS: dict[str, ModelEntry] = {
 
 __all__ = [
     "MODELS",
+    "Head",
     "MMoE",
-    "ModelEntry",
     "MoE",
     "MoEParams",
+    "ModelEntry",
     "MultiTaskNet",
-    "Head",
     "Representation",
     "SharedBottom",
     "SharedBottomParams",

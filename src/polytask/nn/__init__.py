@@ -58,7 +58,9 @@ class FeatureInput(nn.Module):
             nn.init.normal_(table.weight, std=0.05)
             self.embeddings.append(table)
             self._groups.append(cols)
-        self._contiguous = [cols == list(range(cols[0], cols[0] + len(cols))) for cols in self._groups]
+        self._contiguous = [
+            cols == list(range(cols[0], cols[0] + len(cols))) for cols in self._groups
+        ]
         self.numeric = nn.Linear(numeric_width, numeric_dim) if numeric_width > 0 else None
         self.out_dim = sum(embedding_dims) + (numeric_dim if numeric_width > 0 else 0)
 
@@ -129,8 +131,12 @@ class ExpertBank(nn.Module):
         prev = in_dim
         for width in units:
             bound = 1.0 / math.sqrt(prev)
-            self.weights.append(nn.Parameter(torch.empty(num_experts, prev, width).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(num_experts, 1, width).uniform_(-bound, bound)))
+            self.weights.append(
+                nn.Parameter(torch.empty(num_experts, prev, width).uniform_(-bound, bound))
+            )
+            self.biases.append(
+                nn.Parameter(torch.empty(num_experts, 1, width).uniform_(-bound, bound))
+            )
             prev = width
         self.act = _ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

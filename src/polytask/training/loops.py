@@ -87,7 +87,8 @@ def gate_statistics(
     sums: dict[str, Tensor] = {}
     for batch in data.batches(batch_size):
         for name, g in model.gate_weights(batch).items():
-            sums[name] = sums.get(name, 0) + g.float().sum(0)  # type: ignore[assignment]
+            part = g.float().sum(0)
+            sums[name] = sums[name] + part if name in sums else part
     model.train(was_training)
     out: dict[str, dict[str, list[float] | float]] = {}
     for name, total in sums.items():

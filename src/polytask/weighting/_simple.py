@@ -32,6 +32,8 @@ class WeightedParams(BaseModel):
 class Weighted(Weighting):
     """``sum_k w_k L_k`` with fixed weights: ``loss.weights`` or each task's ``weight``."""
 
+    weights: Tensor
+
     def __init__(self, *, tasks: Mapping[str, TaskConfig], params: WeightedParams) -> None:
         super().__init__(tasks=tasks)
         unknown = sorted(set(params.weights) - set(tasks))
@@ -46,4 +48,5 @@ class Weighted(Weighting):
         return (self.weights * losses).sum()
 
     def report(self) -> dict[str, float]:
-        return {f"weight.{n}": float(w) for n, w in zip(self.task_names, self.weights.tolist(), strict=True)}
+        weights = self.weights.tolist()
+        return {f"weight.{n}": w for n, w in zip(self.task_names, weights, strict=True)}

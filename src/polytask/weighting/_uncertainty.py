@@ -40,6 +40,8 @@ class UncertaintyParams(BaseModel):
 class Uncertainty(Weighting):
     """``sum_k c_k exp(-s_k) L_k + s_k / 2``, ``c_k = 1/2`` for regression, 1 otherwise."""
 
+    scale: Tensor
+
     def __init__(self, *, tasks: Mapping[str, TaskConfig], params: UncertaintyParams) -> None:
         super().__init__(tasks=tasks)
         k = len(tasks)

@@ -1,0 +1,125 @@
+"""Running a run file: load its data, train, evaluate on its test split, write the results.
+
+This is what ``polytask train RUN.yaml`` does; it is importable so the same run can be made
+from Python (``run_training(load_run_file(path)[0], base, out)``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from polytask._atomic import atomic_write_text
+from polytask.config import DataConfig, RunConfig
+from polytask.data import read_table
+from polytask.errors import ConfigError
+from polytask.estimator import MultiTaskModel, _jsonable
+
+
+@dataclass
+class Splits:
+    train: pd.DataFrame
+    validation: pd.DataFrame | None
+    test: pd.DataFrame | None
+
+
+def _resolve(base: Path, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _read(data: DataConfig, base: Path, path: str, what: str) -> pd.DataFrame:
+    resolved = _resolve(base, path)
+    if data.loader == "census_income":
+        from polytask.datasets import load_census_income
+
+        return load_census_income(resolved)
+    if data.loader == "csv":
+        if not resolved.exists():
+            read_table(resolved, what=what)  # raises the standard missing-file error
+        return pd.read_csv(resolved)
+    if data.loader == "parquet":
+        if not resolved.exists():
+            read_table(resolved, what=what)
+        return pd.read_parquet(resolved)
+    return read_table(resolved, what=what)
+
+
+def load_splits(data: DataConfig, base: Path) -> Splits:
+    """The train / validation / test tables a data section describes. Relative paths are
+    resolved against ``base`` (the run file's folder)."""
+    if data.path is not None:
+        from polytask.datasets import split_frame
+
+        frame = _read(data, base, data.path, "data.path")
+        split = data.split or _default_split()
+        fractions = [split.train, split.validation, split.test]
+        total = sum(fractions)
+        if abs(total - 1.0) > 1e-6:
+            raise ConfigError(f"data.split: fractions must sum to 1, found {total:g}")
+        nonzero = [f for f in fractions if f > 0]
+        parts = list(split_frame(frame, fractions=nonzero, seed=data.split_seed))
+        out: list[pd.DataFrame | None] = []
+        for f in fractions:
+            out.append(parts.pop(0) if f > 0 else None)
+        assert out[0] is not None
+        return Splits(out[0], out[1], out[2])
+    assert data.train is not None
+    return Splits(
+        train=_read(data, base, data.train, "data.train"),
+        validation=_read(data, base, data.validation, "data.validation")
+        if data.validation
+        else None,
+        test=_read(data, base, data.test, "data.test") if data.test else None,
+    )
+
+
+def _default_split() -> Any:
+    from polytask.config import SplitConfig
+
+    return SplitConfig()
+
+
+def train_samples_per_s(history: list[dict[str, Any]]) -> float:
+    """Median over epochs of training samples per second (evaluation excluded)."""
+    values = [r["train_samples_per_s"] for r in history if "train_samples_per_s" in r]
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def run_training(cfg: RunConfig, base: Path, out: Path) -> dict[str, Any]:
+    """Train the run, evaluate it, write ``out/model/``, ``out/metrics.json`` and
+    ``out/config.yaml``; return the metrics. Early stopping uses the validation split only;
+    the test split is evaluated once, at the end."""
+    splits = load_splits(cfg.data, base)
+    model = MultiTaskModel.from_config(cfg).fit(splits.train, validation=splits.validation)
+    metrics: dict[str, Any] = {}
+    if splits.test is not None:
+        metrics["test"] = model.evaluate(splits.test)
+    if splits.validation is not None:
+        metrics["validation"] = model.evaluate(splits.validation)
+    metrics["train_samples_per_s"] = train_samples_per_s(model.history_)
+    metrics["best_epoch"] = model.best_epoch_
+    metrics["epochs_run"] = len(model.history_)
+    metrics["rows"] = {
+        "train": len(splits.train),
+        "validation": 0 if splits.validation is None else len(splits.validation),
+        "test": 0 if splits.test is None else len(splits.test),
+    }
+    gates_on = splits.test if splits.test is not None else splits.validation
+    if gates_on is not None:
+        gates = model.gate_statistics(gates_on)
+        if gates:
+            metrics["gates"] = gates
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model")
+    atomic_write_text(out / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
+    atomic_write_text(
+        out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    )
+    return metrics
