@@ -49,6 +49,9 @@ class _GatedExperts(MultiTaskNet):
     def body_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"experts": list(self.experts.parameters()), "gates": list(self.gates.parameters())}
 
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        return [self.experts.weights[-1], self.experts.biases[-1]]
+
 
 class MoE(_GatedExperts):
     """One gate shared by all tasks (the MMoE paper's OMoE baseline)."""
@@ -56,7 +59,7 @@ class MoE(_GatedExperts):
     def __init__(self, *, inputs: FeatureInput, heads: Sequence[Head], params: MoEParams) -> None:
         super().__init__(inputs=inputs, heads=heads, params=params, num_gates=1)
 
-    def represent(self, x: Tensor) -> Representation:
+    def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
         g = self.gates(x)
         return Representation(shared=mix(g, self.experts(x))[0], gates={"shared": g[:, 0]})
 
@@ -67,9 +70,9 @@ class MMoE(_GatedExperts):
     def __init__(self, *, inputs: FeatureInput, heads: Sequence[Head], params: MoEParams) -> None:
         super().__init__(inputs=inputs, heads=heads, params=params, num_gates=len(heads))
 
-    def represent(self, x: Tensor) -> Representation:
-        g = self.gates(x)
+    def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
+        g = self.gates(x, active)
         return Representation(
             per_task=mix(g, self.experts(x)),
-            gates={name: g[:, k] for k, name in enumerate(self.task_names)},
+            gates={self.task_names[k]: g[:, j] for j, k in enumerate(active)},
         )

@@ -35,8 +35,12 @@ class SharedBottom(MultiTaskNet):
             norm=params.norm,
         )
 
-    def represent(self, x: Tensor) -> Representation:
+    def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
         return Representation(shared=self.shared(x))
 
     def body_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"shared": list(self.shared.parameters())}
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        last = [m for m in self.shared if isinstance(m, nn.Linear)][-1]
+        return list(last.parameters())

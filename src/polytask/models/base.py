@@ -115,33 +115,67 @@ class MultiTaskNet(nn.Module):
 
     # ------------------------------------------------------------------ to implement
     @abstractmethod
-    def represent(self, x: Tensor) -> Representation:
-        """Body: ``[B, input dim]`` -> per-task inputs of the towers."""
+    def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
+        """Body: ``[B, input dim]`` -> inputs of the towers of the tasks at indices ``active``
+        (``per_task[j]`` is for task ``active[j]``). Task-specific body parts (a task's gate)
+        of inactive tasks must stay out of the graph."""
 
     @abstractmethod
     def body_groups(self) -> dict[str, list[nn.Parameter]]:
         """The body's parameter groups (e.g. ``shared``, or ``experts`` and ``gates``)."""
 
+    @abstractmethod
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """Parameters of the last layer shared by every task (GradNorm's ``W``)."""
+
     # ------------------------------------------------------------------ shared logic
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        outputs, _ = self._run(batch)
+    def forward(
+        self, batch: dict[str, Tensor], tasks: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Raw outputs of ``tasks`` (default: all), plus of the tasks they take inputs from.
+
+        Only the parts of the model those tasks use are computed, so a loss on them leaves
+        every other tower and gate with no gradient at all."""
+        outputs, _ = self._run(batch, tasks)
         return outputs
 
     def gate_weights(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Gate weights per gate name (``[B, num_experts]`` each); empty for gateless models."""
-        _, rep = self._run(batch)
+        _, rep = self._run(batch, None)
         return rep.gates
 
-    def _run(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], Representation]:
-        x = self.inputs(batch["categorical"], batch["numeric"])
-        rep = self.represent(x)
+    def required_tasks(self, tasks: Sequence[str] | None) -> list[str]:
+        """``tasks`` plus, transitively, the tasks they take inputs from, in run order."""
+        if tasks is None:
+            return list(self.order)
+        unknown = [t for t in tasks if t not in self.task_names]
+        if unknown:
+            raise KeyError(f"unknown task(s) {unknown}; the model has {self.task_names}")
+        by_name = {h.name: h for h in self.heads}
+        needed: set[str] = set()
+        stack = list(tasks)
+        while stack:
+            name = stack.pop()
+            if name not in needed:
+                needed.add(name)
+                stack.extend(by_name[name].inputs_from)
+        return [n for n in self.order if n in needed]
+
+    def _run(
+        self, batch: dict[str, Tensor], tasks: Sequence[str] | None
+    ) -> tuple[dict[str, Tensor], Representation]:
+        run = self.required_tasks(tasks)
         index = {name: k for k, name in enumerate(self.task_names)}
+        active = sorted(index[n] for n in run)
+        slot = {k: j for j, k in enumerate(active)}
+        x = self.inputs(batch["categorical"], batch["numeric"])
+        rep = self.represent(x, active)
         by_name = {h.name: h for h in self.heads}
         outputs: dict[str, Tensor] = {}
-        for name in self.order:
+        for name in run:
             head = by_name[name]
             if rep.per_task is not None:
-                h = rep.per_task[index[name]]
+                h = rep.per_task[slot[index[name]]]
             else:
                 assert rep.shared is not None
                 h = rep.shared
@@ -153,7 +187,7 @@ class MultiTaskNet(nn.Module):
                 h = torch.cat([h, *feats], dim=1)
             out = self.towers[name](h)
             outputs[name] = out.squeeze(1) if head.out_dim == 1 else out
-        return {name: outputs[name] for name in self.task_names}, rep
+        return {name: outputs[name] for name in self.task_names if name in outputs}, rep
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named groups covering every parameter exactly once, in a stable order."""
@@ -163,9 +197,15 @@ class MultiTaskNet(nn.Module):
             groups[f"towers.{name}"] = list(self.towers[name].parameters())
         return {k: v for k, v in groups.items() if v}
 
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        """Parameters that ``task``'s output depends on (its tower; subclasses add gates)."""
-        return list(self.towers[task].parameters())
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Every parameter outside the towers (input and body): what gradient aggregators
+        combine across tasks."""
+        return [
+            p
+            for name, ps in self.parameter_groups().items()
+            if not name.startswith("towers.")
+            for p in ps
+        ]
 
     def extra_repr(self) -> str:
         links = [

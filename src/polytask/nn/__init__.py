@@ -154,10 +154,13 @@ class ExpertBank(nn.Module):
 
 
 class Gates(nn.Module):
-    """``num_gates`` softmax gates over ``num_experts``, computed as one linear layer.
+    """``num_gates`` softmax gates over ``num_experts``.
 
-    ``[B, in] -> [B, G, E]``, ``softmax(W x / temperature)``. A temperature above 1 flattens
-    the mixture, below 1 sharpens it (MMoE, Ma et al. KDD 2018, with a temperature).
+    ``[B, in] -> [B, G, E]``, ``softmax(W_g x / temperature)``. A temperature above 1 flattens
+    the mixture, below 1 sharpens it (MMoE, Ma et al. KDD 2018, plus a temperature). Each gate
+    has its own weight tensor, so computing a subset of gates (``which``) leaves the others
+    out of the graph: their gradients stay None and an optimizer step skips them. All gates
+    still run as one matmul over the concatenated weights.
     """
 
     def __init__(
@@ -169,11 +172,30 @@ class Gates(nn.Module):
         self.num_gates = num_gates
         self.num_experts = num_experts
         self.temperature = temperature
-        self.linear = nn.Linear(in_dim, num_gates * num_experts)
+        bound = 1.0 / math.sqrt(in_dim)
+        self.weight = nn.ParameterList(
+            nn.Parameter(torch.empty(in_dim, num_experts).uniform_(-bound, bound))
+            for _ in range(num_gates)
+        )
+        self.bias = nn.ParameterList(
+            nn.Parameter(torch.empty(num_experts).uniform_(-bound, bound)) for _ in range(num_gates)
+        )
 
-    def forward(self, x: Tensor) -> Tensor:
-        logits = self.linear(x).view(x.shape[0], self.num_gates, self.num_experts)
+    def forward(self, x: Tensor, which: Sequence[int] | None = None) -> Tensor:
+        idx = range(self.num_gates) if which is None else which
+        if len(idx) == 1:
+            w, b = self.weight[idx[0]], self.bias[idx[0]]
+        else:
+            w = torch.cat([self.weight[i] for i in idx], dim=1)
+            b = torch.cat([self.bias[i] for i in idx])
+        logits = torch.addmm(b, x, w).view(x.shape[0], len(idx), self.num_experts)
         return torch.softmax(logits / self.temperature, dim=-1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_gates={self.num_gates}, num_experts={self.num_experts}, "
+            f"temperature={self.temperature}"
+        )
 
 
 def mix(gates: Tensor, experts: Tensor) -> Tensor:
