@@ -1,0 +1,56 @@
+"""Shared fixtures: seeded RNGs and the location of ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """Path under ../shared/data; a missing file fails the test (never a silent skip)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"test data {path} is missing: clone the project with ../shared beside it")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture
+def toy_frame() -> pd.DataFrame:
+    """2,000 rows: two categorical and two numeric features, a binary, a regression and a
+    multiclass label that depend on them."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    df = pd.DataFrame(
+        {
+            "color": rng.choice(["red", "green", "blue"], n),
+            "size": rng.integers(0, 6, n),
+            "x": rng.normal(size=n),
+            "z": rng.normal(size=n) * 3 + 1,
+        }
+    )
+    logit = 1.5 * df.x + (df.color == "red") - 0.5 + 0.3 * rng.normal(size=n)
+    df["click"] = (logit > 0).astype(int)
+    df["dwell"] = 2.0 * df.x + 0.5 * df["size"] + rng.normal(size=n)
+    df["kind"] = np.where(df.x > 0.5, "a", np.where(df.x < -0.5, "c", "b"))
+    return df
+
+
+TOY_FEATURES = {"categorical": ["color", "size"], "numeric": ["x", "z"]}
+TOY_TASKS = {
+    "click": {"type": "binary"},
+    "dwell": {"type": "regression"},
+    "kind": {"type": "multiclass"},
+}
