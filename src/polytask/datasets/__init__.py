@@ -1,0 +1,14 @@
+"""Datasets for multi-task learning: paper generators and loaders, as pandas DataFrames.
+
+- ``mmoe_synthetic``: the two regression tasks of controlled correlation of the MMoE paper.
+- ``load_census_income``: the UCI Census-Income (KDD) file, with ``CENSUS_CATEGORICAL``,
+  ``CENSUS_NUMERIC`` and ``CENSUS_TASKS`` describing its features and the MMoE tasks.
+- ``split_frame``: a seeded train/validation/test split.
+- ``funnel_synthetic``: an impression -> click -> conversion funnel with selection bias (ESMM).
+"""
+
+from polytask.datasets._synthetic import mmoe_synthetic
+
+__all__ = [
+    "mmoe_synthetic",
+]
