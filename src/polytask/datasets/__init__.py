@@ -7,8 +7,20 @@
 - ``funnel_synthetic``: an impression -> click -> conversion funnel with selection bias (ESMM).
 """
 
+from polytask.datasets._census import (
+    CENSUS_CATEGORICAL,
+    CENSUS_NUMERIC,
+    CENSUS_TASKS,
+    load_census_income,
+)
+from polytask.datasets._split import split_frame
 from polytask.datasets._synthetic import mmoe_synthetic
 
 __all__ = [
+    "CENSUS_CATEGORICAL",
+    "CENSUS_NUMERIC",
+    "CENSUS_TASKS",
+    "load_census_income",
     "mmoe_synthetic",
+    "split_frame",
 ]
