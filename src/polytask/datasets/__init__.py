@@ -13,6 +13,7 @@ from polytask.datasets._census import (
     CENSUS_TASKS,
     load_census_income,
 )
+from polytask.datasets._funnel import funnel_synthetic
 from polytask.datasets._split import split_frame
 from polytask.datasets._synthetic import mmoe_synthetic
 
@@ -20,6 +21,7 @@ __all__ = [
     "CENSUS_CATEGORICAL",
     "CENSUS_NUMERIC",
     "CENSUS_TASKS",
+    "funnel_synthetic",
     "load_census_income",
     "mmoe_synthetic",
     "split_frame",
