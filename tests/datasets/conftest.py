@@ -27,10 +27,12 @@ def shared_data_dir() -> Path:
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
+    if override:
+        pytest.fail(f"${ENV_VAR} is {override!r}, which is not a directory", pytrace=False)
     pytest.fail(
-        f"shared data directory not found: expected {candidates[0]} (the 'shared/data' "
-        f"directory beside the repository root {REPO_ROOT}), or a directory named by "
-        f"${ENV_VAR}; tried {[str(c) for c in candidates]}",
+        f"shared data directory not found: expected {candidates[0]}, the 'shared/data' "
+        f"directory beside the repository root {REPO_ROOT} (or set ${ENV_VAR}); also tried "
+        f"{[str(c) for c in candidates[1:]]}",
         pytrace=False,
     )
 
