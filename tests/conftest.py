@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +11,40 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+ENV_VAR = "POLYTASK_SHARED_DATA"
+
+
+def shared_data_dir() -> Path:
+    """``<repo>/../shared/data``, or ``$POLYTASK_SHARED_DATA`` when set.
+
+    A git worktree nested in a checkout (``<main>/.worktrees/<branch>``) has no ``shared/``
+    beside it, so the repository's further ancestors are tried too. A missing directory fails
+    the test: CI must never go green without having read the real data.
+    """
+    override = os.environ.get(ENV_VAR)
+    candidates = [Path(override)] if override else [p / "shared" / "data" for p in REPO.parents]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    pytest.fail(
+        f"shared data directory not found: expected {candidates[0]} (the 'shared/data' folder "
+        f"beside the repository), or set ${ENV_VAR}",
+        pytrace=False,
+    )
 
 
 def shared_data(*parts: str) -> Path:
-    """Path under ../shared/data; a missing file fails the test (never a silent skip)."""
-    path = SHARED_DATA.joinpath(*parts)
+    """A path under shared/data; a missing file fails the test (never a silent skip)."""
+    path = shared_data_dir().joinpath(*parts)
     if not path.exists():
-        pytest.fail(f"test data {path} is missing: clone the project with ../shared beside it")
+        pytest.fail(f"test data {path} is missing", pytrace=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def census_test_file() -> Path:
+    """The official UCI Census-Income (KDD) test file, 99,762 rows."""
+    return shared_data("census-income-kdd", "census-income.test.gz")
 
 
 @pytest.fixture(autouse=True)
