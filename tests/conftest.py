@@ -74,9 +74,16 @@ def toy_frame() -> pd.DataFrame:
     return df
 
 
-TOY_FEATURES = {"categorical": ["color", "size"], "numeric": ["x", "z"]}
-TOY_TASKS = {
-    "click": {"type": "binary"},
-    "dwell": {"type": "regression"},
-    "kind": {"type": "multiclass"},
-}
+@pytest.fixture
+def toy_features() -> dict[str, list[str]]:
+    return {"categorical": ["color", "size"], "numeric": ["x", "z"]}
+
+
+@pytest.fixture
+def toy_tasks() -> dict[str, dict[str, str]]:
+    """A binary, a regression and a multiclass task on `toy_frame`."""
+    return {
+        "click": {"type": "binary"},
+        "dwell": {"type": "regression"},
+        "kind": {"type": "multiclass"},
+    }
