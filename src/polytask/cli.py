@@ -23,7 +23,8 @@ from polytask.errors import PolytaskError
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    # Wide enough for a gate table of 8+ experts when output is not a terminal.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
 def _fmt(v: Any) -> str:
@@ -190,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come before or after --out: collect every leftover key=value.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "train" or not all("=" in x and not x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args))
     except PolytaskError as err:

@@ -1,0 +1,119 @@
+"""The fitted preprocessor against closed forms."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from polytask.config import FeaturesConfig, TaskConfig
+from polytask.data import MISSING_INDEX, UNKNOWN_INDEX, Preprocessor
+
+
+def _pre(features: Any, tasks: Any) -> Preprocessor:
+    return Preprocessor(
+        features=FeaturesConfig.model_validate(features),
+        tasks={k: TaskConfig.model_validate(v) for k, v in tasks.items()},
+    )
+
+
+def test_vocabulary_unknown_and_missing_indices() -> None:
+    train = pd.DataFrame({"c": ["b", "a", "b", None, "c"], "y": [0, 1, 0, 1, 0]})
+    pre = _pre({"categorical": ["c"]}, {"y": {"type": "binary"}}).fit(train)
+    assert pre.vocabularies_ == {"c": ["a", "b", "c"]}
+    test = pd.DataFrame({"c": ["a", "zzz", None, "c"]})
+    idx = pre.transform(test, labels=False).categorical[:, 0].tolist()
+    assert idx == [2, UNKNOWN_INDEX, MISSING_INDEX, 4]
+    assert pre.cardinalities == [5]
+    assert list(pre.decode_categorical("c", np.array(idx))) == ["a", None, None, "c"]
+
+
+def test_min_freq_sends_rare_values_to_unknown() -> None:
+    train = pd.DataFrame({"c": ["a", "a", "b"], "y": [0, 1, 0]})
+    pre = _pre({"categorical": [{"name": "c", "min_freq": 2}]}, {"y": {"type": "binary"}})
+    pre.fit(train)
+    assert pre.transform(train, labels=False).categorical[:, 0].tolist() == [2, 2, UNKNOWN_INDEX]
+
+
+def test_integral_floats_and_ints_are_the_same_category() -> None:
+    train = pd.DataFrame({"c": [1, 2, 3], "y": [0, 1, 0]})
+    pre = _pre({"categorical": ["c"]}, {"y": {"type": "binary"}}).fit(train)
+    other = pd.DataFrame({"c": [1.0, np.nan, 3.0]})
+    assert pre.transform(other, labels=False).categorical[:, 0].tolist() == [2, 0, 4]
+
+
+def test_numeric_standardization_imputation_and_indicator() -> None:
+    train = pd.DataFrame({"x": [1.0, 3.0, np.nan, np.inf], "y": [0, 1, 0, 1]})
+    pre = _pre({"numeric": ["x"]}, {"y": {"type": "binary"}}).fit(train)
+    enc = pre.transform(train, labels=False).numeric.numpy()
+    # mean 2, std 1 over the finite values; missing and inf -> 0 with indicator 1
+    np.testing.assert_allclose(enc[:, 0], [-1.0, 1.0, 0.0, 0.0])
+    np.testing.assert_allclose(enc[:, 1], [0, 0, 1, 1])
+    assert pre.numeric_width == 2
+
+
+def test_signed_log1p() -> None:
+    train = pd.DataFrame({"x": [0.0, math.e - 1, -(math.e - 1)], "y": [0, 1, 0]})
+    features = {"numeric": [{"name": "x", "log1p": True}], "numeric_scaling": "none"}
+    pre = _pre(features, {"y": {"type": "binary"}}).fit(train)
+    np.testing.assert_allclose(
+        pre.transform(train, labels=False).numeric[:, 0], [0, 1, -1], atol=1e-6
+    )
+
+
+def test_label_mappings() -> None:
+    df = pd.DataFrame(
+        {
+            "x": [1.0, 2.0, 3.0, 4.0],
+            "inc": [" 50000+.", " - 50000.", None, " 50000+."],
+            "flag": [True, False, True, False],
+            "r": [1.5, None, 2.5, 3.0],
+            "m": ["b", "a", None, "c"],
+        }
+    )
+    tasks = {
+        "inc": {"type": "binary", "positive": " 50000+."},
+        "flag": {"type": "binary"},
+        "r": {"type": "regression"},
+        "m": {"type": "multiclass"},
+    }
+    pre = _pre({"numeric": ["x"]}, tasks).fit(df)
+    labels = {k: v.numpy() for k, v in pre.transform(df).labels.items()}
+    np.testing.assert_array_equal(labels["inc"], [1, 0, np.nan, 1])
+    np.testing.assert_array_equal(labels["flag"], [1, 0, 1, 0])
+    np.testing.assert_array_equal(labels["r"], [1.5, np.nan, 2.5, 3.0])
+    np.testing.assert_array_equal(labels["m"], [1, 0, np.nan, 2])
+    assert pre.classes_["m"] == ["a", "b", "c"]
+
+
+def test_fit_does_not_depend_on_row_order(toy_frame: pd.DataFrame) -> None:
+    features = {"categorical": ["color", "size"], "numeric": ["x", "z"]}
+    tasks = {"click": {"type": "binary"}, "kind": {"type": "multiclass"}}
+    a = _pre(features, tasks).fit(toy_frame)
+    shuffled = toy_frame.sample(frac=1.0, random_state=3)
+    b = _pre(features, tasks).fit(shuffled)
+    assert a.vocabularies_ == b.vocabularies_ and a.classes_ == b.classes_
+    for k, s in a.numeric_stats_.items():
+        assert math.isclose(s.mean, b.numeric_stats_[k].mean, rel_tol=1e-12, abs_tol=1e-12)
+    ea, eb = a.transform(toy_frame), b.transform(shuffled)
+    order = [toy_frame.index.get_loc(i) for i in shuffled.index]
+    assert (ea.categorical[order] == eb.categorical).all()
+
+
+def test_state_round_trip(toy_frame: pd.DataFrame) -> None:
+    features = {"categorical": ["color"], "numeric": ["x"]}
+    tasks = {"kind": {"type": "multiclass"}}
+    a = _pre(features, tasks).fit(toy_frame)
+    b = _pre(features, tasks).load_state_dict(a.state_dict())
+    ea, eb = a.transform(toy_frame), b.transform(toy_frame)
+    assert (ea.categorical == eb.categorical).all() and (ea.numeric == eb.numeric).all()
+
+
+def test_transform_before_fit_is_an_error() -> None:
+    from polytask import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        _pre({"numeric": ["x"]}, {"y": {"type": "binary"}}).transform(pd.DataFrame({"x": [1]}))
