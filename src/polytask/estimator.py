@@ -37,6 +37,7 @@ from polytask.training import (
     gate_statistics,
     predict_outputs,
 )
+from polytask.training.schedules import AlternateBatches
 from polytask.weighting import WEIGHTINGS, Weighting
 
 FORMAT_VERSION = 1
@@ -163,8 +164,12 @@ class MultiTaskModel:
     ) -> MultiTaskModel:
         """Fit the preprocessor on ``train`` and train the network.
 
-        ``train``/``validation`` are DataFrames or CSV/Parquet paths. ``epochs`` and
-        ``batch_size`` override the ``training`` section for this call. Returns ``self``.
+        ``train``/``validation`` are DataFrames or CSV/Parquet paths, or mappings
+        ``{task: table}`` with one dataset per task (same feature columns, each labelled for
+        its task). With ``training.schedule: alternate`` each step trains one task on a batch
+        of its own dataset; with ``joint`` the datasets are stacked and each row's missing
+        labels are masked. ``epochs`` and ``batch_size`` override the ``training`` section for
+        this call. Returns ``self``.
         """
         cfg = self.config
         if epochs is not None:
@@ -176,24 +181,43 @@ class MultiTaskModel:
             torch.set_num_threads(tcfg.num_threads)
         device = resolve_device(tcfg.device)
 
-        train_df = read_table(train, what="training set")
-        valid_df = read_table(validation, what="validation set") if validation is not None else None
-        if valid_df is not None:
-            extra = [str(c) for c in valid_df.columns if c not in set(train_df.columns)]
-            if extra:
-                raise DataError(
-                    f"validation set has column(s) {extra} that the training set and the schema "
-                    "lack; the two splits must come from the same table"
+        if tcfg.schedule == "alternate":
+            if not isinstance(train, Mapping):
+                raise ConfigError(
+                    "training.schedule: alternate needs one dataset per task: pass "
+                    "fit({task: table, ...}); found a single table"
                 )
-        preprocessor = Preprocessor(features=cfg.features, tasks=cfg.tasks).fit(train_df)
-        train_data = preprocessor.transform(train_df, labels=True, what="training set").to(device)
-        valid_data = (
-            preprocessor.transform(valid_df, labels=True, what="validation set").to(device)
-            if valid_df is not None
-            else None
-        )
-        if valid_data is not None and len(valid_data) == 0:
-            raise DataError("validation set is empty: expected at least one row, found 0")
+            if type(build_weighting(cfg)).single is Weighting.single:
+                raise ConfigError(
+                    f"loss.weighting {cfg.loss.weighting!r} combines tasks within a step and "
+                    "cannot be used with training.schedule: alternate; use sum, weighted or "
+                    "uncertainty"
+                )
+        preprocessor = Preprocessor(features=cfg.features, tasks=cfg.tasks)
+        per_task: dict[str, EncodedData] | None = None
+        if isinstance(train, Mapping):
+            frames = self._task_tables(train, "training set")
+            features = pd.concat(
+                [f[[c for c in cfg.features.columns if c in f.columns]] for f in frames.values()],
+                ignore_index=True,
+            )
+            preprocessor.fit(features, label_frames=frames)
+            per_task = {
+                t: preprocessor.transform(f, labels=True, only=t, what=f"training set of {t!r}")
+                for t, f in frames.items()
+            }
+            train_data = EncodedData.concat(list(per_task.values()))
+            train_columns = set().union(*(set(f.columns) for f in frames.values()))
+        else:
+            train_df = read_table(train, what="training set")
+            preprocessor.fit(train_df)
+            train_data = preprocessor.transform(train_df, labels=True, what="training set")
+            train_columns = set(train_df.columns)
+        valid_data = None
+        if validation is not None:
+            valid_data = self._encode_validation(validation, preprocessor, train_columns)
+            valid_data = valid_data.to(device)
+        train_data = train_data.to(device)
 
         torch.manual_seed(tcfg.seed)
         network = build_network(cfg, preprocessor).to(device)
@@ -204,13 +228,22 @@ class MultiTaskModel:
         optimizer = build_optimizer(groups, cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.optimizer, tcfg.epochs)
 
+        train_source: EncodedData | AlternateBatches = train_data
+        if tcfg.schedule == "alternate":
+            assert per_task is not None
+            train_source = AlternateBatches(
+                {t: d.to(device) for t, d in per_task.items()},
+                batch_size=tcfg.batch_size,
+                sampling=tcfg.task_sampling,
+                generator=torch.Generator().manual_seed(tcfg.seed),
+            )
         result = fit_loop(
             model=network,
             weighting=weighting,
             tasks=cfg.tasks,
             optimizer=optimizer,
             scheduler=scheduler,
-            train=train_data,
+            train=train_source,
             validation=valid_data,
             cfg=tcfg,
         )
@@ -222,6 +255,43 @@ class MultiTaskModel:
         self.best_epoch_ = result.best_epoch
         self.n_train_ = len(train_data)
         return self
+
+    def _task_tables(self, data: Mapping[str, Any], what: str) -> dict[str, pd.DataFrame]:
+        tasks = list(self.config.tasks)
+        unknown = [str(k) for k in data if k not in self.config.tasks]
+        if unknown:
+            raise DataError(
+                f"{what}: datasets given for unknown task(s) {unknown}; the tasks are {tasks}"
+                f"{closest(unknown[0], tasks)}"
+            )
+        missing = [t for t in tasks if t not in data]
+        if missing:
+            raise DataError(f"{what}: one dataset per task is needed; none given for {missing}")
+        return {t: read_table(data[t], what=f"{what} of task {t!r}") for t in tasks}
+
+    def _encode_validation(
+        self, validation: Any, preprocessor: Preprocessor, train_columns: set[Any]
+    ) -> EncodedData:
+        what = "validation set"
+        if isinstance(validation, Mapping):
+            frames = self._task_tables(validation, what)
+            parts = [
+                preprocessor.transform(f, labels=True, only=t, what=f"{what} of task {t!r}")
+                for t, f in frames.items()
+            ]
+            data = EncodedData.concat(parts)
+        else:
+            df = read_table(validation, what=what)
+            extra = [str(c) for c in df.columns if c not in train_columns]
+            if extra:
+                raise DataError(
+                    f"{what} has column(s) {extra} that the training set and the schema lack; "
+                    "the two splits must come from the same table"
+                )
+            data = preprocessor.transform(df, labels=True, what=what)
+        if len(data) == 0:
+            raise DataError(f"{what} is empty: expected at least one row, found 0")
+        return data
 
     # ------------------------------------------------------------------------------ use
     def _check_fitted(self) -> None:

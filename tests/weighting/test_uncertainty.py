@@ -17,7 +17,8 @@ def test_each_task_gets_its_form() -> None:
     tasks = {"r": TaskConfig(type="regression"), "c": TaskConfig(type="binary")}
     w = Uncertainty(tasks=tasks, params=UncertaintyParams())
     with torch.no_grad():
-        w.log_var.copy_(torch.tensor([0.4, -0.3]))
+        w.log_vars[0].fill_(0.4)
+        w.log_vars[1].fill_(-0.3)
     losses = torch.tensor([2.0, 0.5])
     expected = (0.5 * math.exp(-0.4) * 2.0 + 0.2) + (math.exp(0.3) * 0.5 - 0.15)
     assert math.isclose(float(w(losses)), expected, rel_tol=1e-6)
@@ -28,7 +29,7 @@ def test_clamp_bounds_log_variance() -> None:
     tasks = {"r": TaskConfig(type="regression")}
     w = Uncertainty(tasks=tasks, params=UncertaintyParams(clamp=(-1.0, 1.0)))
     with torch.no_grad():
-        w.log_var.fill_(5.0)
+        w.log_vars[0].fill_(5.0)
     assert math.isclose(w.sigmas()["r"], math.exp(0.5), rel_tol=1e-6)
 
 

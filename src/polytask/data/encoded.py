@@ -38,6 +38,15 @@ class EncodedData:
             labels={k: v[index] for k, v in self.labels.items()},
         )
 
+    @staticmethod
+    def concat(parts: list[EncodedData]) -> EncodedData:
+        """Rows of ``parts`` one after another (same columns and tasks)."""
+        return EncodedData(
+            categorical=torch.cat([p.categorical for p in parts]),
+            numeric=torch.cat([p.numeric for p in parts]),
+            labels={k: torch.cat([p.labels[k] for p in parts]) for k in parts[0].labels},
+        )
+
     def to(self, device: torch.device | str) -> EncodedData:
         return EncodedData(
             categorical=self.categorical.to(device),

@@ -123,13 +123,26 @@ class Preprocessor:
             )
 
     # ---------------------------------------------------------------------------- fit
-    def fit(self, df: pd.DataFrame) -> Preprocessor:
-        """Learn vocabularies, scaling statistics and label classes from the training table."""
+    def fit(
+        self, df: pd.DataFrame, *, label_frames: Mapping[str, pd.DataFrame] | None = None
+    ) -> Preprocessor:
+        """Learn vocabularies, scaling statistics and label classes from the training table.
+
+        With ``label_frames`` (one table per task, for alternate training) ``df`` holds the
+        feature columns of all of them and each task's labels come from its own table."""
         what = "training set"
         if len(df) == 0:
             raise DataError(f"{what} is empty: expected at least one row, found 0")
-        labels = [self.label_column(t) for t in self.tasks]
-        self._require_columns(df, self.features.columns + labels, what)
+        if label_frames is None:
+            labels = [self.label_column(t) for t in self.tasks]
+            self._require_columns(df, self.features.columns + labels, what)
+            label_frames = dict.fromkeys(self.tasks, df)
+        else:
+            self._require_columns(df, self.features.columns, what)
+            for name in self.tasks:
+                self._require_columns(
+                    label_frames[name], [self.label_column(name)], f"training set of task {name!r}"
+                )
         self.train_columns_ = [str(c) for c in df.columns]
 
         vocabularies: dict[str, list[str]] = {}
@@ -158,7 +171,7 @@ class Preprocessor:
 
         classes: dict[str, list[str]] = {}
         for name, task in self.tasks.items():
-            col = df[self.label_column(name)]
+            col = label_frames[name][self.label_column(name)]
             if task.type == "multiclass":
                 values, missing = category_strings(col)
                 found = sorted(set(values[~missing].tolist()))
@@ -173,7 +186,7 @@ class Preprocessor:
         self.classes_ = classes
         # Validate the labels now, so a bad label fails before any training.
         for name in self.tasks:
-            self._encode_label(df, name, what)
+            self._encode_label(label_frames[name], name, what)
         return self
 
     # ---------------------------------------------------------------------------- transform
@@ -194,10 +207,16 @@ class Preprocessor:
         return len(self.classes_[task]) if t.type == "multiclass" else 1
 
     def transform(
-        self, df: pd.DataFrame, *, labels: bool | None = None, what: str = "data"
+        self,
+        df: pd.DataFrame,
+        *,
+        labels: bool | None = None,
+        what: str = "data",
+        only: str | None = None,
     ) -> EncodedData:
         """Encode a table. ``labels=True`` requires every label column, ``False`` ignores
-        them, ``None`` encodes the ones present (absent ones become all-NaN)."""
+        them, ``None`` encodes the ones present (absent ones become all-NaN). ``only=task``
+        encodes that task's label alone (a per-task dataset); the others are all-NaN."""
         self._check_fitted()
         assert self.vocabularies_ is not None
         self._require_columns(df, self.features.columns, what)
@@ -231,7 +250,9 @@ class Preprocessor:
         if labels is not False:
             for name in self.tasks:
                 col = self.label_column(name)
-                if col not in df.columns:
+                if only is not None and name != only:
+                    label_tensors[name] = torch.full((n,), float("nan"))
+                elif col not in df.columns:
                     if labels:
                         self._require_columns(df, [col], what)
                     label_tensors[name] = torch.full((n,), float("nan"))

@@ -9,7 +9,7 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +18,13 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from polytask.config import TaskConfig, TrainingConfig
-from polytask.data import EncodedData
+from polytask.data import Batch, EncodedData
 from polytask.errors import TrainingError
 from polytask.metrics import all_metrics, monitor_mode, monitor_value
 from polytask.models import MultiTaskNet
 from polytask.training.loops import check_finite, joint_step, predict_outputs
 from polytask.training.optim import group_lrs
+from polytask.training.schedules import AlternateBatches, alternate_step
 from polytask.weighting import Weighting
 
 
@@ -66,13 +67,16 @@ def fit_loop(
     tasks: dict[str, TaskConfig],
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    train: EncodedData,
+    train: EncodedData | AlternateBatches,
     validation: EncodedData | None,
     cfg: TrainingConfig,
     step_fn: Callable[..., torch.Tensor] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train for ``cfg.epochs`` epochs (fewer with early stopping); return the history.
+
+    ``train`` is one encoded split (joint training: every step on every task) or
+    `AlternateBatches` (one task per step, see `polytask.training.schedules`).
 
     With a validation split, each epoch's record holds its exact metrics and
     ``cfg.monitor`` picks the best epoch; with ``cfg.restore_best`` the model ends at that
@@ -87,16 +91,32 @@ def fit_loop(
     step = 0
     step_fn = step_fn or joint_step
     enabled = cfg.progress and sys.stderr.isatty()
-    n_batches = train.num_batches(cfg.batch_size)
+    if isinstance(train, AlternateBatches):
+        n_batches, n_rows = train.steps, train.rows_per_epoch
+    else:
+        n_batches, n_rows = train.num_batches(cfg.batch_size), len(train)
+    device = next(model.parameters()).device
+
+    def epoch_items() -> Iterator[tuple[str | None, Batch]]:
+        if isinstance(train, AlternateBatches):
+            yield from train.epoch()
+        else:
+            for batch in train.batches(cfg.batch_size, generator=generator):
+                yield None, batch
+
     with _progress(enabled) as bar:
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             handle = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=n_batches, info="")
-            sums = torch.zeros(len(names), device=train.categorical.device)
+            sums = torch.zeros(len(names), device=device)
+            counts = torch.zeros(len(names), device=device)
             steps = 0
             start = time.perf_counter()
-            for batch in train.batches(cfg.batch_size, generator=generator):
-                losses = step_fn(model, weighting, tasks, optimizer, batch)
+            for task, batch in epoch_items():
+                if task is None:
+                    losses = step_fn(model, weighting, tasks, optimizer, batch)
+                else:
+                    losses = alternate_step(model, weighting, tasks, optimizer, batch, task)
                 step += 1
                 if not bool(torch.isfinite(losses).all()):
                     if cfg.on_nan == "skip":
@@ -104,17 +124,21 @@ def fit_loop(
                         continue
                     check_finite(losses, names, step, f" (epoch {epoch})")
                 sums += losses
+                if task is None:
+                    counts += 1
+                else:
+                    counts[names.index(task)] += 1
                 steps += 1
                 if enabled and steps % 20 == 0:
                     bar.update(handle, completed=steps)
             elapsed = time.perf_counter() - start
             bar.update(handle, completed=n_batches)
-            mean_losses = sums / max(steps, 1)
+            mean_losses = sums / counts.clamp(min=1)
             weighting.epoch_end(mean_losses)
             record: dict[str, Any] = {
                 "epoch": epoch,
                 "train_loss": dict(zip(names, mean_losses.tolist(), strict=True)),
-                "train_samples_per_s": len(train) / elapsed if elapsed > 0 else math.inf,
+                "train_samples_per_s": n_rows / elapsed if elapsed > 0 else math.inf,
                 "lr": group_lrs(optimizer),
                 **weighting.report(),
             }

@@ -21,6 +21,9 @@ class Sum(Weighting):
     def forward(self, losses: Tensor) -> Tensor:
         return losses.sum()
 
+    def single(self, k: int, loss: Tensor) -> Tensor:
+        return loss
+
 
 class WeightedParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,6 +49,9 @@ class Weighted(Weighting):
 
     def forward(self, losses: Tensor) -> Tensor:
         return (self.weights * losses).sum()
+
+    def single(self, k: int, loss: Tensor) -> Tensor:
+        return self.weights[k] * loss
 
     def report(self) -> dict[str, float]:
         weights = self.weights.tolist()

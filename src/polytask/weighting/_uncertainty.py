@@ -44,18 +44,28 @@ class Uncertainty(Weighting):
 
     def __init__(self, *, tasks: Mapping[str, TaskConfig], params: UncertaintyParams) -> None:
         super().__init__(tasks=tasks)
-        k = len(tasks)
-        self.log_var = nn.Parameter(torch.full((k,), float(params.init_log_var)))
+        # One parameter per task, so a step on one task (alternate training) leaves the other
+        # tasks' log-variances and their optimizer state untouched.
+        self.log_vars = nn.ParameterList(
+            nn.Parameter(torch.tensor(float(params.init_log_var))) for _ in tasks
+        )
         scale = [0.5 if t.type == "regression" else 1.0 for t in tasks.values()]
         self.register_buffer("scale", torch.tensor(scale))
         self.clamp = params.clamp
 
+    def _clamped(self, s: Tensor) -> Tensor:
+        return s if self.clamp is None else s.clamp(*self.clamp)
+
     def _s(self) -> Tensor:
-        return self.log_var if self.clamp is None else self.log_var.clamp(*self.clamp)
+        return self._clamped(torch.stack(list(self.log_vars)))
 
     def forward(self, losses: Tensor) -> Tensor:
         s = self._s()
         return (self.scale * torch.exp(-s) * losses + 0.5 * s).sum()
+
+    def single(self, k: int, loss: Tensor) -> Tensor:
+        s = self._clamped(self.log_vars[k])
+        return self.scale[k] * torch.exp(-s) * loss + 0.5 * s
 
     def sigmas(self) -> dict[str, float]:
         """Learned sigma per task, ``exp(s / 2)``."""

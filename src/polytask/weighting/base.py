@@ -33,6 +33,14 @@ class Weighting(nn.Module):
     def forward(self, losses: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def single(self, k: int, loss: Tensor) -> Tensor:
+        """The objective for a step that trains task ``k`` alone (alternate training). It may
+        only touch task ``k``'s own weighting parameters."""
+        raise NotImplementedError(
+            f"weighting {type(self).__name__} combines tasks within a step and cannot be used "
+            "with training.schedule: alternate; use sum, weighted or uncertainty"
+        )
+
     def epoch_end(self, mean_losses: Tensor) -> None:
         """Called once per epoch with the epoch's mean task losses ``[K]`` (for DWA-style
         methods); most weightings ignore it."""
