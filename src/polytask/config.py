@@ -10,6 +10,7 @@ found and, for a misspelt key, the closest valid one.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,9 @@ _ALLOWED_LOSSES: dict[str, tuple[str, ...]] = {
     "regression": ("mse", "huber"),
     "multiclass": ("cross_entropy",),
 }
+
+
+_RESERVED = {"mean", "loss"}  # monitor names ("mean.auc", "loss") must stay unambiguous
 
 
 class _Strict(BaseModel):
@@ -64,7 +68,7 @@ class FeaturesConfig(_Strict):
 
     Categorical columns go through one embedding each; numeric columns through one learned
     linear projection of dimension ``numeric_dim`` (default: ``embedding_dim`` per numeric
-    column), and the two are concatenated.
+    column, at most 128), and the two are concatenated.
     """
 
     categorical: list[CategoricalFeature] = Field(default_factory=list)
@@ -294,6 +298,12 @@ class EstimatorConfig(_Strict):
     def _cross_checks(self) -> EstimatorConfig:
         if not self.tasks:
             raise ValueError("tasks: at least one task is needed")
+        for name in self.tasks:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", name) or name in _RESERVED:
+                raise ValueError(
+                    f"task name {name!r}: expected letters, digits, '_' or '-' (not starting with "
+                    f"a digit) and none of {sorted(_RESERVED)}"
+                )
         features = set(self.features.columns)
         for name, task in self.tasks.items():
             label = task.label or name
@@ -391,6 +401,8 @@ def format_validation_error(err: ValidationError, root: type[BaseModel], prefix:
         found = e.get("input")
         if e["type"] in {"missing"}:
             lines.append(f"{key}: required key is missing")
+        elif not loc:
+            lines.append(msg)
         elif isinstance(found, dict | list) or e["type"].startswith("value_error"):
             lines.append(f"{key}: {msg}")
         else:

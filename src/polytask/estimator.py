@@ -64,7 +64,7 @@ def build_network(cfg: EstimatorConfig, preprocessor: Preprocessor) -> MultiTask
     """The model the config names, sized by the fitted preprocessor."""
     f = cfg.features
     dims = [c.embedding_dim or f.embedding_dim for c in f.categorical]
-    numeric_dim = f.numeric_dim or f.embedding_dim * max(len(f.numeric), 1)
+    numeric_dim = f.numeric_dim or min(f.embedding_dim * max(len(f.numeric), 1), 128)
     inputs = FeatureInput(
         cardinalities=preprocessor.cardinalities,
         embedding_dims=dims,
