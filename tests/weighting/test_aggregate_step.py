@@ -19,8 +19,8 @@ from polytask.losses import task_losses
 from polytask.models import MultiTaskNet
 from polytask.training import aggregate_step, joint_step
 from polytask.training import trainer as trainer_module
-from polytask.training._aggregate import task_jacobian
-from polytask.weighting import Aggregation, Weighting
+from polytask.training._aggregate import jacobian_parameters, task_jacobian
+from polytask.weighting import Aggregation, GradNorm, GradNormParams, Weighting
 
 MODELS = ["shared_bottom", "moe", "mmoe"]
 
@@ -121,6 +121,50 @@ def test_shared_update_is_the_aggregation_of_the_jacobian(
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_gradnorm_step_gradients(
+    make_model: Callable[..., MultiTaskNet],
+    two_tasks: dict[str, TaskConfig],
+    two_task_data: Any,
+) -> None:
+    """Model: the gradient of ``sum_k w_k L_k`` everywhere (the last shared layer included);
+    ``w``: the gradient of ``sum_k |w_k n_k - mean(w n) r_k^alpha|``, target held fixed."""
+    model = make_model("shared_bottom")
+    reference = copy.deepcopy(model)
+    weighting = GradNorm(tasks=two_tasks, params=GradNormParams(alpha=1.5))
+    with torch.no_grad():
+        weighting.task_weights.copy_(torch.tensor([1.4, 0.6]))
+    weighting.initial_losses.copy_(torch.tensor([2.0, 40.0]))
+    params = [*model.parameters(), *weighting.parameters()]
+    batch = two_task_data.slice(0, 64)
+    aggregate_step(model, weighting, two_tasks, torch.optim.SGD(params, lr=0.0), batch)
+
+    w = torch.tensor([1.4, 0.6])
+    losses = _losses(reference, two_tasks, batch)
+    last = reference.last_shared_layer()
+    norms = torch.stack(
+        [
+            torch.cat(
+                [g.flatten() for g in torch.autograd.grad(losses[k], last, retain_graph=True)]
+            ).norm()
+            for k in range(2)
+        ]
+    )
+    (w * losses).sum().backward()
+    for (name, p), (_, q) in zip(
+        model.named_parameters(), reference.named_parameters(), strict=True
+    ):
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+    ratio = losses.detach() / torch.tensor([2.0, 40.0])
+    r = ratio / ratio.mean()
+    g = w * norms
+    target = g.mean() * r**1.5
+    expected_w_grad = torch.sign(g - target) * norms
+    torch.testing.assert_close(weighting.task_weights.grad, expected_w_grad, rtol=1e-5, atol=1e-6)
+    assert jacobian_parameters(model, weighting) == model.last_shared_layer()
+
+
 def test_non_finite_loss_skips_the_update(
     make_model: Callable[..., MultiTaskNet],
     two_tasks: dict[str, TaskConfig],
@@ -191,7 +235,9 @@ def test_aggregate_step_refuses_a_loss_weighting(
         )
 
 
-@pytest.mark.parametrize(("name", "expected"), [("sum", 0), ("dwa", 0), ("upgrad", 4)])
+@pytest.mark.parametrize(
+    ("name", "expected"), [("sum", 0), ("dwa", 0), ("upgrad", 4), ("gradnorm", 4)]
+)
 def test_fit_loop_picks_the_step_from_needs_gradients(
     name: str,
     expected: int,

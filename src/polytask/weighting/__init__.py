@@ -30,6 +30,7 @@ from polytask.weighting._aggregators import (
     UPGrad,
 )
 from polytask.weighting._dwa import DWA, DWAParams
+from polytask.weighting._gradnorm import GradNorm, GradNormParams
 from polytask.weighting._random import RLW
 from polytask.weighting._simple import Sum, Weighted, WeightedParams
 from polytask.weighting._uncertainty import Uncertainty, UncertaintyParams
@@ -48,6 +49,8 @@ WEIGHTINGS: dict[str, WeightingEntry] = {
     "uncertainty": WeightingEntry(UncertaintyParams, Uncertainty),
     "dwa": WeightingEntry(DWAParams, DWA),
     "rlw": WeightingEntry(NoParams, RLW),
+    # losses + gradients of the last shared layer
+    "gradnorm": WeightingEntry(GradNormParams, GradNorm),
     # per-task gradients of the shared parameters -> one direction (torchjd aggregators)
     "upgrad": WeightingEntry(ProjectionParams, UPGrad),
     "dualproj": WeightingEntry(ProjectionParams, DualProj),
@@ -81,6 +84,8 @@ __all__ = [
     "ExcessMTL",
     "FairGrad",
     "GradDrop",
+    "GradNorm",
+    "GradNormParams",
     "GradVac",
     "GradientUpdate",
     "GradientWeighting",
