@@ -22,6 +22,7 @@ from polytask.data import Batch, EncodedData
 from polytask.errors import TrainingError
 from polytask.metrics import all_metrics, monitor_mode, monitor_value
 from polytask.models import MultiTaskNet
+from polytask.training._aggregate import aggregate_step
 from polytask.training.loops import check_finite, joint_step, predict_outputs
 from polytask.training.optim import group_lrs
 from polytask.training.schedules import AlternateBatches, alternate_step
@@ -89,7 +90,8 @@ def fit_loop(
     best_state: dict[str, torch.Tensor] | None = None
     bad_epochs = 0
     step = 0
-    step_fn = step_fn or joint_step
+    if step_fn is None:
+        step_fn = aggregate_step if weighting.needs_gradients else joint_step
     enabled = cfg.progress and sys.stderr.isatty()
     if isinstance(train, AlternateBatches):
         n_batches, n_rows = train.steps, train.rows_per_epoch

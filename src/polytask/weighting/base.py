@@ -2,14 +2,15 @@
 
 A weighting never calls ``backward()`` or steps an optimizer; learnable weightings expose
 their parameters (optimized in the ``weighting`` group) and report what they learned for the
-training history.
+training history. Weightings that need per-task gradients (`GradientWeighting`) get them
+from the training step, which owns every backward pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
@@ -55,6 +56,47 @@ class Weighting(nn.Module):
 
     def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
         pass
+
+
+class GradientUpdate(NamedTuple):
+    """What a `GradientWeighting` makes of the losses and their Jacobian."""
+
+    direction: Tensor
+    """``[n]``: the ``.grad`` of the ``jacobian_on`` parameters, flattened and concatenated."""
+    objective: Tensor
+    """Scalar whose gradient is the ``.grad`` of every other parameter: the rest of the model
+    and the weighting's own parameters."""
+
+
+class GradientWeighting(Weighting):
+    """A weighting whose update needs per-task gradients, not only the losses.
+
+    The training step (`polytask.training.aggregate_step`) keeps every backward pass and the
+    optimizer step. It computes the Jacobian ``J [K, n]`` of the task losses with respect to
+    the parameters ``jacobian_on`` names (``"shared"``: every parameter outside the towers;
+    ``"last_shared"``: the model's last shared layer), calls `combine`, writes the returned
+    direction into those parameters' ``.grad``, backpropagates the returned objective into all
+    other parameters, steps the optimizer and calls `after_step`.
+    """
+
+    needs_gradients: ClassVar[bool] = True
+    jacobian_on: ClassVar[Literal["shared", "last_shared"]] = "shared"
+
+    def forward(self, losses: Tensor) -> Tensor:
+        raise RuntimeError(
+            f"{type(self).__name__} needs per-task gradients, not only losses: train with "
+            "polytask.training.aggregate_step (chosen automatically when "
+            "weighting.needs_gradients is True)"
+        )
+
+    def combine(self, losses: Tensor, jacobian: Tensor) -> GradientUpdate:
+        """``losses [K]`` (attached to the graph) and ``jacobian [K, n]`` (detached; row k is
+        the gradient of task k's loss) -> the update."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def after_step(self) -> None:
+        """Called after each optimizer step, e.g. to project learned weights back onto their
+        constraint set."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,87 @@
+"""The training step for weightings that need per-task gradients (`GradientWeighting`).
+
+The step owns every backward pass and the optimizer step; the weighting only maps the losses
+and their Jacobian to an update. With ``P`` the parameters the weighting asks about (every
+shared parameter for the aggregators, the last shared layer for GradNorm):
+
+1. ``J [K, |P|]``: one row per task loss, the gradient of that loss with respect to ``P``,
+   computed from the losses themselves with ``torchjd.autojac.jac`` (a vmapped backward pass).
+   Differentiating the losses rather than an intermediate representation (as
+   ``torchjd.autojac.mtl_backward(features=...)`` does) follows every path into ``P``: in
+   MMoE the gates read the shared input directly, bypassing the experts' output, so a
+   ``features`` cut at the experts would miss the input embeddings' gradient through the gates.
+2. ``weighting.combine(losses, J)`` returns the direction for ``P`` and a scalar objective.
+3. ``P.grad`` = the direction; every other parameter (towers, and the weighting's own learned
+   weights) gets the gradient of the objective.
+4. The optimizer steps, then ``weighting.after_step()``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchjd.autojac import jac
+
+from polytask.config import TaskConfig
+from polytask.data import Batch
+from polytask.losses import task_losses
+from polytask.models import MultiTaskNet
+from polytask.training.loops import batch_labels
+from polytask.weighting import GradientWeighting, Weighting
+
+
+def jacobian_parameters(model: MultiTaskNet, weighting: GradientWeighting) -> list[nn.Parameter]:
+    """The parameters whose per-task gradients ``weighting`` combines."""
+    if weighting.jacobian_on == "last_shared":
+        return model.last_shared_layer()
+    return model.shared_parameters()
+
+
+def task_jacobian(losses: Tensor, params: list[nn.Parameter]) -> Tensor:
+    """``[K, n]``: row k is the gradient of ``losses[k]`` with respect to ``params``, flattened
+    and concatenated in order (zeros where a loss does not reach a parameter). Keeps the graph."""
+    blocks = jac(losses, params, retain_graph=True)
+    return torch.cat([b.reshape(len(losses), -1) for b in blocks], dim=1)
+
+
+def aggregate_step(
+    model: MultiTaskNet,
+    weighting: Weighting,
+    tasks: dict[str, TaskConfig],
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+) -> Tensor:
+    """One optimizer step combining per-task gradients; returns the detached task losses
+    ``[K]``. As in `joint_step`, a non-finite loss (or update) skips the update."""
+    if not isinstance(weighting, GradientWeighting):
+        raise TypeError(
+            f"aggregate_step needs a GradientWeighting, received {type(weighting).__name__}; "
+            "use joint_step for weightings of the losses alone"
+        )
+    outputs = model(batch)
+    losses = task_losses(tasks, outputs, batch_labels(batch, tasks))
+    optimizer.zero_grad(set_to_none=True)
+    if not bool(torch.isfinite(losses).all()):
+        return losses.detach()
+
+    params = jacobian_parameters(model, weighting)
+    update = weighting.combine(losses, task_jacobian(losses, params))
+    if not (
+        bool(torch.isfinite(update.direction).all()) and bool(torch.isfinite(update.objective))
+    ):
+        return losses.detach()
+
+    in_jacobian = {id(p) for p in params}
+    others = [
+        p
+        for p in (*model.parameters(), *weighting.parameters())
+        if p.requires_grad and id(p) not in in_jacobian
+    ]
+    if others:
+        # Parameters the objective does not reach keep .grad None: the optimizer skips them.
+        torch.autograd.backward(update.objective, inputs=others)
+    for p, g in zip(params, update.direction.split([p.numel() for p in params]), strict=True):
+        p.grad = g.view_as(p).to(p.dtype)
+    optimizer.step()
+    weighting.after_step()
+    return losses.detach()

@@ -1,0 +1,261 @@
+"""`polytask.training.aggregate_step`: the step for weightings that need per-task gradients.
+
+(Kept beside the weighting tests, whose fixtures it shares.)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torchjd import aggregation as agg
+
+from polytask.config import TaskConfig
+from polytask.data import LABEL_PREFIX
+from polytask.losses import task_losses
+from polytask.models import MultiTaskNet
+from polytask.training import aggregate_step, joint_step
+from polytask.training import trainer as trainer_module
+from polytask.training._aggregate import jacobian_parameters, task_jacobian
+from polytask.weighting import Aggregation, GradNorm, GradNormParams, Weighting
+
+MODELS = ["shared_bottom", "moe", "mmoe"]
+
+
+def _losses(model: MultiTaskNet, tasks: dict[str, TaskConfig], batch: dict[str, Any]) -> Any:
+    labels = {n: batch[LABEL_PREFIX + n] for n in tasks}
+    return task_losses(tasks, model(batch), labels)
+
+
+def _grads(model: MultiTaskNet) -> dict[str, torch.Tensor]:
+    return {
+        n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+        for n, p in model.named_parameters()
+    }
+
+
+def _is_tower(name: str) -> bool:
+    return name.startswith("towers.")
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_jacobian_rows_are_the_task_loss_gradients(
+    model_name: str,
+    make_model: Callable[..., MultiTaskNet],
+    two_tasks: dict[str, TaskConfig],
+    two_task_data: Any,
+) -> None:
+    model = make_model(model_name)
+    batch = two_task_data.slice(0, 64)
+    losses = _losses(model, two_tasks, batch)
+    params = model.shared_parameters()
+    jac = task_jacobian(losses, params)
+    assert jac.shape == (2, sum(p.numel() for p in params))
+    for k in range(2):
+        grads = torch.autograd.grad(losses[k], params, retain_graph=True, allow_unused=True)
+        row = torch.cat(
+            [
+                (g if g is not None else torch.zeros_like(p)).flatten()
+                for g, p in zip(grads, params, strict=True)
+            ]
+        )
+        torch.testing.assert_close(jac[k], row, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_mean_and_sum_aggregators_reproduce_the_joint_backward(
+    model_name: str,
+    reduce: str,
+    make_model: Callable[..., MultiTaskNet],
+    two_tasks: dict[str, TaskConfig],
+    two_task_data: Any,
+) -> None:
+    """The Jacobian path is exact: with the Sum aggregator every ``.grad`` is that of
+    ``sum_k L_k``; with Mean the shared ones are those of ``mean_k L_k`` and the towers keep
+    their plain gradients (those of ``sum_k L_k``). Gated models included: the gates read the
+    shared input, bypassing the experts, and no gradient path may be lost."""
+    model = make_model(model_name)
+    reference = copy.deepcopy(model)
+    batch = two_task_data.slice(0, 64)
+
+    aggregator = agg.Sum() if reduce == "sum" else agg.Mean()
+    weighting = Aggregation(tasks=two_tasks, aggregator=aggregator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps the .grad it was given
+    aggregate_step(model, weighting, two_tasks, optimizer, batch)
+
+    losses = _losses(reference, two_tasks, batch)
+    shared_total = losses.sum() if reduce == "sum" else losses.mean()
+    shared_names = {id(p) for p in reference.shared_parameters()}
+    shared = [p for p in reference.parameters() if id(p) in shared_names]
+    towers = [p for p in reference.parameters() if id(p) not in shared_names]
+    torch.autograd.backward(shared_total, inputs=shared, retain_graph=True)
+    torch.autograd.backward(losses.sum(), inputs=towers)
+
+    got, want = _grads(model), _grads(reference)
+    assert any(_is_tower(n) for n in got) and any(not _is_tower(n) for n in got)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5, msg=name)
+    gates = [n for n in got if n.startswith("gates.")]
+    assert all(float(got[n].abs().sum()) > 0 for n in gates)
+
+
+def test_shared_update_is_the_aggregation_of_the_jacobian(
+    make_model: Callable[..., MultiTaskNet],
+    two_tasks: dict[str, TaskConfig],
+    two_task_data: Any,
+) -> None:
+    model = make_model("mmoe")
+    batch = two_task_data.slice(0, 64)
+    reference = copy.deepcopy(model)
+    weighting = Aggregation(tasks=two_tasks, aggregator=agg.MGDA())
+    aggregate_step(model, weighting, two_tasks, torch.optim.SGD(model.parameters(), lr=0.0), batch)
+
+    losses = _losses(reference, two_tasks, batch)
+    jac = task_jacobian(losses, reference.shared_parameters())
+    expected = agg.MGDA()(jac)
+    got = torch.cat([p.grad.flatten() for p in model.shared_parameters()])  # type: ignore[union-attr]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gradnorm_step_gradients(
+    make_model: Callable[..., MultiTaskNet],
+    two_tasks: dict[str, TaskConfig],
+    two_task_data: Any,
+) -> None:
+    """Model: the gradient of ``sum_k w_k L_k`` everywhere (the last shared layer included);
+    ``w``: the gradient of ``sum_k |w_k n_k - mean(w n) r_k^alpha|``, target held fixed."""
+    model = make_model("shared_bottom")
+    reference = copy.deepcopy(model)
+    weighting = GradNorm(tasks=two_tasks, params=GradNormParams(alpha=1.5))
+    with torch.no_grad():
+        weighting.task_weights.copy_(torch.tensor([1.4, 0.6]))
+    weighting.initial_losses.copy_(torch.tensor([2.0, 40.0]))
+    params = [*model.parameters(), *weighting.parameters()]
+    batch = two_task_data.slice(0, 64)
+    aggregate_step(model, weighting, two_tasks, torch.optim.SGD(params, lr=0.0), batch)
+
+    w = torch.tensor([1.4, 0.6])
+    losses = _losses(reference, two_tasks, batch)
+    last = reference.last_shared_layer()
+    norms = torch.stack(
+        [
+            torch.cat(
+                [g.flatten() for g in torch.autograd.grad(losses[k], last, retain_graph=True)]
+            ).norm()
+            for k in range(2)
+        ]
+    )
+    (w * losses).sum().backward()
+    for (name, p), (_, q) in zip(
+        model.named_parameters(), reference.named_parameters(), strict=True
+    ):
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+    ratio = losses.detach() / torch.tensor([2.0, 40.0])
+    r = ratio / ratio.mean()
+    g = w * norms
+    target = g.mean() * r**1.5
+    expected_w_grad = torch.sign(g - target) * norms
+    torch.testing.assert_close(weighting.task_weights.grad, expected_w_grad, rtol=1e-5, atol=1e-6)
+    assert jacobian_parameters(model, weighting) == model.last_shared_layer()
+
+
+def test_non_finite_loss_skips_the_update(
+    make_model: Callable[..., MultiTaskNet],
+    two_tasks: dict[str, TaskConfig],
+    two_task_data: Any,
+) -> None:
+    model = make_model("mmoe")
+    before = copy.deepcopy(model.state_dict())
+    batch = dict(two_task_data.slice(0, 64))
+    batch[LABEL_PREFIX + "dwell"] = batch[LABEL_PREFIX + "dwell"].clone()
+    batch[LABEL_PREFIX + "dwell"][0] = float("inf")
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    weighting = Aggregation(tasks=two_tasks, aggregator=agg.UPGrad())
+    losses = aggregate_step(model, weighting, two_tasks, optimizer, batch)
+    assert not bool(torch.isfinite(losses).all())
+    assert not optimizer.state
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+class _NaNAggregator(agg.Aggregator):
+    def forward(self, matrix: torch.Tensor, /) -> torch.Tensor:
+        return torch.full_like(matrix[0], float("nan"))
+
+
+def test_non_finite_update_skips_the_update(
+    make_model: Callable[..., MultiTaskNet],
+    two_tasks: dict[str, TaskConfig],
+    two_task_data: Any,
+) -> None:
+    model = make_model("shared_bottom")
+    before = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    weighting = Aggregation(tasks=two_tasks, aggregator=_NaNAggregator())
+    losses = aggregate_step(model, weighting, two_tasks, optimizer, two_task_data.slice(0, 64))
+    assert bool(torch.isfinite(losses).all())
+    assert not optimizer.state
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_joint_step_refuses_a_gradient_weighting(
+    make_model: Callable[..., MultiTaskNet],
+    two_tasks: dict[str, TaskConfig],
+    two_task_data: Any,
+) -> None:
+    model = make_model("shared_bottom")
+    weighting = Aggregation(tasks=two_tasks, aggregator=agg.Mean())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="aggregate_step"):
+        joint_step(model, weighting, two_tasks, optimizer, two_task_data.slice(0, 64))
+
+
+def test_aggregate_step_refuses_a_loss_weighting(
+    make_model: Callable[..., MultiTaskNet],
+    two_tasks: dict[str, TaskConfig],
+    two_task_data: Any,
+    build_weighting: Callable[..., Weighting],
+) -> None:
+    model = make_model("shared_bottom")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="received Sum"):
+        aggregate_step(
+            model,
+            build_weighting("sum", two_tasks),
+            two_tasks,
+            optimizer,
+            two_task_data.slice(0, 8),
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("sum", 0), ("dwa", 0), ("upgrad", 4), ("gradnorm", 4)]
+)
+def test_fit_loop_picks_the_step_from_needs_gradients(
+    name: str,
+    expected: int,
+    make_model: Callable[..., MultiTaskNet],
+    two_tasks: dict[str, TaskConfig],
+    two_task_data: Any,
+    build_weighting: Callable[..., Weighting],
+    train_briefly: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = []
+
+    def spy(*args: Any) -> torch.Tensor:
+        calls.append(1)
+        return aggregate_step(*args)
+
+    monkeypatch.setattr(trainer_module, "aggregate_step", spy)
+    train_briefly(
+        make_model("shared_bottom"), build_weighting(name, two_tasks), two_task_data, epochs=1
+    )
+    assert len(calls) == expected  # 256 rows in batches of 64
