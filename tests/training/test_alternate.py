@@ -124,3 +124,13 @@ def test_alternate_needs_a_dataset_per_task(
     parts = _split(toy_frame) | {"clik": toy_frame}
     with pytest.raises(DataError, match="unknown task"):
         _model(toy_features, toy_tasks).fit(parts)
+
+
+@pytest.mark.parametrize("weighting", ["dwa", "pcgrad", "gradnorm"])
+def test_weightings_that_mix_tasks_within_a_step_are_refused(
+    toy_frame: pd.DataFrame, toy_features: Any, toy_tasks: Any, weighting: str
+) -> None:
+    model = _model(toy_features, toy_tasks)
+    model.config.loss.weighting = weighting
+    with pytest.raises(ConfigError, match=f"'{weighting}' combines tasks within a step"):
+        model.fit(_split(toy_frame))
