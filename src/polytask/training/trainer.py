@@ -11,7 +11,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from polytask.models import MultiTaskNet
 from polytask.training._aggregate import aggregate_step
 from polytask.training.loops import check_finite, joint_step, predict_outputs
 from polytask.training.optim import group_lrs
-from polytask.training.schedules import AlternateBatches, alternate_step
+from polytask.training.schedules import JointBatches, alternate_step
 from polytask.weighting import Weighting
 
 
@@ -35,6 +36,50 @@ class FitResult:
     best_epoch: int | None = None
     best_value: float | None = None
     skipped_batches: int = 0
+
+
+@dataclass
+class LoopState:
+    """Where `fit_loop` is. With the model, weighting, optimizer, scheduler and the batch
+    source's own state it is everything a checkpoint needs to resume exactly."""
+
+    result: FitResult = field(default_factory=FitResult)
+    step: int = 0
+    """Batches drawn so far, over every epoch (skipped ones included)."""
+    epoch: int = 1
+    """The epoch in progress (1-based)."""
+    position: int = 0
+    """Batches drawn in that epoch."""
+    finite_steps: int = 0
+    skipped_in_epoch: int = 0
+    loss_sums: torch.Tensor | None = None
+    """``[K]`` sums of this epoch's finite task losses (on the model's device)."""
+    loss_counts: torch.Tensor | None = None
+    elapsed: float = 0.0
+    """Seconds spent in this epoch's batches before the last checkpoint (throughput only)."""
+    bad_epochs: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+class Checkpoints(Protocol):
+    """What `fit_loop` needs from a checkpoint writer (see `polytask.training.checkpoint`)."""
+
+    every: int
+    latest: Path | None
+
+    def save(self, state: LoopState) -> None: ...
+
+
+class BatchSource(Protocol):
+    """Yields ``(task or None for every task, batch)`` for each step of an epoch."""
+
+    @property
+    def steps(self) -> int: ...
+
+    @property
+    def rows_per_epoch(self) -> int: ...
+
+    def epoch(self) -> Iterator[tuple[str | None, Batch]]: ...
 
 
 def evaluate_split(
@@ -61,6 +106,16 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
+def _where(state: LoopState, n_batches: int, checkpoints: Checkpoints | None) -> str:
+    """The position and the way back, for a non-finite loss's error message."""
+    where = f" (epoch {state.epoch}, batch {state.position} of {n_batches})"
+    if checkpoints is not None and checkpoints.latest is not None:
+        where += f"; last good checkpoint: {checkpoints.latest}"
+    else:
+        where += "; no checkpoint (set training.checkpoint_every to keep one)"
+    return where + "; training.on_nan: skip skips such batches instead"
+
+
 def fit_loop(
     *,
     model: MultiTaskNet,
@@ -68,72 +123,78 @@ def fit_loop(
     tasks: dict[str, TaskConfig],
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    train: EncodedData | AlternateBatches,
+    train: EncodedData | BatchSource,
     validation: EncodedData | None,
     cfg: TrainingConfig,
     step_fn: Callable[..., torch.Tensor] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    checkpoints: Checkpoints | None = None,
+    start: LoopState | None = None,
 ) -> FitResult:
     """Train for ``cfg.epochs`` epochs (fewer with early stopping); return the history.
 
-    ``train`` is one encoded split (joint training: every step on every task) or
+    ``train`` is one encoded split (joint training: every step on every task, shuffled with
+    a generator seeded by ``cfg.seed``) or a batch source: `JointBatches` or
     `AlternateBatches` (one task per step, see `polytask.training.schedules`).
 
     With a validation split, each epoch's record holds its exact metrics and
     ``cfg.monitor`` picks the best epoch; with ``cfg.restore_best`` the model ends at that
     epoch's weights.
+
+    ``checkpoints.save(state)`` runs every ``checkpoints.every`` steps; ``start`` is the state
+    a checkpoint restored (the model, optimizer, ... and ``train`` already restored with it).
     """
     names = list(tasks)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    result = FitResult()
+    if isinstance(train, EncodedData):
+        generator = torch.Generator().manual_seed(cfg.seed)
+        train = JointBatches(train, batch_size=cfg.batch_size, generator=generator)
+    state = start if start is not None else LoopState()
+    result = state.result
     mode = monitor_mode(cfg.monitor)
-    best_state: dict[str, torch.Tensor] | None = None
-    bad_epochs = 0
-    step = 0
     if step_fn is None:
         step_fn = aggregate_step if weighting.needs_gradients else joint_step
     enabled = cfg.progress and sys.stderr.isatty()
-    if isinstance(train, AlternateBatches):
-        n_batches, n_rows = train.steps, train.rows_per_epoch
-    else:
-        n_batches, n_rows = train.num_batches(cfg.batch_size), len(train)
+    n_batches, n_rows = train.steps, train.rows_per_epoch
     device = next(model.parameters()).device
 
-    def epoch_items() -> Iterator[tuple[str | None, Batch]]:
-        if isinstance(train, AlternateBatches):
-            yield from train.epoch()
-        else:
-            for batch in train.batches(cfg.batch_size, generator=generator):
-                yield None, batch
-
     with _progress(enabled) as bar:
-        for epoch in range(1, cfg.epochs + 1):
+        while state.epoch <= cfg.epochs:
+            epoch = state.epoch
             model.train()
             handle = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=n_batches, info="")
-            sums = torch.zeros(len(names), device=device)
-            counts = torch.zeros(len(names), device=device)
-            steps = 0
-            start = time.perf_counter()
-            for task, batch in epoch_items():
+            if state.position == 0 or state.loss_sums is None or state.loss_counts is None:
+                state.loss_sums = torch.zeros(len(names), device=device)
+                state.loss_counts = torch.zeros(len(names), device=device)
+                state.finite_steps = state.skipped_in_epoch = 0
+                state.elapsed = 0.0
+            sums, counts = state.loss_sums, state.loss_counts
+            bar.update(handle, completed=state.position)
+            began = time.perf_counter() - state.elapsed
+            for task, batch in train.epoch():
                 if task is None:
                     losses = step_fn(model, weighting, tasks, optimizer, batch)
                 else:
                     losses = alternate_step(model, weighting, tasks, optimizer, batch, task)
-                step += 1
-                if not bool(torch.isfinite(losses).all()):
-                    if cfg.on_nan == "skip":
-                        result.skipped_batches += 1
-                        continue
-                    check_finite(losses, names, step, f" (epoch {epoch})")
-                sums += losses
-                if task is None:
-                    counts += 1
+                state.step += 1
+                state.position += 1
+                if bool(torch.isfinite(losses).all()):
+                    sums += losses
+                    if task is None:
+                        counts += 1
+                    else:
+                        counts[names.index(task)] += 1
+                    state.finite_steps += 1
+                elif cfg.on_nan == "skip":
+                    state.skipped_in_epoch += 1
+                    result.skipped_batches += 1
                 else:
-                    counts[names.index(task)] += 1
-                steps += 1
-                if enabled and steps % 20 == 0:
-                    bar.update(handle, completed=steps)
-            elapsed = time.perf_counter() - start
+                    check_finite(losses, names, state.step, _where(state, n_batches, checkpoints))
+                if checkpoints is not None and state.step % checkpoints.every == 0:
+                    state.elapsed = time.perf_counter() - began
+                    checkpoints.save(state)
+                if enabled and state.position % 20 == 0:
+                    bar.update(handle, completed=state.position)
+            elapsed = time.perf_counter() - began
             bar.update(handle, completed=n_batches)
             mean_losses = sums / counts.clamp(min=1)
             weighting.epoch_end(mean_losses)
@@ -144,8 +205,8 @@ def fit_loop(
                 "lr": group_lrs(optimizer),
                 **weighting.report(),
             }
-            if result.skipped_batches:
-                record["skipped_batches"] = result.skipped_batches
+            if state.skipped_in_epoch:
+                record["skipped_batches"] = state.skipped_in_epoch
             if validation is not None:
                 metrics = evaluate_split(model, tasks, validation, cfg.eval_batch_size)
                 record["validation"] = metrics
@@ -156,11 +217,11 @@ def fit_loop(
                     and (value > result.best_value if mode == "max" else value < result.best_value)
                 )
                 if improved:
-                    result.best_value, result.best_epoch, bad_epochs = value, epoch, 0
+                    result.best_value, result.best_epoch, state.bad_epochs = value, epoch, 0
                     if cfg.restore_best:
-                        best_state = copy.deepcopy(model.state_dict())
+                        state.best_state = copy.deepcopy(model.state_dict())
                 else:
-                    bad_epochs += 1
+                    state.bad_epochs += 1
                 if scheduler is not None:
                     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                         scheduler.step(value if mode == "min" else -value)
@@ -178,14 +239,19 @@ def fit_loop(
             result.history.append(record)
             if on_epoch_end is not None:
                 on_epoch_end(record)
-            if steps == 0:
+            if state.finite_steps == 0:
                 raise TrainingError(
                     f"epoch {epoch}: every batch had a non-finite loss and was skipped"
                 )
-            if cfg.patience is not None and validation is not None and bad_epochs > cfg.patience:
+            state.epoch, state.position = epoch + 1, 0
+            if (
+                cfg.patience is not None
+                and validation is not None
+                and state.bad_epochs > cfg.patience
+            ):
                 break
-    if best_state is not None and result.best_epoch != len(result.history):
-        model.load_state_dict(best_state)
+    if state.best_state is not None and result.best_epoch != len(result.history):
+        model.load_state_dict(state.best_state)
     return result
 
 
