@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,15 @@ def toy_tasks() -> dict[str, dict[str, str]]:
         "dwell": {"type": "regression"},
         "kind": {"type": "multiclass"},
     }
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the test, restored after it.
+
+    Tiny models gain nothing from a second thread, and on a loaded machine the threads'
+    spin-waits make each step an order of magnitude slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,10 @@ def gates_table(gates: Mapping[str, Mapping[str, Any]]) -> Table:
     return table
 
 
+def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from polytask.config import load_run_file
     from polytask.run import run_training
@@ -70,13 +75,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"training [bold]{cfg.model.name}[/] on tasks {list(cfg.tasks)} "
         f"({cfg.loss.weighting} weighting) -> {out}"
     )
-    metrics = run_training(cfg, base, out)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        metrics = run_training(cfg, base, out, resume=args.resume)
     if "validation" in metrics:
         console.print(metrics_table("validation", metrics["validation"]))
     if "test" in metrics:
         console.print(metrics_table("test", metrics["test"]))
     if "gates" in metrics:
         console.print(gates_table(metrics["gates"]))
+    if metrics.get("skipped_batches"):
+        console.print(
+            f"skipped {metrics['skipped_batches']} batch(es) with a non-finite loss "
+            "(training.on_nan: skip)"
+        )
     console.print(
         f"train samples/s {metrics['train_samples_per_s']:,.0f}; best epoch "
         f"{metrics['best_epoch']}; wrote {out / 'model'} and {out / 'metrics.json'}"
@@ -165,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from a run file, evaluate on its test split")
     p.add_argument("run_file", help="YAML run file")
     p.add_argument("--out", help="output folder (default runs/<run file name>)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest readable checkpoint in OUT/checkpoints",
+    )
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run file")
     p.set_defaults(func=cmd_train)
 

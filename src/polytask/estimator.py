@@ -37,7 +37,8 @@ from polytask.training import (
     gate_statistics,
     predict_outputs,
 )
-from polytask.training.schedules import AlternateBatches
+from polytask.training.checkpoint import TrainingParts, data_fingerprint, open_checkpoints
+from polytask.training.schedules import AlternateBatches, JointBatches
 from polytask.weighting import WEIGHTINGS, Weighting
 
 FORMAT_VERSION = 1
@@ -161,6 +162,9 @@ class MultiTaskModel:
         *,
         epochs: int | None = None,
         batch_size: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
     ) -> MultiTaskModel:
         """Fit the preprocessor on ``train`` and train the network.
 
@@ -168,15 +172,27 @@ class MultiTaskModel:
         ``{task: table}`` with one dataset per task (same feature columns, each labelled for
         its task). With ``training.schedule: alternate`` each step trains one task on a batch
         of its own dataset; with ``joint`` the datasets are stacked and each row's missing
-        labels are masked. ``epochs`` and ``batch_size`` override the ``training`` section for
-        this call. Returns ``self``.
+        labels are masked. ``epochs``, ``batch_size`` and ``checkpoint_every`` override the
+        ``training`` section for this call. Returns ``self``.
+
+        With ``checkpoint_dir``, a checkpoint is written there every
+        ``training.checkpoint_every`` steps (default: once per epoch) and the newest two are
+        kept; ``resume=True`` continues from the newest readable one, ending with the same
+        weights as an uninterrupted run (see docs/checkpoints.md).
         """
         cfg = self.config
         if epochs is not None:
             cfg.training.epochs = epochs
         if batch_size is not None:
             cfg.training.batch_size = batch_size
+        if checkpoint_every is not None:
+            cfg.training.checkpoint_every = checkpoint_every
         tcfg = cfg.training
+        if checkpoint_dir is None and (tcfg.checkpoint_every is not None or resume):
+            raise ConfigError(
+                "training.checkpoint_every and resume need a folder for the checkpoints: pass "
+                "fit(..., checkpoint_dir=...) (polytask train keeps them in OUT/checkpoints)"
+            )
         if tcfg.num_threads:
             torch.set_num_threads(tcfg.num_threads)
         device = resolve_device(tcfg.device)
@@ -228,7 +244,7 @@ class MultiTaskModel:
         optimizer = build_optimizer(groups, cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.optimizer, tcfg.epochs)
 
-        train_source: EncodedData | AlternateBatches = train_data
+        train_source: JointBatches | AlternateBatches
         if tcfg.schedule == "alternate":
             assert per_task is not None
             train_source = AlternateBatches(
@@ -236,6 +252,26 @@ class MultiTaskModel:
                 batch_size=tcfg.batch_size,
                 sampling=tcfg.task_sampling,
                 generator=torch.Generator().manual_seed(tcfg.seed),
+            )
+        else:
+            train_source = JointBatches(
+                train_data,
+                batch_size=tcfg.batch_size,
+                generator=torch.Generator().manual_seed(tcfg.seed),
+            )
+        checkpoints, start = None, None
+        if checkpoint_dir is not None:
+            splits = dict(per_task) if per_task and tcfg.schedule == "alternate" else {}
+            splits = splits or {"train": train_data}
+            if valid_data is not None:
+                splits["validation"] = valid_data
+            checkpoints, start = open_checkpoints(
+                checkpoint_dir,
+                every=tcfg.checkpoint_every or train_source.steps,
+                resume=resume,
+                parts=TrainingParts(network, weighting, optimizer, scheduler, train_source),
+                config=cfg.model_dump(mode="json"),
+                fingerprint=data_fingerprint(splits),
             )
         result = fit_loop(
             model=network,
@@ -246,6 +282,8 @@ class MultiTaskModel:
             train=train_source,
             validation=valid_data,
             cfg=tcfg,
+            checkpoints=checkpoints,
+            start=start,
         )
         self.preprocessor_ = preprocessor
         self.network_ = network
@@ -254,6 +292,8 @@ class MultiTaskModel:
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
         self.n_train_ = len(train_data)
+        self.skipped_batches_ = result.skipped_batches
+        self.resumed_from_ = None if checkpoints is None else checkpoints.resumed_from
         return self
 
     def _task_tables(self, data: Mapping[str, Any], what: str) -> dict[str, pd.DataFrame]:

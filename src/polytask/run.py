@@ -92,12 +92,18 @@ def train_samples_per_s(history: list[dict[str, Any]]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
-def run_training(cfg: RunConfig, base: Path, out: Path) -> dict[str, Any]:
+def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False) -> dict[str, Any]:
     """Train the run, evaluate it, write ``out/model/``, ``out/metrics.json`` and
     ``out/config.yaml``; return the metrics. Early stopping uses the validation split only;
-    the test split is evaluated once, at the end."""
+    the test split is evaluated once, at the end.
+
+    With ``training.checkpoint_every`` checkpoints go to ``out/checkpoints/``; ``resume``
+    continues from the newest readable one there."""
     splits = load_splits(cfg.data, base)
-    model = MultiTaskModel.from_config(cfg).fit(splits.train, validation=splits.validation)
+    checkpoint_dir = out / "checkpoints" if cfg.training.checkpoint_every or resume else None
+    model = MultiTaskModel.from_config(cfg).fit(
+        splits.train, validation=splits.validation, checkpoint_dir=checkpoint_dir, resume=resume
+    )
     metrics: dict[str, Any] = {}
     if splits.test is not None:
         metrics["test"] = model.evaluate(splits.test)
@@ -106,6 +112,7 @@ def run_training(cfg: RunConfig, base: Path, out: Path) -> dict[str, Any]:
     metrics["train_samples_per_s"] = train_samples_per_s(model.history_)
     metrics["best_epoch"] = model.best_epoch_
     metrics["epochs_run"] = len(model.history_)
+    metrics["skipped_batches"] = model.skipped_batches_
     metrics["rows"] = {
         "train": len(splits.train),
         "validation": 0 if splits.validation is None else len(splits.validation),

@@ -82,7 +82,7 @@ class Aggregation(GradientWeighting):
         w = weights.detach()
         if not bool(torch.isfinite(w).all()):
             return
-        self._weight_sum = w if self._weight_sum is None else self._weight_sum + w
+        self._weight_sum = w if self._weight_sum is None else self._weight_sum.to(w.device) + w
         self._weight_steps += 1
 
     def combine(self, losses: Tensor, jacobian: Tensor) -> GradientUpdate:
@@ -97,6 +97,18 @@ class Aggregation(GradientWeighting):
         if self._epoch_weights is None:
             return {}
         return {f"weight.{n}": w for n, w in zip(self.task_names, self._epoch_weights, strict=True)}
+
+    def state_for_checkpoint(self) -> dict[str, Any]:
+        """The epoch's running weight sums, so a resumed epoch reports the same mean weights.
+        The aggregator's own state (Nash-MTL, GradVac, ExcessMTL) is not included: torchjd
+        offers no way to read and restore it, so those restart on resume."""
+        total = None if self._weight_sum is None else self._weight_sum.tolist()
+        return {"weight_sum": total, "weight_steps": self._weight_steps}
+
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        total = state.get("weight_sum")
+        self._weight_sum = None if total is None else torch.tensor(total)
+        self._weight_steps = int(state.get("weight_steps", 0))
 
     def extra_repr(self) -> str:
         return repr(self.aggregator)
