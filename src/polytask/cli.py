@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from polytask._version import __version__
+from polytask.data.stream import CHUNK_ROWS
 from polytask.errors import PolytaskError
 
 
@@ -110,9 +111,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from polytask.data import write_table
+    from polytask.data.stream import is_parquet
     from polytask.estimator import MultiTaskModel
 
     model = MultiTaskModel.load(args.model_dir)
+    if args.chunk_rows is not None or is_parquet(args.data):
+        chunk_rows = args.chunk_rows or CHUNK_ROWS
+        rows = model.predict_to(args.data, args.output, chunk_rows=chunk_rows)
+        print(f"wrote {rows} rows to {args.output} (streamed, {chunk_rows} rows at a time)")
+        return 0
     predictions = model.predict(args.data)
     write_table(predictions, args.output)
     print(f"wrote {len(predictions)} rows x {predictions.shape[1]} columns to {args.output}")
@@ -195,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir")
     p.add_argument("data", help="CSV or Parquet file")
     p.add_argument("-o", "--output", required=True, help="OUT.csv or OUT.parquet")
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        help="stream the file this many rows at a time, so memory stays flat in the number "
+        f"of rows (Parquet input streams by default, {CHUNK_ROWS} rows at a time)",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="shared-bottom vs MMoE on built-in synthetic data")

@@ -25,6 +25,7 @@ from polytask._atomic import atomic_dir
 from polytask._version import __version__
 from polytask.config import EstimatorConfig, validate
 from polytask.data import EncodedData, Preprocessor, read_table
+from polytask.data.stream import CHUNK_ROWS, read_chunks, write_chunks
 from polytask.errors import ConfigError, DataError, ModelFileError, NotFittedError, closest
 from polytask.metrics import valid_monitors
 from polytask.models import MODELS, Head, MultiTaskNet
@@ -363,7 +364,33 @@ class MultiTaskModel:
         positive class (binary), value (regression), predicted class (multiclass, plus one
         ``<task>.proba.<class>`` column per class)."""
         self._check_fitted()
-        df = read_table(data, what="prediction data")
+        return self._predict_frame(read_table(data, what="prediction data"))
+
+    def predict_to(
+        self,
+        data: str | os.PathLike[str],
+        out: str | os.PathLike[str],
+        *,
+        chunk_rows: int = CHUNK_ROWS,
+    ) -> int:
+        """`predict` a CSV or Parquet file into ``out`` (``.parquet`` or ``.csv``) chunk by
+        chunk, so memory stays flat however many rows the file has; returns the row count.
+
+        Parquet is read with ``ParquetFile.iter_batches`` (only the feature columns), each
+        chunk of ``chunk_rows`` rows is encoded with the fitted preprocessor, predicted and
+        appended; rows keep the input order. ``out`` appears only when every row is written.
+        """
+        self._check_fitted()
+        rows = 0
+        what = "prediction data"
+        with write_chunks(out) as write:
+            columns = self.config.features.columns
+            for chunk in read_chunks(data, columns=columns, chunk_rows=chunk_rows, what=what):
+                write(self._predict_frame(chunk))
+                rows += len(chunk)
+        return rows
+
+    def _predict_frame(self, df: pd.DataFrame) -> pd.DataFrame:
         encoded = self.preprocessor_.transform(df, labels=False, what="prediction data").to(
             self._device()
         )
@@ -376,6 +403,7 @@ class MultiTaskModel:
             elif task.type == "regression":
                 columns[name] = out.astype(np.float64)
             else:
+                out = out.reshape(len(df), self.preprocessor_.num_classes(name))
                 z = out - out.max(axis=1, keepdims=True)
                 p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
                 columns[name] = self.preprocessor_.decode_class(name, p.argmax(axis=1))
