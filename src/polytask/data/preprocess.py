@@ -88,6 +88,7 @@ def _object_strings(values: np.ndarray) -> np.ndarray:
 
 # Text that pandas.read_csv reads as missing, so an object column holding it (a CSV read with
 # dtype=str, a hand-built frame) means the same as the file read the usual way.
+_BOOL_TEXT = {"true": 1.0, "false": 0.0}
 _NA_TEXT = frozenset(
     {"", "na", "n/a", "nan", "-nan", "null", "none", "<na>", "#n/a", "#na", "-1.#ind", "1.#ind"}
 )
@@ -103,7 +104,8 @@ def _not_real(dtype: Any) -> bool:
 
 def _as_float(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Values as float64 (NaN where missing or not a number; +-inf kept) and the mask of
-    values that are not numbers. Text that read_csv reads as missing is missing, not bad."""
+    values that are not numbers. Text that read_csv reads as missing is missing, not bad;
+    ``True``/``False`` as text count as 1/0, like the booleans they were written from."""
     dtype = series.dtype
     n = len(series)
     if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
@@ -116,12 +118,15 @@ def _as_float(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     except (OverflowError, TypeError, ValueError):
         # ints beyond float64, undecodable bytes: one value at a time
         arr = np.array([_to_float(v) for v in series.to_numpy(dtype=object)], np.float64)
+    arr = arr.copy()
     bad = np.isnan(arr) & series.notna().to_numpy()
     if bad.any():
         # str(), not astype(str): bytes that are not UTF-8 must not fail the check itself
-        text = [str(v) for v in series.to_numpy(dtype=object)[bad]]
-        bad[bad] = [t.strip().lower() not in _NA_TEXT for t in text]
-    return arr.copy(), bad
+        text = [str(v).strip().lower() for v in series.to_numpy(dtype=object)[bad]]
+        # True/False written to CSV from a column that also holds numbers come back as text
+        arr[bad] = [_BOOL_TEXT.get(t, np.nan) for t in text]
+        bad[bad] = [t not in _NA_TEXT and t not in _BOOL_TEXT for t in text]
+    return arr, bad
 
 
 def _examples(series: pd.Series, mask: np.ndarray, k: int) -> list[str]:
@@ -151,7 +156,7 @@ def _to_float(value: Any) -> float:
             return float(value)
         except OverflowError:
             return float("inf") if value > 0 else float("-inf")
-    if isinstance(value, numbers.Real | str | bytes):
+    if isinstance(value, numbers.Real | np.bool_ | str | bytes):
         try:
             return float(value)
         except (ValueError, OverflowError):
