@@ -97,6 +97,22 @@ def test_unknown_model(toy_features, toy_tasks):
         model(toy_features, toy_tasks, model="mmeo")
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"epochs": 0},
+            "fit: training.epochs: Input should be greater than or equal to 1 (found 0)",
+        ),
+        ({"batch_size": "all"}, "fit: training.batch_size: Input should be a valid integer"),
+    ],
+)
+def test_bad_fit_arguments(toy_frame, toy_features, toy_tasks, kwargs, message):
+    with pytest.raises(ConfigError) as err:
+        model(toy_features, toy_tasks).fit(toy_frame, **kwargs)
+    assert str(err.value).startswith(message)
+
+
 def test_unknown_device(toy_frame, toy_features, toy_tasks):
     with pytest.raises(ConfigError, match=r"training.device: expected 'cpu'.*found 'gpu'"):
         model(toy_features, toy_tasks, device="gpu").fit(toy_frame)

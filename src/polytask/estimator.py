@@ -18,12 +18,19 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from polytask._atomic import atomic_dir
 from polytask._version import __version__
-from polytask.config import EstimatorConfig, _yaml_problem, validate
+from polytask.config import (
+    EstimatorConfig,
+    TrainingConfig,
+    _yaml_problem,
+    format_validation_error,
+    validate,
+)
 from polytask.data import EncodedData, Preprocessor, read_table
 from polytask.errors import ConfigError, DataError, ModelFileError, NotFittedError, closest
 from polytask.metrics import valid_monitors
@@ -167,10 +174,14 @@ class MultiTaskModel:
         ``batch_size`` override the ``training`` section for this call. Returns ``self``.
         """
         cfg = self.config
-        if epochs is not None:
-            cfg.training.epochs = epochs
-        if batch_size is not None:
-            cfg.training.batch_size = batch_size
+        try:
+            if epochs is not None:
+                cfg.training.epochs = epochs
+            if batch_size is not None:
+                cfg.training.batch_size = batch_size
+        except ValidationError as err:
+            problems = format_validation_error(err, TrainingConfig, prefix="training.")
+            raise ConfigError(f"fit: {problems}") from None
         tcfg = cfg.training
         if tcfg.num_threads:
             torch.set_num_threads(tcfg.num_threads)
