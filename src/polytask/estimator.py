@@ -178,7 +178,8 @@ class MultiTaskModel:
         labels are masked. ``epochs`` and ``batch_size`` override the ``training`` section for
         this call. Returns ``self``.
         """
-        cfg = self.config
+        # Overrides apply to this call only; self.config keeps the settings as constructed.
+        cfg = self.config.model_copy(deep=True)
         try:
             if epochs is not None:
                 cfg.training.epochs = epochs
