@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from polytask.models._moe import MMoE, MoE, MoEParams
+from polytask.models._ple import PLE, CGCParams, PLEParams, cgc
 from polytask.models._shared_bottom import SharedBottom, SharedBottomParams
 from polytask.models.base import Head, ModelEntry, MultiTaskNet, Representation, TowerParams
 
@@ -10,18 +11,24 @@ MODELS: dict[str, ModelEntry] = {
     "shared_bottom": ModelEntry(SharedBottomParams, SharedBottom),
     "moe": ModelEntry(MoEParams, MoE),
     "mmoe": ModelEntry(MoEParams, MMoE),
+    "ple": ModelEntry(PLEParams, PLE),
+    "cgc": ModelEntry(CGCParams, cgc),
 }
 
 __all__ = [
     "MODELS",
+    "PLE",
+    "CGCParams",
     "Head",
     "MMoE",
     "MoE",
     "MoEParams",
     "ModelEntry",
     "MultiTaskNet",
+    "PLEParams",
     "Representation",
     "SharedBottom",
     "SharedBottomParams",
     "TowerParams",
+    "cgc",
 ]
