@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from polytask.models._esmm import ESMM, ESMMParams, check_esmm_heads, ctcvr_logit
 from polytask.models._moe import MMoE, MoE, MoEParams
 from polytask.models._ple import PLE, CGCParams, PLEParams, cgc
 from polytask.models._shared_bottom import SharedBottom, SharedBottomParams
@@ -13,12 +14,15 @@ MODELS: dict[str, ModelEntry] = {
     "mmoe": ModelEntry(MoEParams, MMoE),
     "ple": ModelEntry(PLEParams, PLE),
     "cgc": ModelEntry(CGCParams, cgc),
+    "esmm": ModelEntry(ESMMParams, ESMM, check_heads=check_esmm_heads),
 }
 
 __all__ = [
+    "ESMM",
     "MODELS",
     "PLE",
     "CGCParams",
+    "ESMMParams",
     "Head",
     "MMoE",
     "MoE",
@@ -31,4 +35,5 @@ __all__ = [
     "SharedBottomParams",
     "TowerParams",
     "cgc",
+    "ctcvr_logit",
 ]
