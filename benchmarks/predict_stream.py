@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 import polytask
 from polytask import MultiTaskModel
@@ -92,15 +93,36 @@ def train(sample_from: Path, model_dir: Path, sample_rows: int) -> None:
     ).fit(batch.to_pandas()).save(model_dir)
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+def _status_mb(field: str) -> float | None:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, from /proc (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
-def measure(mode: str, data: Path, model_dir: Path, out: Path, chunk_rows: int) -> dict[str, Any]:
+def _reset_peak() -> bool:
+    """Restart the peak-RSS count (Linux >= 4.0), so import-time peaks do not hide ours."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def measure(
+    mode: str, data: Path, model_dir: Path, out: Path, chunk_rows: int, threads: int | None
+) -> dict[str, Any]:
     """Predict ``data`` into ``out``: ``stream`` with `predict_to`, ``memory`` with `predict`
-    and one write. Peak RSS is this process's, so run it in a fresh one to compare modes."""
+    and one write. RSS figures are this process's: run it in a fresh one to compare modes."""
+    if threads:
+        torch.set_num_threads(threads)
     model = MultiTaskModel.load(model_dir)
-    before = _peak_rss_mb()
+    reset = _reset_peak()
+    before = _status_mb("VmRSS") or 0.0
     start = time.perf_counter()
     if mode == "stream":
         rows = model.predict_to(data, out, chunk_rows=chunk_rows)
@@ -114,16 +136,17 @@ def measure(mode: str, data: Path, model_dir: Path, out: Path, chunk_rows: int) 
         "rows": rows,
         "seconds": seconds,
         "rows_per_s": rows / seconds,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": (_status_mb("VmHWM") if reset else None)
+        or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: kilobytes
         "rss_before_mb": before,
     }
 
 
-def _in_child(*args: str) -> dict[str, Any]:
+def _in_child(mode: str, data: str, model_dir: str, out: str, *options: str) -> dict[str, Any]:
     src = str(Path(polytask.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [sys.executable, __file__, "--measure", *args],
+        [sys.executable, __file__, *options, "--measure", mode, data, model_dir, out],
         env=env,
         check=True,
         capture_output=True,
@@ -139,6 +162,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS)
     parser.add_argument("--sample-rows", type=int, default=50_000, help="rows to train on")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads while predicting (0: torch's default); the tiny model "
+        "gains nothing from more, and on a loaded machine they are slower",
+    )
+    parser.add_argument(
         "--dir",
         type=Path,
         default=Path(tempfile.gettempdir()) / "polytask-predict-stream",
@@ -149,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     if args.measure:
         mode, data, model_dir, out = args.measure
-        print(json.dumps(measure(mode, Path(data), Path(model_dir), Path(out), args.chunk_rows)))
+        paths = Path(data), Path(model_dir), Path(out)
+        result = measure(mode, *paths, args.chunk_rows, args.threads)
+        print(json.dumps(result))
         return []
     if args.smoke:
         args.rows, args.chunk_rows, args.sample_rows = 20_000, 4_096, 2_000
@@ -164,16 +196,24 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for mode, data in runs:
         out = args.dir / f"pred-{mode}-{data.stem}.parquet"
         if args.smoke:  # one process: the figures are printed but not comparable
-            result = measure(mode, data, model_dir, out, args.chunk_rows)
+            result = measure(mode, data, model_dir, out, args.chunk_rows, args.threads)
         else:
-            result = _in_child(mode, str(data), str(model_dir), str(out))
+            result = _in_child(
+                mode,
+                str(data),
+                str(model_dir),
+                str(out),
+                f"--chunk-rows={args.chunk_rows}",
+                f"--threads={args.threads}",
+            )
         out.unlink()
         results.append(result)
 
     print(
         f"predict on Parquet files of synthetic rows ({len(CATEGORICAL)} categorical + "
         f"{len(NUMERIC)} numeric features), tiny MMoE with 3 tasks, chunks of "
-        f"{args.chunk_rows:,} rows; each run in a fresh process"
+        f"{args.chunk_rows:,} rows, {args.threads or 'default'} thread(s); each run in a fresh "
+        "process; RSS before = after imports and loading the model; peak = during predict"
         + (" (smoke: all in this process)" if args.smoke else "")
     )
     print(f"{'mode':<10}{'rows':>12}{'rows/s':>12}{'peak RSS MB':>14}{'RSS before MB':>15}")
