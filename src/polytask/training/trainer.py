@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from polytask.training.loops import check_finite, joint_step, predict_outputs
 from polytask.training.optim import group_lrs
 from polytask.training.schedules import AlternateBatches, alternate_step
 from polytask.weighting import Weighting
+
+if TYPE_CHECKING:
+    from polytask.training.distributed import DistributedTraining
 
 
 @dataclass
@@ -73,6 +76,7 @@ def fit_loop(
     cfg: TrainingConfig,
     step_fn: Callable[..., torch.Tensor] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    distributed: DistributedTraining | None = None,
 ) -> FitResult:
     """Train for ``cfg.epochs`` epochs (fewer with early stopping); return the history.
 
@@ -82,6 +86,9 @@ def fit_loop(
     With a validation split, each epoch's record holds its exact metrics and
     ``cfg.monitor`` picks the best epoch; with ``cfg.restore_best`` the model ends at that
     epoch's weights.
+
+    With ``distributed`` (one rank of a torchrun job) every rank walks the same global batches
+    and trains on its share of each; see `polytask.training.distributed`.
     """
     names = list(tasks)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -92,7 +99,11 @@ def fit_loop(
     step = 0
     if step_fn is None:
         step_fn = aggregate_step if weighting.needs_gradients else joint_step
-    enabled = cfg.progress and sys.stderr.isatty()
+    alternate_fn, evaluate = alternate_step, evaluate_split
+    if distributed is not None:
+        step_fn, alternate_fn = distributed.step, distributed.alternate_step
+        evaluate = distributed.evaluate
+    enabled = cfg.progress and sys.stderr.isatty() and (distributed is None or distributed.is_main)
     if isinstance(train, AlternateBatches):
         n_batches, n_rows = train.steps, train.rows_per_epoch
     else:
@@ -118,7 +129,7 @@ def fit_loop(
                 if task is None:
                     losses = step_fn(model, weighting, tasks, optimizer, batch)
                 else:
-                    losses = alternate_step(model, weighting, tasks, optimizer, batch, task)
+                    losses = alternate_fn(model, weighting, tasks, optimizer, batch, task)
                 step += 1
                 if not bool(torch.isfinite(losses).all()):
                     if cfg.on_nan == "skip":
@@ -147,7 +158,7 @@ def fit_loop(
             if result.skipped_batches:
                 record["skipped_batches"] = result.skipped_batches
             if validation is not None:
-                metrics = evaluate_split(model, tasks, validation, cfg.eval_batch_size)
+                metrics = evaluate(model, tasks, validation, cfg.eval_batch_size)
                 record["validation"] = metrics
                 value = monitor_value(metrics, cfg.monitor)
                 record["monitor"] = {cfg.monitor: value}
