@@ -37,6 +37,11 @@ from polytask.training import (
     gate_statistics,
     predict_outputs,
 )
+from polytask.training.distributed import (
+    DistributedTraining,
+    is_main_process,
+    join_process_group,
+)
 from polytask.training.schedules import AlternateBatches
 from polytask.weighting import WEIGHTINGS, Weighting
 
@@ -170,6 +175,10 @@ class MultiTaskModel:
         of its own dataset; with ``joint`` the datasets are stacked and each row's missing
         labels are masked. ``epochs`` and ``batch_size`` override the ``training`` section for
         this call. Returns ``self``.
+
+        Launched by torchrun with several processes (or in an initialized process group),
+        every process calls ``fit`` on the same data and trains one DDP replica;
+        ``batch_size`` is the global batch (docs/distributed.md).
         """
         cfg = self.config
         if epochs is not None:
@@ -180,6 +189,9 @@ class MultiTaskModel:
         if tcfg.num_threads:
             torch.set_num_threads(tcfg.num_threads)
         device = resolve_device(tcfg.device)
+        group = join_process_group(device)  # None unless torchrun started several processes
+        if group is not None:
+            device = group.device
 
         if tcfg.schedule == "alternate":
             if not isinstance(train, Mapping):
@@ -228,6 +240,16 @@ class MultiTaskModel:
         optimizer = build_optimizer(groups, cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.optimizer, tcfg.epochs)
 
+        parallel = None
+        if group is not None:
+            parallel = DistributedTraining(
+                group,
+                network=network,
+                weighting=weighting,
+                tasks=cfg.tasks,
+                training=tcfg,
+                data=[train_data, valid_data],
+            )
         train_source: EncodedData | AlternateBatches = train_data
         if tcfg.schedule == "alternate":
             assert per_task is not None
@@ -246,6 +268,7 @@ class MultiTaskModel:
             train=train_source,
             validation=valid_data,
             cfg=tcfg,
+            distributed=parallel,
         )
         self.preprocessor_ = preprocessor
         self.network_ = network
@@ -352,9 +375,13 @@ class MultiTaskModel:
     # ------------------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model folder atomically: ``polytask.json`` (versions), ``config.yaml``,
-        ``preprocessor.json``, ``weights.safetensors``, ``history.json``."""
+        ``preprocessor.json``, ``weights.safetensors``, ``history.json``.
+
+        In distributed training only rank 0 writes; the other ranks hold the same model."""
         self._check_fitted()
         target = Path(path)
+        if not is_main_process():
+            return target
         tensors = {f"network.{k}": v for k, v in self.network_.state_dict().items()}
         tensors.update({f"weighting.{k}": v for k, v in self.weighting_.state_dict().items()})
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
