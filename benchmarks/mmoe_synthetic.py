@@ -65,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[float, list[float]
     for seed in range(args.seeds):
         for p in args.correlations:
             for model in MODELS:
-                results[model].setdefault(p, []).append(run(model, p, seed, args))
+                mse = run(model, p, seed, args)
+                results[model].setdefault(p, []).append(mse)
+                print(f"  seed {seed} p={p} {model}: {mse:.4f}", flush=True)
     print(
         f"MMoE synthetic data: {args.rows} rows (90/10 train/test), d={args.dim}, "
         f"{args.epochs} epochs, {args.seeds} seed(s); test MSE averaged over both tasks, "

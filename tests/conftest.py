@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, settings
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_VAR = "POLYTASK_SHARED_DATA"
@@ -87,3 +88,21 @@ def toy_tasks() -> dict[str, dict[str, str]]:
         "dwell": {"type": "regression"},
         "kind": {"type": "multiclass"},
     }
+
+
+# Fuzz tests (tests/fuzz): reproducible by default (derandomized, no example database), so CI
+# sees the same examples on every run; `pytest --hypothesis-profile=thorough` explores more.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=40,
+    print_blob=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # no slow "explain"
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "thorough", settings.get_profile("ci"), derandomize=False, max_examples=1000
+)
+settings.load_profile(os.environ.get("POLYTASK_HYPOTHESIS_PROFILE", "ci"))

@@ -107,3 +107,11 @@ def test_monitor_name_is_validated(toy_features: Any, toy_tasks: Any) -> None:
 
     with pytest.raises(ConfigError, match=r"did you mean 'click\.auc'"):
         _model(toy_features, toy_tasks, monitor="clik.auc")
+
+
+def test_fit_overrides_apply_to_that_call_only(
+    toy_frame: pd.DataFrame, toy_features: Any, toy_tasks: Any
+) -> None:
+    model = _model(toy_features, toy_tasks).fit(toy_frame, epochs=1, batch_size=500)
+    assert len(model.history_) == 1
+    assert model.config.training.epochs == 2 and model.config.training.batch_size == 256

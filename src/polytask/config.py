@@ -390,8 +390,7 @@ def format_validation_error(err: ValidationError, root: type[BaseModel], prefix:
     lines = []
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-        key = ".".join(str(x) for x in loc) or "<root>"
-        key = f"{prefix}{key}" if prefix else key
+        key = f"{prefix}{'.'.join(str(x) for x in loc)}"
         if e["type"] == "extra_forbidden":
             valid = _field_names(root, loc[:-1])
             hint = closest(str(loc[-1]), valid)
@@ -399,7 +398,9 @@ def format_validation_error(err: ValidationError, root: type[BaseModel], prefix:
             continue
         msg = e["msg"].removeprefix("Value error, ")
         found = e.get("input")
-        if e["type"] in {"missing"}:
+        if not key:  # a check across sections (e.g. tasks vs features) names its keys itself
+            lines.append(msg)
+        elif e["type"] in {"missing"}:
             lines.append(f"{key}: required key is missing")
         elif not loc:
             lines.append(msg)
@@ -412,6 +413,10 @@ def format_validation_error(err: ValidationError, root: type[BaseModel], prefix:
 
 def validate(model: type[BaseModel], raw: Mapping[str, Any], *, what: str = "config") -> Any:
     """Validate ``raw`` against ``model``; every problem goes in one `ConfigError`."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"invalid {what}: expected a mapping of sections, found {type(raw).__name__}"
+        )
     try:
         return model.model_validate(dict(raw))
     except ValidationError as err:
@@ -436,19 +441,37 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+        try:
+            node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"override {item!r}: value {text!r} is not valid YAML ({_yaml_problem(err)})"
+            ) from None
     return out
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: where, then what (PyYAML's own text spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    what = f"{context}, {problem}" if context else str(problem)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark else what
 
 
 def load_run_file(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, Path]:
     """Read, override and validate a YAML run file. Returns the config and the file's folder."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"run file {str(p)!r} does not exist")
+    if not p.is_file():
+        raise ConfigError(f"run file {str(p)!r} is not a file")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"run file {str(p)!r} cannot be read as UTF-8 text: {err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"run file {str(p)!r} is not valid YAML: {err}") from None
+        raise ConfigError(f"run file {str(p)!r} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"run file {str(p)!r}: expected a mapping of sections, found {raw!r}")
     raw = apply_overrides(raw, overrides or [])

@@ -18,12 +18,19 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from polytask._atomic import atomic_dir
 from polytask._version import __version__
-from polytask.config import EstimatorConfig, validate
+from polytask.config import (
+    EstimatorConfig,
+    TrainingConfig,
+    _yaml_problem,
+    format_validation_error,
+    validate,
+)
 from polytask.data import EncodedData, Preprocessor, read_table
 from polytask.errors import ConfigError, DataError, ModelFileError, NotFittedError, closest
 from polytask.metrics import valid_monitors
@@ -180,11 +187,16 @@ class MultiTaskModel:
         every process calls ``fit`` on the same data and trains one DDP replica;
         ``batch_size`` is the global batch (docs/distributed.md).
         """
-        cfg = self.config
-        if epochs is not None:
-            cfg.training.epochs = epochs
-        if batch_size is not None:
-            cfg.training.batch_size = batch_size
+        # Overrides apply to this call only; self.config keeps the settings as constructed.
+        cfg = self.config.model_copy(deep=True)
+        try:
+            if epochs is not None:
+                cfg.training.epochs = epochs
+            if batch_size is not None:
+                cfg.training.batch_size = batch_size
+        except ValidationError as err:
+            problems = format_validation_error(err, TrainingConfig, prefix="training.")
+            raise ConfigError(f"fit: {problems}") from None
         tcfg = cfg.training
         if tcfg.num_threads:
             torch.set_num_threads(tcfg.num_threads)
@@ -359,6 +371,7 @@ class MultiTaskModel:
             elif task.type == "regression":
                 columns[name] = out.astype(np.float64)
             else:
+                out = out.reshape(len(df), self.preprocessor_.num_classes(name))  # 0 rows: flat
                 z = out - out.max(axis=1, keepdims=True)
                 p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
                 columns[name] = self.preprocessor_.decode_class(name, p.argmax(axis=1))
@@ -411,7 +424,16 @@ class MultiTaskModel:
     def load(cls, path: str | os.PathLike[str], *, device: str = "cpu") -> MultiTaskModel:
         """Load a model folder written by `save`. Never executes code from the folder."""
         folder = Path(path)
+        if not folder.is_dir():
+            raise ModelFileError(
+                f"model folder {str(folder)!r} does not exist (or is not a folder); expected "
+                "the folder written by MultiTaskModel.save or `polytask train`"
+            )
         meta = _read_json(folder / "polytask.json")
+        if not isinstance(meta, dict):
+            raise ModelFileError(
+                f"{folder / 'polytask.json'}: expected a JSON object, found {type(meta).__name__}"
+            )
         version = meta.get("format_version")
         if version not in READABLE_FORMATS:
             raise ModelFileError(
@@ -419,12 +441,21 @@ class MultiTaskModel:
                 f"{meta.get('polytask_version')!r}) cannot be read by polytask {__version__}, "
                 f"which reads format version(s) {list(READABLE_FORMATS)}"
             )
+        config_file = folder / "config.yaml"
         try:
-            raw_cfg = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as err:
-            raise ModelFileError(f"{folder / 'config.yaml'}: cannot read: {err}") from None
-        config = validate(EstimatorConfig, raw_cfg, what=f"saved config in {folder}")
-        model = cls.from_config(config)
+            # safe_load: a `!!python/...` tag is an error, never a constructor call
+            raw_cfg = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+            config = validate(EstimatorConfig, raw_cfg, what="saved config")
+            model = cls.from_config(config)
+        except yaml.constructor.ConstructorError as err:
+            raise ModelFileError(
+                f"{config_file}: refused: {_yaml_problem(err)}; a model's config is plain YAML "
+                "and is read without constructing Python objects"
+            ) from None
+        except yaml.YAMLError as err:
+            raise ModelFileError(f"{config_file}: not valid YAML: {_yaml_problem(err)}") from None
+        except (OSError, UnicodeDecodeError, ConfigError) as err:
+            raise ModelFileError(f"{config_file}: cannot be used: {err}") from None
         try:
             pre = Preprocessor(features=config.features, tasks=config.tasks).load_state_dict(
                 _read_json(folder / "preprocessor.json")
@@ -438,8 +469,9 @@ class MultiTaskModel:
             tensors = load_file(str(weights_file))
         except (OSError, SafetensorError, ValueError) as err:
             raise ModelFileError(
-                f"{weights_file}: not a readable safetensors file ({err}); polytask never "
-                "loads pickled weights"
+                f"{weights_file}: not a readable safetensors file ({err})"
+                f"{_pickle_hint(weights_file)}; polytask reads weights only as safetensors and "
+                "never unpickles them"
             ) from None
         try:
             network.load_state_dict(_strip(tensors, "network."))
@@ -453,7 +485,8 @@ class MultiTaskModel:
         model.network_ = network.to(dev).eval()
         model.weighting_ = weighting.to(dev)
         model.best_epoch_ = meta.get("best_epoch")
-        model.n_train_ = int(meta.get("n_train", 0))
+        n_train = meta.get("n_train", 0)
+        model.n_train_ = n_train if isinstance(n_train, int) else 0
         history_file = folder / "history.json"
         model.history_ = _read_json(history_file) if history_file.exists() else []
         return model
@@ -468,6 +501,19 @@ class MultiTaskModel:
 
 def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _pickle_hint(path: Path) -> str:
+    """Say so when a weights file looks like ``torch.save``/pickle output (only its first
+    bytes are read; nothing is unpickled)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return ""
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return " - it looks like a torch.save/pickle file, which could run code when loaded"
+    return ""
 
 
 def _read_json(path: Path) -> Any:

@@ -15,6 +15,7 @@ works on raw rows of the original table.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,52 +26,158 @@ import torch
 
 from polytask.config import FeaturesConfig, TaskConfig
 from polytask.data.encoded import EncodedData
-from polytask.errors import DataError, NotFittedError
+from polytask.errors import DataError, NotFittedError, closest
 
 MISSING_INDEX = 0
 UNKNOWN_INDEX = 1
 _CLIP = 1e6  # standardized values beyond this are clipped so float32 never overflows
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def category_strings(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Canonical string form of a categorical column, and its missing mask.
 
-    Integral floats print as integers, so ``3`` and ``3.0`` (an int column read with a NaN)
-    are the same category.
+    The form of a value does not depend on the column's dtype, so a table read from CSV
+    encodes like the DataFrame the model was fitted on: integral floats print as integers
+    (``3``, ``3.0`` and ``np.int8(3)`` are all ``"3"``, as in an int column read with a NaN),
+    booleans as ``True``/``False``, other floats by their shortest repr, anything else by
+    ``str``.
     """
     missing = series.isna().to_numpy()
-    if pd.api.types.is_float_dtype(series.dtype):
-        arr = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        with np.errstate(invalid="ignore"):
-            integral = np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) < 2**53)
-        as_int = np.round(np.where(integral, arr, 0)).astype(np.int64).astype(str)
-        values = np.where(integral, as_int, arr.astype(str)).astype(object)
-    else:
+    dtype = series.dtype
+    if pd.api.types.is_float_dtype(dtype):
+        values = _float_strings(series.to_numpy(dtype=np.float64, na_value=np.nan))
+    elif pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
         values = series.astype(str).to_numpy(dtype=object)
+    else:
+        values = _object_strings(series.to_numpy(dtype=object))
     values = values.copy()
     values[missing] = None
     return values, missing
 
 
-def _numeric(series: pd.Series, column: str, what: str) -> np.ndarray:
-    """Column as float64 with NaN for missing and non-finite values; text is an error."""
-    if pd.api.types.is_bool_dtype(series.dtype):
-        return series.to_numpy(dtype=np.float64, na_value=np.nan)
-    if pd.api.types.is_numeric_dtype(series.dtype):
+def _float_strings(arr: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        integral = np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) < 2**53)
+    as_int = np.round(np.where(integral, arr, 0)).astype(np.int64).astype(str)
+    return np.where(integral, as_int, arr.astype(str)).astype(object)
+
+
+def _object_strings(values: np.ndarray) -> np.ndarray:
+    """Element-wise canonical strings of an object (or categorical) column; a column of
+    strings only is returned as is."""
+    if pd.api.types.infer_dtype(values, skipna=True) in {"string", "empty"}:
+        return values
+    out = np.empty(len(values), dtype=object)
+    floats: list[int] = []
+    for i, v in enumerate(values):
+        if isinstance(v, str):
+            out[i] = v
+        elif isinstance(v, bool | np.bool_):
+            out[i] = str(bool(v))
+        elif isinstance(v, numbers.Integral):
+            out[i] = str(int(v))  # Python ints beyond int64 included
+        elif isinstance(v, float | np.floating):
+            floats.append(i)
+        else:
+            out[i] = str(v)
+    if floats:
+        out[floats] = _float_strings(np.array([float(values[i]) for i in floats]))
+    return out
+
+
+# Text that pandas.read_csv reads as missing, so an object column holding it (a CSV read with
+# dtype=str, a hand-built frame) means the same as the file read the usual way.
+_BOOL_TEXT = {"true": 1.0, "false": 0.0}
+_NA_TEXT = frozenset(
+    {"", "na", "n/a", "nan", "-nan", "null", "none", "<na>", "#n/a", "#na", "-1.#ind", "1.#ind"}
+)
+
+
+def _not_real(dtype: Any) -> bool:
+    return bool(
+        pd.api.types.is_complex_dtype(dtype)
+        or pd.api.types.is_datetime64_any_dtype(dtype)
+        or pd.api.types.is_timedelta64_dtype(dtype)
+    )
+
+
+def _as_float(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Values as float64 (NaN where missing or not a number; +-inf kept) and the mask of
+    values that are not numbers. Text that read_csv reads as missing is missing, not bad;
+    ``True``/``False`` as text count as 1/0, like the booleans they were written from."""
+    dtype = series.dtype
+    n = len(series)
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
         with np.errstate(over="ignore", invalid="ignore"):
             arr = series.to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
-        coerced = pd.to_numeric(series, errors="coerce")
-        bad = coerced.isna() & series.notna() & (series.astype(str).str.strip() != "")
-        if bad.any():
-            examples = list(dict.fromkeys(series[bad].astype(str).tolist()))[:3]
-            raise DataError(
-                f"{what}: numeric column {column!r} has non-numeric values such as {examples}"
-            )
-        arr = coerced.to_numpy(dtype=np.float64, na_value=np.nan)
+        return arr.copy(), np.zeros(n, dtype=bool)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    except (OverflowError, TypeError, ValueError):
+        # ints beyond float64, undecodable bytes: one value at a time
+        arr = np.array([_to_float(v) for v in series.to_numpy(dtype=object)], np.float64)
     arr = arr.copy()
+    bad = np.isnan(arr) & series.notna().to_numpy()
+    if bad.any():
+        # str(), not astype(str): bytes that are not UTF-8 must not fail the check itself
+        text = [str(v).strip().lower() for v in series.to_numpy(dtype=object)[bad]]
+        # True/False written to CSV from a column that also holds numbers come back as text
+        arr[bad] = [_BOOL_TEXT.get(t, np.nan) for t in text]
+        bad[bad] = [t not in _NA_TEXT and t not in _BOOL_TEXT for t in text]
+    return arr, bad
+
+
+def _examples(series: pd.Series, mask: np.ndarray, k: int) -> list[str]:
+    return list(dict.fromkeys(str(v) for v in series.to_numpy(dtype=object)[mask]))[:k]
+
+
+def _numeric(series: pd.Series, column: str, what: str) -> np.ndarray:
+    """Column as float64 with NaN for missing and non-finite values; text is an error."""
+    if _not_real(series.dtype):
+        raise DataError(
+            f"{what}: numeric column {column!r} has dtype {series.dtype}; expected real numbers"
+        )
+    arr, bad = _as_float(series)
+    if bad.any():
+        raise DataError(
+            f"{what}: numeric column {column!r} has non-numeric values such as "
+            f"{_examples(series, bad, 3)}; expected numbers (empty or NaN for missing)"
+        )
     arr[~np.isfinite(arr)] = np.nan
     return arr
+
+
+def _to_float(value: Any) -> float:
+    """One value as a float: NaN when it is not a number, +-inf when it is beyond float64."""
+    if isinstance(value, int):  # a Python int has no size limit; float64 has
+        try:
+            return float(value)
+        except OverflowError:
+            return float("inf") if value > 0 else float("-inf")
+    if isinstance(value, numbers.Real | np.bool_ | str | bytes):
+        try:
+            return float(value)
+        except (ValueError, OverflowError):
+            return float("nan")
+    return float("nan")
+
+
+def _mean_std(x: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of finite values, independent of their order; when the sums
+    overflow float64 (values near 1e308) they are taken on ``x / max|x|`` and scaled back, so
+    both stay finite."""
+    if x.size == 0:
+        return 0.0, 1.0
+    x = np.sort(x)  # the same sums, to the last bit, whatever the row order
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(x.mean()), float(x.std())
+    if np.isfinite(mean) and np.isfinite(std):
+        return mean, std
+    scale = float(np.abs(x).max())
+    y = x / scale
+    return float(y.mean()) * scale, float(y.std()) * scale
 
 
 @dataclass
@@ -108,18 +215,24 @@ class Preprocessor:
             raise NotFittedError("this Preprocessor is not fitted yet; call fit(train) first")
 
     def _require_columns(self, df: pd.DataFrame, columns: list[str], what: str) -> None:
+        have = [str(x) for x in df.columns]
         missing = [c for c in columns if c not in df.columns]
         if missing:
-            from polytask.errors import closest
-
             hints = "".join(
-                f" (for {c!r}{closest(c, [str(x) for x in df.columns]).removeprefix(';')})"
+                f" (for {c!r}{closest(c, have).removeprefix(';')})"
                 for c in missing
-                if closest(c, [str(x) for x in df.columns])
+                if closest(c, have)
             )
+            shown = have if len(have) <= 12 else [*have[:12], f"... {len(have)} in all"]
             raise DataError(
                 f"{what}: missing column(s) {missing} required by the schema; the table has "
-                f"{len(df.columns)} columns{hints}"
+                f"columns {shown}{hints}"
+            )
+        repeated = sorted({str(c) for c in df.columns[df.columns.duplicated()]} & set(columns))
+        if repeated:
+            raise DataError(
+                f"{what}: column(s) {repeated} appear more than once in the table; expected "
+                "each column once"
             )
 
     # ---------------------------------------------------------------------------- fit
@@ -157,9 +270,7 @@ class Preprocessor:
             arr = _numeric(df[nfeat.name], nfeat.name, what)
             if nfeat.log1p:
                 arr = np.sign(arr) * np.log1p(np.abs(arr))
-            finite = arr[~np.isnan(arr)]
-            mean = float(finite.mean()) if finite.size else 0.0
-            std = float(finite.std()) if finite.size else 1.0
+            mean, std = _mean_std(arr[~np.isnan(arr)])
             if self.features.numeric_scaling == "none":
                 mean, std = 0.0, 1.0
             stats[nfeat.name] = _NumericStats(
@@ -186,7 +297,12 @@ class Preprocessor:
         self.classes_ = classes
         # Validate the labels now, so a bad label fails before any training.
         for name in self.tasks:
-            self._encode_label(label_frames[name], name, what)
+            frame = label_frames[name]
+            if np.isnan(self._encode_label(frame, name, what)).all():
+                raise DataError(
+                    f"{what}: task {name!r}: label column {self.label_column(name)!r} has no "
+                    f"values (all {len(frame)} rows are missing); a task needs labelled rows"
+                )
         return self
 
     # ---------------------------------------------------------------------------- transform
@@ -240,7 +356,8 @@ class Preprocessor:
             if s.log1p:
                 arr = np.sign(arr) * np.log1p(np.abs(arr))
             isnan = np.isnan(arr)
-            z = np.clip((arr - s.mean) / s.std, -_CLIP, _CLIP)
+            with np.errstate(over="ignore"):  # an overflow is +-inf, clipped just below
+                z = np.clip((arr - s.mean) / s.std, -_CLIP, _CLIP)
             num_cols.append(np.where(isnan, 0.0, z))
             if s.indicator:
                 indicators.append(isnan.astype(np.float64))
@@ -299,12 +416,13 @@ class Preprocessor:
             return np.where(missing, np.nan, hit.astype(np.float64)).astype(np.float32)
         arr = _numeric_label(series, task, col, what, binary=True)
         present = arr[~np.isnan(arr)]
-        bad = np.unique(present[(present != 0) & (present != 1)])
-        if bad.size:
-            found = sorted({*np.unique(present)[:10].tolist()})
+        if ((present != 0) & (present != 1)).any():
+            distinct = np.unique(present)
+            found = ", ".join(_float_strings(distinct[:10]))
+            more = f", ... ({distinct.size} distinct)" if distinct.size > 10 else ""
             raise DataError(
-                f"{what}: task {task!r}: label column {col!r} has values {found}; a binary task "
-                "needs 0/1, booleans or a `positive:` value"
+                f"{what}: task {task!r}: label column {col!r} has values {{{found}{more}}}; a "
+                "binary task needs 0/1, booleans or a `positive:` value"
             )
         return arr.astype(np.float32)
 
@@ -331,44 +449,68 @@ class Preprocessor:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> Preprocessor:
+        """Restore a fitted state; anything that does not fit the features/tasks sections
+        (a column or task left out, a repeated value, a wrong type) is a `DataError`."""
         try:
-            self.vocabularies_ = {k: [str(x) for x in v] for k, v in state["vocabularies"].items()}
-            self.numeric_stats_ = {k: _NumericStats(**v) for k, v in state["numeric"].items()}
-            self.classes_ = {k: [str(x) for x in v] for k, v in state["classes"].items()}
-            self.train_columns_ = list(state.get("train_columns", []))
+            vocabularies = {k: [str(x) for x in v] for k, v in state["vocabularies"].items()}
+            numeric = {k: _NumericStats(**v) for k, v in state["numeric"].items()}
+            classes = {k: [str(x) for x in v] for k, v in state["classes"].items()}
+            train_columns = [str(c) for c in state.get("train_columns", [])]
         except (KeyError, TypeError, AttributeError) as err:
             raise DataError(f"preprocessor state is malformed: {err!r}") from None
-        expected = {f.name for f in self.features.categorical}
-        if set(self.vocabularies_) != expected:
-            raise DataError(
-                f"preprocessor state has vocabularies for {sorted(self.vocabularies_)}, "
-                f"the features section expects {sorted(expected)}"
-            )
+        expected: list[tuple[str, set[str], set[str]]] = [
+            ("vocabularies", set(vocabularies), {f.name for f in self.features.categorical}),
+            ("numeric statistics", set(numeric), {f.name for f in self.features.numeric}),
+            ("classes", set(classes), {n for n, t in self.tasks.items() if t.type == "multiclass"}),
+        ]
+        for what, found, names in expected:
+            if found != names:
+                raise DataError(
+                    f"preprocessor state has {what} for {sorted(found)}, the config expects "
+                    f"{sorted(names)}"
+                )
+        for what, lists in (("vocabulary", vocabularies), ("classes", classes)):
+            for key, values in lists.items():
+                if len(set(values)) != len(values):
+                    raise DataError(f"preprocessor state: {what} of {key!r} repeats values")
+        for key, st in numeric.items():
+            if not (_finite(st.mean) and _finite(st.std) and st.std > 0):
+                raise DataError(
+                    f"preprocessor state: numeric column {key!r} has mean {st.mean!r} and std "
+                    f"{st.std!r}; expected finite numbers and std > 0"
+                )
+        self.vocabularies_ = vocabularies
+        self.numeric_stats_ = numeric
+        self.classes_ = classes
+        self.train_columns_ = train_columns
         return self
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and bool(np.isfinite(x))
 
 
 def _numeric_label(
     series: pd.Series, task: str, col: str, what: str, *, binary: bool = False
 ) -> np.ndarray:
-    present = series.dropna()
-    if pd.api.types.is_bool_dtype(series.dtype) or (
-        series.dtype == object
-        and len(present) > 0
-        and all(isinstance(v, bool | np.bool_) for v in present)
-    ):
-        return series.map(lambda v: np.nan if pd.isna(v) else float(v)).to_numpy(dtype=np.float64)
-    coerced = pd.to_numeric(series, errors="coerce")
-    bad = coerced.isna() & series.notna()
+    """Label column as float64, NaN where missing; text, inf and values float32 cannot hold
+    are errors."""
+    kind = "binary" if binary else "regression"
+    hint = " or a `positive:` value" if binary else ""
+    where = f"{what}: task {task!r}: label column {col!r}"
+    if _not_real(series.dtype):
+        raise DataError(f"{where} has dtype {series.dtype}; a {kind} task needs numbers{hint}")
+    arr, bad = _as_float(series)
     if bad.any():
-        examples = list(dict.fromkeys(series[bad].astype(str).tolist()))[:5]
-        kind = "binary" if binary else "regression"
-        hint = " or a `positive:` value" if binary else ""
         raise DataError(
-            f"{what}: task {task!r}: label column {col!r} has non-numeric values such as "
-            f"{examples}; a {kind} task needs numbers{hint}"
+            f"{where} has non-numeric values such as {_examples(series, bad, 5)}; a {kind} "
+            f"task needs numbers{hint}"
         )
-    with np.errstate(over="ignore", invalid="ignore"):
-        arr = coerced.to_numpy(dtype=np.float64, na_value=np.nan)
-    if np.isinf(arr).any():
-        raise DataError(f"{what}: task {task!r}: label column {col!r} has infinite values")
+    with np.errstate(invalid="ignore"):
+        too_big = np.abs(arr) > _FLOAT32_MAX
+    if too_big.any():
+        raise DataError(
+            f"{where} has values that are infinite or beyond float32's range "
+            f"(|x| > {_FLOAT32_MAX:.3g}) such as {_examples(series, too_big, 3)}"
+        )
     return arr

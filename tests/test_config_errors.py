@@ -1,0 +1,244 @@
+"""Config mistakes fail before any data is read, one line per problem, each naming the key,
+what was expected and what was found (and the closest valid key for a typo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from polytask import ConfigError, MultiTaskModel
+from polytask.config import EstimatorConfig, RunConfig, apply_overrides, load_run_file, validate
+
+FEATURES = {"categorical": ["color"], "numeric": ["x"]}
+TASKS: dict[str, Any] = {"click": {"type": "binary"}, "dwell": {"type": "regression"}}
+
+
+def settings(**sections: Any) -> dict[str, Any]:
+    return {"features": FEATURES, "tasks": TASKS, **sections}
+
+
+def problems(raw: dict[str, Any], model: type = EstimatorConfig) -> list[str]:
+    """The problem lines of the `ConfigError` that validating ``raw`` raises."""
+    with pytest.raises(ConfigError) as info:
+        validate(model, raw)
+    header, *lines = str(info.value).splitlines()
+    assert header == "invalid config:"
+    return lines
+
+
+def test_misspelt_top_level_section_names_the_closest():
+    (line,) = problems(settings(trainig={"epochs": 1}))
+    assert line.startswith("trainig: unknown key")
+    assert "did you mean 'training'?" in line
+
+
+def test_misspelt_training_key():
+    (line,) = problems(settings(training={"epcohs": 3}))
+    assert line.startswith("training.epcohs: unknown key")
+    assert "did you mean 'epochs'?" in line
+    assert "'batch_size'" in line  # the valid keys are listed
+
+
+def test_misspelt_model_parameter_is_checked_by_that_models_schema():
+    (line,) = problems(settings(model={"name": "mmoe", "num_expert": 4}))
+    assert line.startswith("model: model 'mmoe': num_expert: unknown key")
+    assert "did you mean 'num_experts'?" in line
+
+
+def test_misspelt_weighting_parameter():
+    (line,) = problems(settings(loss={"weighting": "uncertainty", "clmap": [-2, 2]}))
+    assert line.startswith("loss: weighting 'uncertainty': clmap: unknown key")
+    assert "did you mean 'clamp'?" in line
+
+
+def test_several_problems_are_reported_at_once_one_line_each():
+    lines = problems(settings(trainig={}, optimizer={"lr": -1}, model="mmeo"))
+    assert len(lines) == 3
+    assert any(x.startswith("trainig: unknown key") for x in lines)
+    assert any(x.startswith("optimizer.lr:") and "(found -1)" in x for x in lines)
+    assert any(x.startswith("model: unknown model 'mmeo'") for x in lines)
+
+
+def test_unknown_model_lists_the_models_and_the_closest():
+    (line,) = problems(settings(model="mmeo"))
+    assert line == (
+        "model: unknown model 'mmeo'; expected one of ['mmoe', 'moe', 'shared_bottom']; "
+        "did you mean 'mmoe'?"
+    )
+
+
+def test_unknown_weighting_lists_the_weightings_and_the_closest():
+    (line,) = problems(settings(loss="uncertanty"))
+    assert "unknown weighting 'uncertanty'" in line
+    assert "'sum'" in line and "'weighted'" in line
+    assert line.endswith("did you mean 'uncertainty'?")
+
+
+def test_wrong_value_type_shows_what_was_found():
+    (line,) = problems(settings(training={"epochs": "many"}))
+    assert line.startswith("training.epochs:")
+    assert "integer" in line and "(found 'many')" in line
+
+
+def test_unknown_task_type():
+    tasks = {"click": {"type": "binery"}}
+    (line,) = problems({"features": FEATURES, "tasks": tasks})
+    assert line.startswith("tasks.click.type:")
+    assert "'binary'" in line and "(found 'binery')" in line
+
+
+def test_inputs_from_an_unknown_task():
+    tasks = {**TASKS, "cvr": {"type": "binary", "inputs_from": ["clik"]}}
+    (line,) = problems({"features": FEATURES, "tasks": tasks})
+    assert line == (
+        "task 'cvr': inputs_from names unknown task 'clik'; expected one of "
+        "['click', 'cvr', 'dwell']; did you mean 'click'?"
+    )
+
+
+def test_inputs_from_cycle_is_spelled_out():
+    tasks = {
+        "a": {"type": "binary", "inputs_from": ["c"]},
+        "b": {"type": "binary", "inputs_from": ["a"]},
+        "c": {"type": "binary", "inputs_from": ["b"]},
+    }
+    (line,) = problems({"features": FEATURES, "tasks": tasks})
+    assert line == "tasks' inputs_from form a cycle: a -> c -> b -> a"
+
+
+def test_label_listed_as_a_feature():
+    tasks = {"income": {"type": "binary", "label": "x"}}
+    (line,) = problems({"features": FEATURES, "tasks": tasks})
+    assert "task 'income': label column 'x' is also listed as a feature" in line
+
+
+def test_loss_that_does_not_fit_the_task_type():
+    tasks = {"click": {"type": "binary", "loss": "mse"}}
+    (line,) = problems({"features": FEATURES, "tasks": tasks})
+    assert line.startswith("tasks.click:")
+    assert "loss 'mse' does not fit a binary task; expected one of ['bce']" in line
+
+
+def test_positive_on_a_non_binary_task():
+    tasks = {"dwell": {"type": "regression", "positive": 1}}
+    (line,) = problems({"features": FEATURES, "tasks": tasks})
+    assert "'positive' is only for binary tasks, found type 'regression'" in line
+
+
+def test_run_file_without_data_section():
+    (line,) = problems(settings(), RunConfig)
+    assert line == "data: required key is missing"
+
+
+def test_not_a_mapping():
+    with pytest.raises(ConfigError, match="expected a mapping of sections, found list"):
+        validate(EstimatorConfig, ["features"])  # type: ignore[arg-type]
+
+
+def test_estimator_constructor_raises_the_same_errors():
+    with pytest.raises(ConfigError, match=r"training\.epcohs: unknown key.*'epochs'"):
+        MultiTaskModel(features=FEATURES, tasks=TASKS, training={"epcohs": 1})
+
+
+def test_unknown_monitor():
+    with pytest.raises(ConfigError) as info:
+        MultiTaskModel(features=FEATURES, tasks=TASKS, training={"monitor": "clik.auc"})
+    message = str(info.value)
+    assert message.startswith("training.monitor: unknown monitor 'clik.auc'; expected one of")
+    assert message.endswith("did you mean 'click.auc'?")
+
+
+def test_weights_for_an_unknown_task(toy_frame):
+    with pytest.raises(ConfigError, match=r"loss\.weights names unknown task\(s\) \['clik'\]"):
+        MultiTaskModel(
+            features=FEATURES,
+            tasks=TASKS,
+            loss={"weighting": "weighted", "weights": {"clik": 2.0}},
+            training={"epochs": 1, "progress": False},
+        ).fit(toy_frame)
+
+
+# ------------------------------------------------------------------------------ overrides
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.epochs", "override 'training.epochs': expected key.sub=value"),
+        ("=3", "override '=3': empty key segment in ''"),
+        ("training..epochs=3", "empty key segment in 'training..epochs'"),
+        ("features.numeric.x=1", "override 'features.numeric.x=1': 'numeric' is not a section"),
+        ("training.epochs=[", "override 'training.epochs=[': value '[' is not valid YAML (line 1"),
+    ],
+)
+def test_bad_override(override, message):
+    raw = {"features": {"numeric": ["x"]}, "training": {"epochs": 2}}
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(raw, [override])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_override_does_not_touch_its_input():
+    raw = {"training": {"epochs": 2}}
+    out = apply_overrides(raw, ["training.epochs=5", "model.num_experts=3"])
+    assert out == {"training": {"epochs": 5}, "model": {"num_experts": 3}}
+    assert raw == {"training": {"epochs": 2}}
+
+
+# ------------------------------------------------------------------------------ run files
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_run_file_missing(tmp_path):
+    with pytest.raises(ConfigError, match=r"run file '.*nope\.yaml' does not exist"):
+        load_run_file(tmp_path / "nope.yaml")
+
+
+def test_run_file_is_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"run file '.*' is not a file"):
+        load_run_file(tmp_path)
+
+
+def test_run_file_invalid_yaml_is_one_line_with_its_position(tmp_path):
+    path = write(tmp_path, "features:\n  numeric: [x\ntasks: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_run_file(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "is not valid YAML: line 3, column" in message
+
+
+def test_run_file_not_utf8(tmp_path):
+    path = write(tmp_path, b"features: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="cannot be read as UTF-8 text"):
+        load_run_file(path)
+
+
+def test_run_file_not_a_mapping(tmp_path):
+    path = write(tmp_path, "- features\n- tasks\n")
+    with pytest.raises(ConfigError, match=r"expected a mapping of sections, found \['features'"):
+        load_run_file(path)
+
+
+def test_run_file_problems_name_the_file(tmp_path):
+    path = write(
+        tmp_path,
+        "features: {numeric: [x]}\ntasks: {y: {type: regression}}\ndata: {train: t.csv}\n"
+        "training: {epcohs: 2}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_run_file(path, ["model.name=mmeo"])
+    header, *lines = str(info.value).splitlines()
+    assert header == f"invalid run file {str(path)!r}:"
+    assert sorted(x.split(":")[0] for x in lines) == ["model", "training.epcohs"]
