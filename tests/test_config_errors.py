@@ -62,11 +62,13 @@ def test_several_problems_are_reported_at_once_one_line_each():
 
 
 def test_unknown_model_lists_the_models_and_the_closest():
+    from polytask.models import MODELS
+
     (line,) = problems(settings(model="mmeo"))
     assert line == (
-        "model: unknown model 'mmeo'; expected one of ['mmoe', 'moe', 'shared_bottom']; "
-        "did you mean 'mmoe'?"
+        f"model: unknown model 'mmeo'; expected one of {sorted(MODELS)}; did you mean 'mmoe'?"
     )
+    assert {"shared_bottom", "moe", "mmoe"} <= set(MODELS)
 
 
 def test_unknown_weighting_lists_the_weightings_and_the_closest():

@@ -321,7 +321,24 @@ class EstimatorConfig(_Strict):
                 if src == name:
                     raise ValueError(f"task {name!r}: inputs_from names the task itself")
         task_order(self.tasks)  # raises on cycles
+        self._model_fits_tasks()
         return self
+
+    def _model_fits_tasks(self) -> None:
+        """A model that constrains the tasks (ESMM) checks them here, before any data is read."""
+        from polytask.models import MODELS, Head
+
+        entry = MODELS[self.model.name]
+        if entry.check_heads is None:
+            return
+        heads = [
+            Head(name=n, type=t.type, inputs_from=tuple(t.inputs_from), detach=t.detach)
+            for n, t in self.tasks.items()
+        ]
+        try:
+            entry.check_heads(entry.params.model_validate(self.model.params), heads)
+        except ValueError as err:
+            raise ValueError(f"model {self.model.name!r}: {err}") from None
 
 
 class RunConfig(EstimatorConfig):

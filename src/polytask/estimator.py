@@ -356,7 +356,8 @@ class MultiTaskModel:
     def predict(self, data: Any) -> pd.DataFrame:
         """One column per task, rows in input order with the input's index: probability of the
         positive class (binary), value (regression), predicted class (multiclass, plus one
-        ``<task>.proba.<class>`` column per class)."""
+        ``<task>.proba.<class>`` column per class); then one column per auxiliary output of
+        the model (ESMM's ``cvr``), decoded the same way."""
         self._check_fitted()
         df = read_table(data, what="prediction data")
         encoded = self.preprocessor_.transform(df, labels=False, what="prediction data").to(
@@ -377,6 +378,9 @@ class MultiTaskModel:
                 columns[name] = self.preprocessor_.decode_class(name, p.argmax(axis=1))
                 for j, cls in enumerate(self.preprocessor_.classes_[name]):
                     columns[f"{name}.proba.{cls}"] = p[:, j]
+        for name, kind in self.network_.auxiliary_outputs.items():
+            out = outputs[name].astype(np.float64)
+            columns[name] = 1.0 / (1.0 + np.exp(-out)) if kind == "binary" else out
         return pd.DataFrame(columns, index=df.index)
 
     def gate_statistics(self, data: Any) -> dict[str, dict[str, list[float] | float]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from polytask.models._esmm import ESMM, ESMMParams, check_esmm_heads, ctcvr_logit
 from polytask.models._moe import MMoE, MoE, MoEParams
+from polytask.models._ple import PLE, CGCParams, PLEParams, cgc
 from polytask.models._shared_bottom import SharedBottom, SharedBottomParams
 from polytask.models.base import Head, ModelEntry, MultiTaskNet, Representation, TowerParams
 
@@ -10,18 +12,28 @@ MODELS: dict[str, ModelEntry] = {
     "shared_bottom": ModelEntry(SharedBottomParams, SharedBottom),
     "moe": ModelEntry(MoEParams, MoE),
     "mmoe": ModelEntry(MoEParams, MMoE),
+    "ple": ModelEntry(PLEParams, PLE),
+    "cgc": ModelEntry(CGCParams, cgc),
+    "esmm": ModelEntry(ESMMParams, ESMM, check_heads=check_esmm_heads),
 }
 
 __all__ = [
+    "ESMM",
     "MODELS",
+    "PLE",
+    "CGCParams",
+    "ESMMParams",
     "Head",
     "MMoE",
     "MoE",
     "MoEParams",
     "ModelEntry",
     "MultiTaskNet",
+    "PLEParams",
     "Representation",
     "SharedBottom",
     "SharedBottomParams",
     "TowerParams",
+    "cgc",
+    "ctcvr_logit",
 ]

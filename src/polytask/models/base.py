@@ -5,13 +5,14 @@ A model maps a batch to ``{task name: raw output}`` (a logit ``[B]`` for binary,
 (``input``, then its own such as ``shared``, ``experts``, ``gates``, then ``towers.<task>``),
 which cover every parameter exactly once. Towers and the links between tasks (one task's
 estimate fed into another's tower, with or without stop-gradient) live here, so every
-architecture gets them the same way.
+architecture gets them the same way. A model may also compute auxiliary outputs, estimates
+that no declared task has a label or loss for (ESMM's pCVR), named in ``auxiliary_outputs``.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,11 @@ class Representation:
 class MultiTaskNet(nn.Module):
     """Base of the zoo: a feature input, a body (the subclass) and one tower per task."""
 
+    auxiliary_outputs: dict[str, str]
+    """Outputs beyond the tasks' (no label, no loss), name -> ``binary`` (a logit) or
+    ``regression`` (a value); ``forward(..., auxiliary=True)`` adds them for every row and
+    ``predict`` turns them into columns. Empty unless a model sets it."""
+
     def __init__(
         self, *, inputs: FeatureInput, heads: Sequence[Head], body_dim: int, params: TowerParams
     ) -> None:
@@ -99,6 +105,7 @@ class MultiTaskNet(nn.Module):
         self.heads = list(heads)
         self.task_names = [h.name for h in self.heads]
         self.order = topological(self.heads)
+        self.auxiliary_outputs = {}
         by_name = {h.name: h for h in self.heads}
         self.towers = nn.ModuleDict()
         for h in self.heads:
@@ -130,13 +137,18 @@ class MultiTaskNet(nn.Module):
 
     # ------------------------------------------------------------------ shared logic
     def forward(
-        self, batch: dict[str, Tensor], tasks: Sequence[str] | None = None
+        self,
+        batch: dict[str, Tensor],
+        tasks: Sequence[str] | None = None,
+        *,
+        auxiliary: bool = False,
     ) -> dict[str, Tensor]:
-        """Raw outputs of ``tasks`` (default: all), plus of the tasks they take inputs from.
+        """Raw outputs of ``tasks`` (default: all), plus of the tasks they take inputs from,
+        plus with ``auxiliary`` the model's `auxiliary_outputs`.
 
         Only the parts of the model those tasks use are computed, so a loss on them leaves
         every other tower and gate with no gradient at all."""
-        outputs, _ = self._run(batch, tasks)
+        outputs, _ = self._run(batch, tasks, auxiliary=auxiliary)
         return outputs
 
     def gate_weights(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -162,8 +174,9 @@ class MultiTaskNet(nn.Module):
         return [n for n in self.order if n in needed]
 
     def _run(
-        self, batch: dict[str, Tensor], tasks: Sequence[str] | None
+        self, batch: dict[str, Tensor], tasks: Sequence[str] | None, *, auxiliary: bool = False
     ) -> tuple[dict[str, Tensor], Representation]:
+        # ``auxiliary`` is for subclasses that set `auxiliary_outputs`; the base has none.
         run = self.required_tasks(tasks)
         index = {name: k for k, name in enumerate(self.task_names)}
         active = sorted(index[n] for n in run)
@@ -218,7 +231,11 @@ class MultiTaskNet(nn.Module):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """Registry row: the parameter schema and the builder."""
+    """Registry row: the parameter schema, the builder and, for models that constrain the
+    tasks (ESMM needs two binary tasks of given names), a check run when the config is
+    validated, so a mismatch fails before any data is read."""
 
     params: type[TowerParams]
     build: Any  # Callable[[FeatureInput, Sequence[Head], TowerParams], MultiTaskNet]
+    check_heads: Callable[[Any, Sequence[Head]], None] | None = None
+    """Raises ValueError naming the parameter, what it expects and what it found."""

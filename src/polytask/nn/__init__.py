@@ -143,13 +143,34 @@ class ExpertBank(nn.Module):
         self.out_dim = prev
 
     def forward(self, x: Tensor) -> Tensor:
-        e = self.num_experts
-        w0 = self.weights[0]
-        # One GEMM for every expert's first layer: [B, in] @ [in, E*out].
-        h = (x @ w0.permute(1, 0, 2).reshape(w0.shape[1], -1)).view(x.shape[0], e, -1)
-        h = self.dropout(self.act(h.transpose(0, 1) + self.biases[0]))
-        for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
-            h = self.dropout(self.act(torch.baddbmm(b, h, w)))
+        return ExpertBank.stacked([self], x)
+
+    @staticmethod
+    def stacked(banks: Sequence[ExpertBank], x: Tensor) -> Tensor:
+        """Several banks of one shape run as a single bank, experts in bank order.
+
+        ``x`` is ``[B, in]`` (one input for every expert) or ``[E, B, in]`` (one per expert,
+        ``E`` the banks' total); the result is ``[E, B, units[-1]]``. Each bank keeps its own
+        parameters, so a bank left out of ``banks`` stays out of the graph (PLE computes only
+        the task experts of the active tasks this way). Activation and dropout are the first
+        bank's.
+        """
+        first = banks[0]
+        if len(banks) == 1:
+            weights, biases = list(first.weights), list(first.biases)
+        else:
+            weights = [torch.cat(ws) for ws in zip(*(b.weights for b in banks), strict=True)]
+            biases = [torch.cat(bs) for bs in zip(*(b.biases for b in banks), strict=True)]
+        w0 = weights[0]
+        if x.dim() == 2:
+            # One GEMM for every expert's first layer: [B, in] @ [in, E*out].
+            h = (x @ w0.permute(1, 0, 2).reshape(w0.shape[1], -1)).view(x.shape[0], w0.shape[0], -1)
+            h = h.transpose(0, 1) + biases[0]
+        else:
+            h = torch.baddbmm(biases[0], x, w0)
+        h = first.dropout(first.act(h))
+        for w, b in zip(weights[1:], biases[1:], strict=True):
+            h = first.dropout(first.act(torch.baddbmm(b, h, w)))
         return h
 
 

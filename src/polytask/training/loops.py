@@ -60,12 +60,14 @@ def check_finite(losses: Tensor, task_names: list[str], step: int, where: str) -
 def predict_outputs(
     model: MultiTaskNet, data: EncodedData, batch_size: int
 ) -> dict[str, np.ndarray]:
-    """Raw outputs for every row, in row order, as float32 numpy arrays."""
+    """Raw outputs for every row, in row order, as float32 numpy arrays: one per task and
+    one per auxiliary output of the model."""
     was_training = model.training
     model.eval()
-    chunks: dict[str, list[Tensor]] = {name: [] for name in model.task_names}
+    names = [*model.task_names, *model.auxiliary_outputs]
+    chunks: dict[str, list[Tensor]] = {name: [] for name in names}
     for batch in data.batches(batch_size):
-        for name, out in model(batch).items():
+        for name, out in model(batch, auxiliary=True).items():
             chunks[name].append(out.float())
     model.train(was_training)
     return {
