@@ -30,6 +30,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 ATOL = 1e-5
 
 MMOE = {"name": "mmoe", "num_experts": 3, "expert_units": [16], "tower_units": [8]}
+PLE = {"name": "ple", "num_task_experts": 1, "num_shared_experts": 1, "expert_units": [8]}
 BOTTOM = {"name": "shared_bottom", "shared_units": [16], "tower_units": [8]}
 # Adam's per-element m / sqrt(v) magnifies rounding differences in near-zero gradient entries
 # (docs/distributed.md); SGD with momentum compares the updates themselves.
@@ -43,6 +44,7 @@ TASKS = {"click": {"type": "binary"}, "dwell": {"type": "regression"}}
 SCENARIOS: dict[str, dict[str, Any]] = {
     "mmoe_sum": {"model": MMOE, "loss": "sum", "batch_size": 64},
     "bottom_uncertainty": {"model": BOTTOM, "loss": "uncertainty", "batch_size": 63},
+    "ple_dwa": {"model": PLE, "loss": "dwa", "batch_size": 64},
     "alternate": {"model": MMOE, "loss": "uncertainty", "batch_size": 50, "alternate": True},
     "pcgrad": {"model": MMOE, "loss": "pcgrad", "batch_size": 64},
     "gradnorm": {"model": BOTTOM, "loss": "gradnorm", "batch_size": 63},
@@ -142,7 +144,7 @@ def test_shards_cover_every_row_once() -> None:
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> None:
-    """Joint (sum, uncertainty), alternate, and gradient weightings (PCGrad, GradNorm)."""
+    """Joint (sum, uncertainty, DWA), alternate, and gradient weightings (PCGrad, GradNorm)."""
     table = toy_table()
     table.to_csv(tmp_path / "table.csv", index=False)
     torchrun(__file__, str(tmp_path), cwd=tmp_path)
