@@ -238,6 +238,9 @@ class DistributedTraining:
         labelled = torch.stack([~torch.isnan(batch[LABEL_PREFIX + t]) for t in self.names])
         total = labelled.sum(1)
         mine = labelled[:, lo:hi].sum(1)
+        # DDP averages the ranks' gradients. With this scale the average of the ranks' losses
+        # is sum(l_ik) / N_k, the global batch's mean over its labelled rows, where a plain
+        # mean of per-rank means would favour the rows of a rank with few labels.
         scale = self.world_size * mine / total.clamp(min=1)
         return {k: v[lo:hi] for k, v in batch.items()}, scale
 
