@@ -24,9 +24,9 @@ from polytask.data.stream import CHUNK_ROWS
 from polytask.errors import PolytaskError
 
 
-def _console() -> Console:
+def _console(quiet: bool = False) -> Console:
     # Wide enough for a gate table of 8+ experts when output is not a terminal.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 140, quiet=quiet)
 
 
 def _fmt(v: Any) -> str:
@@ -68,10 +68,12 @@ def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> Non
 def cmd_train(args: argparse.Namespace) -> int:
     from polytask.config import load_run_file
     from polytask.run import run_training
+    from polytask.training.distributed import is_main_process
 
     cfg, base = load_run_file(args.run_file, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.run_file).stem
-    console = _console()
+    main_process = is_main_process()  # under torchrun, only rank 0 prints
+    console = _console(quiet=not main_process)
     console.print(
         f"training [bold]{cfg.model.name}[/] on tasks {list(cfg.tasks)} "
         f"({cfg.loss.weighting} weighting) -> {out}"
@@ -79,6 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         metrics = run_training(cfg, base, out, resume=args.resume)
+    if not main_process:
+        return 0
     if "validation" in metrics:
         console.print(metrics_table("validation", metrics["validation"]))
     if "test" in metrics:

@@ -46,6 +46,11 @@ from polytask.training import (
     predict_outputs,
 )
 from polytask.training.checkpoint import TrainingParts, data_fingerprint, open_checkpoints
+from polytask.training.distributed import (
+    DistributedTraining,
+    is_main_process,
+    join_process_group,
+)
 from polytask.training.schedules import AlternateBatches, JointBatches
 from polytask.weighting import WEIGHTINGS, Weighting
 
@@ -187,6 +192,11 @@ class MultiTaskModel:
         ``training.checkpoint_every`` steps (default: once per epoch) and the newest two are
         kept; ``resume=True`` continues from the newest readable one, ending with the same
         weights as an uninterrupted run (see docs/checkpoints.md).
+
+        Launched by torchrun with several processes (or in an initialized process group),
+        every process calls ``fit`` on the same data and trains one DDP replica;
+        ``batch_size`` is the global batch (docs/distributed.md). Checkpoints are not yet
+        supported there.
         """
         # Overrides apply to this call only; self.config keeps the settings as constructed.
         cfg = self.config.model_copy(deep=True)
@@ -209,6 +219,16 @@ class MultiTaskModel:
         if tcfg.num_threads:
             torch.set_num_threads(tcfg.num_threads)
         device = resolve_device(tcfg.device)
+        group = join_process_group(device)  # None unless torchrun started several processes
+        if group is not None:
+            device = group.device
+            if checkpoint_dir is not None:
+                # Each rank's RNG and data position would have to be saved and restored per
+                # rank, and one rank would have to write: not done yet.
+                raise ConfigError(
+                    "checkpoints (training.checkpoint_every, resume) are not supported in "
+                    "distributed training yet; train without them under torchrun"
+                )
 
         if tcfg.schedule == "alternate":
             if not isinstance(train, Mapping):
@@ -257,6 +277,16 @@ class MultiTaskModel:
         optimizer = build_optimizer(groups, cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.optimizer, tcfg.epochs)
 
+        parallel = None
+        if group is not None:
+            parallel = DistributedTraining(
+                group,
+                network=network,
+                weighting=weighting,
+                tasks=cfg.tasks,
+                training=tcfg,
+                data=[train_data, valid_data],
+            )
         train_source: JointBatches | AlternateBatches
         if tcfg.schedule == "alternate":
             assert per_task is not None
@@ -298,6 +328,7 @@ class MultiTaskModel:
             cfg=tcfg,
             checkpoints=checkpoints,
             start=start,
+            distributed=parallel,
         )
         self.preprocessor_ = preprocessor
         self.network_ = network
@@ -437,9 +468,13 @@ class MultiTaskModel:
     # ------------------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model folder atomically: ``polytask.json`` (versions), ``config.yaml``,
-        ``preprocessor.json``, ``weights.safetensors``, ``history.json``."""
+        ``preprocessor.json``, ``weights.safetensors``, ``history.json``.
+
+        In distributed training only rank 0 writes; the other ranks hold the same model."""
         self._check_fitted()
         target = Path(path)
+        if not is_main_process():
+            return target
         tensors = {f"network.{k}": v for k, v in self.network_.state_dict().items()}
         tensors.update({f"weighting.{k}": v for k, v in self.weighting_.state_dict().items()})
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}

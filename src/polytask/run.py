@@ -20,6 +20,7 @@ from polytask.config import DataConfig, RunConfig
 from polytask.data import read_table
 from polytask.errors import ConfigError
 from polytask.estimator import MultiTaskModel, _jsonable
+from polytask.training.distributed import barrier, is_main_process
 
 
 @dataclass
@@ -95,7 +96,8 @@ def train_samples_per_s(history: list[dict[str, Any]]) -> float:
 def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False) -> dict[str, Any]:
     """Train the run, evaluate it, write ``out/model/``, ``out/metrics.json`` and
     ``out/config.yaml``; return the metrics. Early stopping uses the validation split only;
-    the test split is evaluated once, at the end.
+    the test split is evaluated once, at the end. Under torchrun only rank 0 evaluates and
+    writes; the other ranks return an empty dict.
 
     With ``training.checkpoint_every`` checkpoints go to ``out/checkpoints/``; ``resume``
     continues from the newest readable one there."""
@@ -104,6 +106,9 @@ def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False)
     model = MultiTaskModel.from_config(cfg).fit(
         splits.train, validation=splits.validation, checkpoint_dir=checkpoint_dir, resume=resume
     )
+    if not is_main_process():
+        barrier()  # distributed training: rank 0 holds the same model, evaluates and writes
+        return {}
     metrics: dict[str, Any] = {}
     if splits.test is not None:
         metrics["test"] = model.evaluate(splits.test)
@@ -129,4 +134,5 @@ def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False)
     atomic_write_text(
         out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     )
+    barrier()
     return metrics

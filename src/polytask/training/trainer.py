@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from polytask.training.loops import check_finite, joint_step, predict_outputs
 from polytask.training.optim import group_lrs
 from polytask.training.schedules import JointBatches, alternate_step
 from polytask.weighting import Weighting
+
+if TYPE_CHECKING:
+    from polytask.training.distributed import DistributedTraining
 
 
 @dataclass
@@ -130,6 +133,7 @@ def fit_loop(
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     checkpoints: Checkpoints | None = None,
     start: LoopState | None = None,
+    distributed: DistributedTraining | None = None,
 ) -> FitResult:
     """Train for ``cfg.epochs`` epochs (fewer with early stopping); return the history.
 
@@ -143,6 +147,9 @@ def fit_loop(
 
     ``checkpoints.save(state)`` runs every ``checkpoints.every`` steps; ``start`` is the state
     a checkpoint restored (the model, optimizer, ... and ``train`` already restored with it).
+
+    With ``distributed`` (one rank of a torchrun job) every rank walks the same global batches
+    and trains on its share of each; see `polytask.training.distributed`.
     """
     names = list(tasks)
     if isinstance(train, EncodedData):
@@ -153,7 +160,11 @@ def fit_loop(
     mode = monitor_mode(cfg.monitor)
     if step_fn is None:
         step_fn = aggregate_step if weighting.needs_gradients else joint_step
-    enabled = cfg.progress and sys.stderr.isatty()
+    alternate_fn, evaluate = alternate_step, evaluate_split
+    if distributed is not None:
+        step_fn, alternate_fn = distributed.step, distributed.alternate_step
+        evaluate = distributed.evaluate
+    enabled = cfg.progress and sys.stderr.isatty() and (distributed is None or distributed.is_main)
     n_batches, n_rows = train.steps, train.rows_per_epoch
     device = next(model.parameters()).device
 
@@ -174,7 +185,7 @@ def fit_loop(
                 if task is None:
                     losses = step_fn(model, weighting, tasks, optimizer, batch)
                 else:
-                    losses = alternate_step(model, weighting, tasks, optimizer, batch, task)
+                    losses = alternate_fn(model, weighting, tasks, optimizer, batch, task)
                 state.step += 1
                 state.position += 1
                 if bool(torch.isfinite(losses).all()):
@@ -208,7 +219,7 @@ def fit_loop(
             if state.skipped_in_epoch:
                 record["skipped_batches"] = state.skipped_in_epoch
             if validation is not None:
-                metrics = evaluate_split(model, tasks, validation, cfg.eval_batch_size)
+                metrics = evaluate(model, tasks, validation, cfg.eval_batch_size)
                 record["validation"] = metrics
                 value = monitor_value(metrics, cfg.monitor)
                 record["monitor"] = {cfg.monitor: value}

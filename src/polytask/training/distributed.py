@@ -1,0 +1,391 @@
+"""Data-parallel training across processes launched by ``torchrun`` (PyTorch DDP).
+
+Every process (rank) holds the whole encoded split, fitted and encoded identically (the
+preprocessor is deterministic; `DistributedTraining` checks that every rank encoded the same
+bytes). Every rank draws the same shuffled order from ``training.seed``, so all ranks walk the
+same sequence of **global** batches of ``training.batch_size`` rows; rank ``r`` of ``W`` trains
+on its contiguous share of each, rows ``[B r / W, B (r + 1) / W)``. The result matches one
+process training on the same global batches, up to float summation order:
+
+- Loss normalisation. A task's loss is the mean over the *labelled* rows of the global batch,
+  ``L_k = sum_i l_ik / N_k``. DDP averages gradients over ranks, so rank ``r`` minimises
+  ``l_k^r = W * n_k^r / N_k * mean_r(l_ik)`` (``n_k^r`` labelled rows in its share): the mean
+  over ranks of ``l_k^r`` is exactly ``L_k``, where the plain mean of per-rank means would
+  over-weight the rows of a rank with few labels. ``N_k`` needs no communication: every rank
+  sees the whole global batch's labels.
+- Loss weightings are affine in the task losses within a step (their weights are fixed for the
+  step, or learned like Kendall's ``s_k``), so averaging the gradients of
+  ``weighting(l^r)`` over ranks gives the gradient of ``weighting(L)``, for the network and the
+  weighting's own parameters alike (both sit in the one DDP module).
+- Gradient weightings (aggregators such as UPGrad or PCGrad, and GradNorm) need each task's
+  gradient, which DDP's summed reduction loses. For them every rank computes the Jacobian of
+  its ``l^r``, the Jacobians are all-reduced into the global ``J`` and every rank aggregates
+  that same ``J``; rank 0's direction is broadcast so the replicas cannot drift apart even
+  for aggregators that draw random numbers.
+- Alternate training: every rank draws the same task for each step (same generator seed) and
+  trains it on its share of that task's global batch.
+- Validation metrics are exact over the whole split: each rank predicts a contiguous block of
+  rows, the outputs are gathered in row order and rank 0 computes the metrics once and
+  broadcasts them, so early stopping decides the same on every rank.
+
+Only rank 0 writes files and progress (`is_main_process`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import inspect
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from polytask.config import TaskConfig, TrainingConfig
+from polytask.data import LABEL_PREFIX, Batch, EncodedData
+from polytask.errors import ConfigError, DataError
+from polytask.losses import masked_loss, task_losses
+from polytask.metrics import all_metrics
+from polytask.models import MultiTaskNet
+from polytask.training._aggregate import jacobian_parameters, task_jacobian
+from polytask.training.loops import batch_labels, predict_outputs
+from polytask.weighting import GradientWeighting, Weighting
+
+
+def is_main_process() -> bool:
+    """True on rank 0 of a process group, and in a single process.
+
+    Before the group exists (e.g. while the CLI starts) the ``RANK`` variable that torchrun
+    sets decides."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """This process's place in the group and the device it trains on."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+def join_process_group(device: torch.device) -> ProcessGroup | None:
+    """The default process group, initialized here when torchrun launched several processes
+    (``WORLD_SIZE`` > 1) and none exists yet: gloo for a CPU device, nccl for CUDA, each rank
+    on ``cuda:LOCAL_RANK``. None in a single process."""
+    initialized = dist.is_available() and dist.is_initialized()
+    if not initialized and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if not dist.is_available():
+        raise ConfigError(
+            f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} asks for distributed training, but this "
+            "PyTorch build has no torch.distributed"
+        )
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not initialized:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_leave)
+    if dist.get_world_size() == 1:
+        return None
+    backend = str(dist.get_backend())
+    if backend == "nccl" and device.type != "cuda":
+        raise ConfigError(
+            f"training.device: the process group uses nccl, which needs a CUDA device; "
+            f"found {str(device)!r}"
+        )
+    return ProcessGroup(dist.get_rank(), dist.get_world_size(), device)
+
+
+def barrier() -> None:
+    """Wait for every process of the group (a no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _leave() -> None:
+    # Gloo's worker threads must be torn down before the interpreter finalizes, or a process
+    # can abort at exit. An NCCL group is left to the process exit: destroying it while a
+    # failed rank's peers wait in a collective can hang.
+    if dist.is_initialized() and dist.get_backend() == "gloo":
+        dist.destroy_process_group()
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of ``n`` that ``rank`` takes: contiguous, sizes differ by at most 1."""
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
+def _digest(datasets: Sequence[EncodedData | None]) -> str:
+    h = hashlib.sha256()
+    for data in datasets:
+        if data is None:
+            h.update(b"none")
+            continue
+        columns = [data.categorical, data.numeric, *(data.labels[k] for k in sorted(data.labels))]
+        for t in columns:
+            h.update(repr((t.dtype, tuple(t.shape))).encode())
+            h.update(t.detach().cpu().contiguous().numpy().data)
+    return h.hexdigest()
+
+
+def _buffer_sync(enabled: bool) -> dict[str, Any]:
+    """DDP's switch for broadcasting rank 0's buffers at every forward. Only batch-norm
+    running statistics need it (each rank computes its own on CPU); every other buffer is a
+    constant or computed from reduced values. Renamed in recent PyTorch releases."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        return {"forward_sync_buffers": enabled}
+    return {"broadcast_buffers": enabled}
+
+
+class _Objective(nn.Module):
+    """The network and the weighting as one module, so that DDP reduces the gradients of
+    both: its forward returns the weighted objective and the (rank-scaled) task losses."""
+
+    def __init__(
+        self, network: MultiTaskNet, weighting: Weighting, tasks: dict[str, TaskConfig]
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.weighting = weighting
+        self.tasks = tasks
+        self.names = list(tasks)
+
+    def forward(
+        self, batch: Batch, scale: Tensor, task: str | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if task is None:
+            outputs = self.network(batch)
+            losses = task_losses(self.tasks, outputs, batch_labels(batch, self.tasks)) * scale
+            return self.weighting(losses), losses
+        k = self.names.index(task)
+        outputs = self.network(batch, tasks=[task])
+        loss = masked_loss(self.tasks[task], outputs[task], batch[LABEL_PREFIX + task]) * scale[k]
+        losses = torch.zeros(len(self.names), device=loss.device)
+        losses[k] = loss.detach()
+        return self.weighting.single(k, loss), losses
+
+
+class DistributedTraining:
+    """The step and evaluation functions `fit_loop` uses on each rank of a process group.
+
+    ``network`` and ``weighting`` must already be on ``group.device``; they are wrapped in one
+    `DistributedDataParallel` module (which also broadcasts rank 0's initial parameters).
+    ``data`` are the encoded splits, checked to be identical on every rank.
+    """
+
+    def __init__(
+        self,
+        group: ProcessGroup,
+        *,
+        network: MultiTaskNet,
+        weighting: Weighting,
+        tasks: dict[str, TaskConfig],
+        training: TrainingConfig,
+        data: Sequence[EncodedData | None],
+    ) -> None:
+        self.rank, self.world_size, self.device = group.rank, group.world_size, group.device
+        if training.batch_size < self.world_size:
+            raise ConfigError(
+                f"training.batch_size is the global batch, shared by the {self.world_size} "
+                f"processes: expected at least {self.world_size}, found {training.batch_size}"
+            )
+        digests: list[Any] = [None] * self.world_size
+        dist.all_gather_object(digests, _digest(data))
+        differ = [r for r, d in enumerate(digests) if d != digests[0]]
+        if differ:
+            raise DataError(
+                f"distributed training: the data encoded on rank(s) {differ} differ from rank "
+                "0's; every process must read the same tables with the same config"
+            )
+        self.network, self.weighting, self.tasks = network, weighting, tasks
+        self.names = list(tasks)
+        self.module = _Objective(network, weighting, tasks)
+        has_batch_norm = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules()
+        )
+        if has_batch_norm and self.device.type == "cuda":
+            # Statistics over the global batch, as one process would compute them.
+            nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
+        self.ddp = DistributedDataParallel(
+            self.module,
+            device_ids=[self.device] if self.device.type == "cuda" else None,
+            # Alternate steps leave the other tasks' towers and gates out of the graph; their
+            # gradients then stay None on every rank, as in one process.
+            find_unused_parameters=training.schedule == "alternate",
+            **_buffer_sync(has_batch_norm),
+        )
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ------------------------------------------------------------------------------ steps
+    def _shard(self, batch: Batch) -> tuple[Batch, Tensor]:
+        """This rank's rows of a global batch and the per-task loss scale
+        ``W * n_k^r / N_k`` (0 for a task with no label in the global batch)."""
+        n = len(batch["categorical"])
+        lo, hi = shard_bounds(n, self.rank, self.world_size)
+        labelled = torch.stack([~torch.isnan(batch[LABEL_PREFIX + t]) for t in self.names])
+        total = labelled.sum(1)
+        mine = labelled[:, lo:hi].sum(1)
+        # DDP averages the ranks' gradients. With this scale the average of the ranks' losses
+        # is sum(l_ik) / N_k, the global batch's mean over its labelled rows, where a plain
+        # mean of per-rank means would favour the rows of a rank with few labels.
+        scale = self.world_size * mine / total.clamp(min=1)
+        return {k: v[lo:hi] for k, v in batch.items()}, scale
+
+    def _mean(self, values: Tensor) -> Tensor:
+        values = values.detach().clone()
+        dist.all_reduce(values)
+        return values / self.world_size
+
+    def step(
+        self,
+        model: MultiTaskNet,
+        weighting: Weighting,
+        tasks: dict[str, TaskConfig],
+        optimizer: torch.optim.Optimizer,
+        batch: Batch,
+    ) -> Tensor:
+        """`joint_step` (or `aggregate_step` for a gradient weighting) on this rank's share of
+        a global batch; returns the global batch's task losses ``[K]``, the same on every
+        rank, so every rank skips (or stops on) a non-finite loss together."""
+        if weighting.needs_gradients:
+            return self._gradient_step(optimizer, batch)
+        local, scale = self._shard(batch)
+        objective, losses = self.ddp(local, scale)
+        reduced = self._mean(torch.cat([losses.detach(), objective.detach().reshape(1)]))
+        optimizer.zero_grad(set_to_none=True)
+        if bool(torch.isfinite(reduced).all()):
+            objective.backward()
+            optimizer.step()
+        return reduced[:-1]
+
+    def alternate_step(
+        self,
+        model: MultiTaskNet,
+        weighting: Weighting,
+        tasks: dict[str, TaskConfig],
+        optimizer: torch.optim.Optimizer,
+        batch: Batch,
+        task: str,
+    ) -> Tensor:
+        """`alternate_step` on this rank's share of ``task``'s global batch."""
+        local, scale = self._shard(batch)
+        objective, losses = self.ddp(local, scale, task)
+        reduced = self._mean(torch.cat([losses, objective.detach().reshape(1)]))
+        losses = reduced[:-1]
+        optimizer.zero_grad(set_to_none=True)
+        if not bool(torch.isfinite(reduced).all()):
+            losses[self.names.index(task)] = float("nan")
+            return losses
+        objective.backward()
+        optimizer.step()
+        return losses
+
+    def _gradient_step(self, optimizer: torch.optim.Optimizer, batch: Batch) -> Tensor:
+        """`aggregate_step` with the Jacobian all-reduced before aggregation.
+
+        Runs the wrapped modules directly: DDP's reducer only averages summed gradients, and
+        its hooks stay idle when the forward did not go through DDP."""
+        weighting = self.weighting
+        assert isinstance(weighting, GradientWeighting)
+        local, scale = self._shard(batch)
+        outputs = self.network(local)
+        scaled = task_losses(self.tasks, outputs, batch_labels(local, self.tasks)) * scale
+        global_losses = self._mean(scaled)
+        optimizer.zero_grad(set_to_none=True)
+        if not bool(torch.isfinite(global_losses).all()):
+            return global_losses
+        # Values of the global losses (what GradNorm's loss ratios read), gradients of this
+        # rank's scaled losses (whose mean over ranks is the global gradient).
+        losses = (scaled - scaled.detach()) + global_losses
+
+        params = jacobian_parameters(self.network, weighting)
+        jacobian = task_jacobian(losses, params)
+        dist.all_reduce(jacobian)
+        update = weighting.combine(losses, jacobian / self.world_size)
+        direction = update.direction.detach().contiguous().clone()
+        dist.broadcast(direction, src=0)
+
+        in_jacobian = {id(p) for p in params}
+        others = [
+            p
+            for p in (*self.network.parameters(), *weighting.parameters())
+            if p.requires_grad and id(p) not in in_jacobian
+        ]
+        if others:
+            torch.autograd.backward(update.objective, inputs=others)
+        grads = [(p, g) for p in others if (g := p.grad) is not None]
+        flat = self._mean(
+            torch.cat([*(g.reshape(-1) for _, g in grads), update.objective.reshape(1)])
+        )
+        if not (bool(torch.isfinite(direction).all()) and bool(torch.isfinite(flat).all())):
+            optimizer.zero_grad(set_to_none=True)
+            return global_losses
+        sizes = [p.numel() for p, _ in grads]
+        for (p, _), g in zip(grads, flat[:-1].split(sizes), strict=True):
+            p.grad = g.view_as(p).to(p.dtype)
+        for p, g in zip(params, direction.split([p.numel() for p in params]), strict=True):
+            p.grad = g.view_as(p).to(p.dtype)
+        optimizer.step()
+        weighting.after_step()
+        return global_losses
+
+    # ------------------------------------------------------------------------------ metrics
+    def evaluate(
+        self,
+        model: MultiTaskNet,
+        tasks: dict[str, TaskConfig],
+        data: EncodedData,
+        batch_size: int,
+    ) -> dict[str, dict[str, float]]:
+        """`evaluate_split` with each rank predicting a block of rows: exact metrics over all
+        rows in their original order, the same dict on every rank."""
+        n = len(data)
+        if n < self.world_size:
+            outputs = predict_outputs(model, data, batch_size)
+        else:
+            lo, hi = shard_bounds(n, self.rank, self.world_size)
+            block = EncodedData(
+                categorical=data.categorical[lo:hi],
+                numeric=data.numeric[lo:hi],
+                labels={k: v[lo:hi] for k, v in data.labels.items()},
+            )
+            mine = predict_outputs(model, block, batch_size)
+            outputs = {name: self._gather_rows(mine[name], n) for name in mine}
+        metrics: list[Any] = [None]
+        if self.is_main:
+            labels = {name: data.labels[name].cpu().numpy() for name in tasks}
+            metrics[0] = all_metrics(tasks, outputs, labels)
+        # One computation, broadcast: ranks on different machines could round differently,
+        # and early stopping must decide the same everywhere.
+        dist.broadcast_object_list(metrics, src=0, device=self._object_device())
+        result: dict[str, dict[str, float]] = metrics[0]
+        return result
+
+    def _gather_rows(self, mine: np.ndarray, n: int) -> np.ndarray:
+        """This rank's block of rows -> all ``n`` rows in order (blocks padded to one size)."""
+        sizes = [
+            hi - lo
+            for lo, hi in (shard_bounds(n, r, self.world_size) for r in range(self.world_size))
+        ]
+        local = torch.from_numpy(mine).to(self.device)
+        padded = torch.zeros((max(sizes), *local.shape[1:]), dtype=local.dtype, device=self.device)
+        padded[: len(local)] = local
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]).cpu().numpy()
+
+    def _object_device(self) -> torch.device | None:
+        return self.device if dist.get_backend() == "nccl" else None

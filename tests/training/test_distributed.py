@@ -1,0 +1,256 @@
+"""Distributed training: 2 CPU processes (gloo, loopback only) match one process.
+
+Each launch is ``python -m torch.distributed.run --nproc_per_node=2`` in a subprocess; this
+file is also the worker script of the API launch (``__main__`` at the bottom). The reference
+runs happen in the test process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from polytask import ConfigError, MultiTaskModel
+from polytask.cli import main
+from polytask.training.distributed import shard_bounds
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+ATOL = 1e-5
+
+MMOE = {"name": "mmoe", "num_experts": 3, "expert_units": [16], "tower_units": [8]}
+PLE = {"name": "ple", "num_task_experts": 1, "num_shared_experts": 1, "expert_units": [8]}
+BOTTOM = {"name": "shared_bottom", "shared_units": [16], "tower_units": [8]}
+# Adam's per-element m / sqrt(v) magnifies rounding differences in near-zero gradient entries
+# (docs/distributed.md); SGD with momentum compares the updates themselves.
+SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
+FEATURES = {"categorical": ["color", "size"], "numeric": ["x", "z"]}
+TASKS = {"click": {"type": "binary"}, "dwell": {"type": "regression"}}
+
+# name -> settings. Odd global batches give the ranks shares of different sizes, and labels
+# missing on some rows give them different labelled counts: the loss normalisation must
+# weight each rank by its labelled rows to match one process.
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "mmoe_sum": {"model": MMOE, "loss": "sum", "batch_size": 64},
+    "bottom_uncertainty": {"model": BOTTOM, "loss": "uncertainty", "batch_size": 63},
+    "ple_dwa": {"model": PLE, "loss": "dwa", "batch_size": 64},
+    "alternate": {"model": MMOE, "loss": "uncertainty", "batch_size": 50, "alternate": True},
+    "pcgrad": {"model": MMOE, "loss": "pcgrad", "batch_size": 64},
+    "gradnorm": {"model": BOTTOM, "loss": "gradnorm", "batch_size": 63},
+}
+
+
+def toy_table(n: int = 400) -> pd.DataFrame:
+    """Two features of each kind; click is missing on a third of the rows, dwell on a fifth."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {
+            "color": rng.choice(["red", "green", "blue"], n),
+            "size": rng.integers(0, 6, n),
+            "x": rng.normal(size=n),
+            "z": rng.normal(size=n) * 3 + 1,
+        }
+    )
+    logit = 1.5 * df.x + (df.color == "red") - 0.5 + 0.3 * rng.normal(size=n)
+    df["click"] = np.where(rng.random(n) < 1 / 3, np.nan, (logit > 0).astype(float))
+    df["dwell"] = np.where(rng.random(n) < 0.2, np.nan, 2.0 * df.x + rng.normal(size=n))
+    return df
+
+
+def fit_scenario(name: str, table: pd.DataFrame) -> MultiTaskModel:
+    s = SCENARIOS[name]
+    train, valid = table.iloc[:320], table.iloc[320:]
+    training = {
+        "epochs": 2,
+        "batch_size": s["batch_size"],
+        "monitor": "click.auc",
+        "progress": False,
+    }
+    if s.get("alternate"):
+        training["schedule"] = "alternate"
+        train = {
+            "click": train.iloc[:200].drop(columns=["dwell"]),
+            "dwell": train.iloc[200:].drop(columns=["click"]),
+        }
+    model = MultiTaskModel(
+        features=FEATURES,
+        tasks=TASKS,
+        model=s["model"],
+        loss=s["loss"],
+        optimizer=SGD,
+        training=training,
+    )
+    return model.fit(train, validation=valid)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Two local processes on the loopback interface."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+    }
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        *args,
+    ]
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _assert_close(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> float:
+    assert ours.keys() == theirs.keys()
+    worst = 0.0
+    for key, value in ours.items():
+        diff = float((value.float() - theirs[key].float()).abs().max()) if value.numel() else 0.0
+        assert diff <= ATOL, (key, diff)
+        worst = max(worst, diff)
+    return worst
+
+
+def test_shards_cover_every_row_once() -> None:
+    for n in range(0, 12):
+        blocks = [shard_bounds(n, r, 3) for r in range(3)]
+        assert blocks[0][0] == 0 and blocks[-1][1] == n
+        assert all(blocks[r][1] == blocks[r + 1][0] for r in range(2))
+        assert max(hi - lo for lo, hi in blocks) - min(hi - lo for lo, hi in blocks) <= 1
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> None:
+    """Joint (sum, uncertainty, DWA), alternate, and gradient weightings (PCGrad, GradNorm)."""
+    table = toy_table()
+    table.to_csv(tmp_path / "table.csv", index=False)
+    torchrun(__file__, str(tmp_path), cwd=tmp_path)
+
+    for rank in (0, 1):
+        message = (tmp_path / f"refused.rank{rank}.txt").read_text()
+        assert "training.batch_size is the global batch, shared by the 2 processes" in message
+        message = (tmp_path / f"refused-checkpoints.rank{rank}.txt").read_text()
+        assert "checkpoints (training.checkpoint_every, resume) are not supported" in message
+    for name in SCENARIOS:
+        ranks = [torch.load(tmp_path / f"{name}.rank{r}.pt", weights_only=True) for r in (0, 1)]
+        # The replicas never drift apart.
+        for key, value in ranks[0]["network"].items():
+            assert torch.equal(value, ranks[1]["network"][key]), (name, key)
+        single = fit_scenario(name, table)
+        worst = _assert_close(ranks[0]["network"], single.network_.state_dict())
+        print(f"{name}: largest weight difference from one process {worst:.1e}")
+        _assert_close(ranks[0]["weighting"], single.weighting_.state_dict())
+        # Per-epoch losses and exact validation metrics agree with one process's.
+        history = json.loads(ranks[0]["history"])
+        assert len(history) == len(single.history_)
+        for ours, theirs in zip(history, single.history_, strict=True):
+            for task in TASKS:
+                assert ours["train_loss"][task] == pytest.approx(theirs["train_loss"][task], 1e-4)
+                for metric, value in theirs["validation"][task].items():
+                    assert ours["validation"][task][metric] == pytest.approx(value, 1e-4), metric
+
+
+def test_torchrun_polytask_train_writes_once_with_metrics_over_all_rows(tmp_path: Path) -> None:
+    toy_table().to_csv(tmp_path / "table.csv", index=False)
+    spec = {
+        "data": {"path": "table.csv", "split": {"train": 0.7, "validation": 0.15, "test": 0.15}},
+        "features": FEATURES,
+        "tasks": TASKS,
+        "model": MMOE,
+        "optimizer": SGD,
+        "training": {"epochs": 2, "batch_size": 45, "monitor": "mean.auc", "progress": False},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
+    done = torchrun("-m", "polytask", "train", "run.yaml", "--out", "ddp", cwd=tmp_path)
+    assert done.stdout.count("training mmoe") == 1  # only rank 0 prints
+    assert done.stdout.count("wrote") == 1
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
+        "config.yaml",
+        "metrics.json",
+        "model",
+    ]
+
+    assert main(["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "one")]) == 0
+    ours = load_file(tmp_path / "ddp" / "model" / "weights.safetensors")
+    worst = _assert_close(ours, load_file(tmp_path / "one" / "model" / "weights.safetensors"))
+    print(f"largest weight difference from one process: {worst:.2e}")
+
+    # metrics.json holds metrics over every row of each split, not a mean over ranks.
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    model = MultiTaskModel.load(tmp_path / "ddp" / "model")
+    from polytask.run import load_splits
+
+    splits = load_splits(model_config_data(tmp_path / "run.yaml"), tmp_path)
+    assert metrics["rows"] == {"train": 280, "validation": 60, "test": 60}
+    for split, frame in (("validation", splits.validation), ("test", splits.test)):
+        expected = model.evaluate(frame)
+        for task in TASKS:
+            assert metrics[split][task] == pytest.approx(expected[task], rel=1e-9), split
+    # The validation metrics of the chosen epoch, gathered from both ranks during training,
+    # equal those of the saved model computed by one process over all rows.
+    history = json.loads((tmp_path / "ddp" / "model" / "history.json").read_text())
+    best = history[metrics["best_epoch"] - 1]["validation"]
+    for task in TASKS:
+        assert best[task] == pytest.approx(metrics["validation"][task], rel=1e-6)
+
+
+def model_config_data(run_file: Path) -> Any:
+    from polytask.config import load_run_file
+
+    return load_run_file(run_file, [])[0].data
+
+
+def _worker(out: Path) -> None:
+    """Run under torchrun: every scenario, then refused settings; each rank saves its own
+    replica so the test can check that they agree."""
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    table = pd.read_csv(out / "table.csv")
+    for name in SCENARIOS:
+        model = fit_scenario(name, table)
+        state = {
+            "network": model.network_.state_dict(),
+            "weighting": model.weighting_.state_dict(),
+            "history": json.dumps(model.history_),
+        }
+        torch.save(state, out / f"{name}.rank{rank}.pt")
+    try:
+        MultiTaskModel(features=FEATURES, tasks=TASKS, model=MMOE, training={"batch_size": 1}).fit(
+            table
+        )
+    except ConfigError as err:
+        (out / f"refused.rank{rank}.txt").write_text(str(err))
+    try:
+        model = MultiTaskModel(features=FEATURES, tasks=TASKS, model=MMOE)
+        model.fit(table, checkpoint_dir=out / f"ckpt{rank}")
+    except ConfigError as err:
+        (out / f"refused-checkpoints.rank{rank}.txt").write_text(str(err))
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
