@@ -49,6 +49,7 @@ from polytask.training.distributed import (
     is_main_process,
     join_process_group,
 )
+from polytask.training.precision import training_network
 from polytask.training.schedules import AlternateBatches
 from polytask.weighting import WEIGHTINGS, Weighting
 
@@ -271,8 +272,8 @@ class MultiTaskModel:
                 sampling=tcfg.task_sampling,
                 generator=torch.Generator().manual_seed(tcfg.seed),
             )
-        result = fit_loop(
-            model=network,
+        result = fit_loop(  # bf16/compile wrap the network for training only (precision.py)
+            model=training_network(network, tcfg) if parallel is None else network,
             weighting=weighting,
             tasks=cfg.tasks,
             optimizer=optimizer,
