@@ -32,6 +32,7 @@ from polytask.config import (
     validate,
 )
 from polytask.data import EncodedData, Preprocessor, read_table
+from polytask.data.stream import StreamingBatches, fit_preprocessor_streaming
 from polytask.errors import ConfigError, DataError, ModelFileError, NotFittedError, closest
 from polytask.metrics import valid_monitors
 from polytask.models import MODELS, Head, MultiTaskNet
@@ -220,6 +221,8 @@ class MultiTaskModel:
                 )
         preprocessor = Preprocessor(features=cfg.features, tasks=cfg.tasks)
         per_task: dict[str, EncodedData] | None = None
+        streamed: StreamingBatches | None = None
+        train_data: EncodedData | StreamingBatches
         if isinstance(train, Mapping):
             frames = self._task_tables(train, "training set")
             features = pd.concat(
@@ -233,6 +236,12 @@ class MultiTaskModel:
             }
             train_data = EncodedData.concat(list(per_task.values()))
             train_columns = set().union(*(set(f.columns) for f in frames.values()))
+        elif tcfg.stream is not None:  # out-of-core: train is a Parquet path (data/stream.py)
+            if group is not None:
+                raise ConfigError("training.stream is not supported with distributed training")
+            fit_preprocessor_streaming(preprocessor, train, chunk_rows=tcfg.stream.chunk_rows)
+            streamed = StreamingBatches.from_config(train, preprocessor, tcfg.stream, device)
+            train_columns = set(preprocessor.train_columns_)
         else:
             train_df = read_table(train, what="training set")
             preprocessor.fit(train_df)
@@ -242,7 +251,7 @@ class MultiTaskModel:
         if validation is not None:
             valid_data = self._encode_validation(validation, preprocessor, train_columns)
             valid_data = valid_data.to(device)
-        train_data = train_data.to(device)
+        train_data = streamed if streamed is not None else train_data.to(device)
 
         torch.manual_seed(tcfg.seed)
         network = build_network(cfg, preprocessor).to(device)
@@ -255,6 +264,7 @@ class MultiTaskModel:
 
         parallel = None
         if group is not None:
+            assert isinstance(train_data, EncodedData)  # streaming is refused above
             parallel = DistributedTraining(
                 group,
                 network=network,
@@ -263,7 +273,7 @@ class MultiTaskModel:
                 training=tcfg,
                 data=[train_data, valid_data],
             )
-        train_source: EncodedData | AlternateBatches = train_data
+        train_source: EncodedData | AlternateBatches | StreamingBatches = train_data
         if tcfg.schedule == "alternate":
             assert per_task is not None
             train_source = AlternateBatches(

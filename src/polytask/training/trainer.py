@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from polytask.config import TaskConfig, TrainingConfig
 from polytask.data import Batch, EncodedData
+from polytask.data.stream import StreamingBatches
 from polytask.errors import TrainingError
 from polytask.metrics import all_metrics, monitor_mode, monitor_value
 from polytask.models import MultiTaskNet
@@ -71,7 +72,7 @@ def fit_loop(
     tasks: dict[str, TaskConfig],
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    train: EncodedData | AlternateBatches,
+    train: EncodedData | AlternateBatches | StreamingBatches,
     validation: EncodedData | None,
     cfg: TrainingConfig,
     step_fn: Callable[..., torch.Tensor] | None = None,
