@@ -35,7 +35,7 @@ import polytask
 from polytask import MultiTaskModel
 from polytask._atomic import atomic_path
 from polytask.data import write_table
-from polytask.data.stream import CHUNK_ROWS
+from polytask.data.chunks import CHUNK_ROWS
 
 CATEGORICAL = {"site": 50, "device": 8, "campaign": 2_000, "user": 200_000}
 NUMERIC = ["price", "age", "hour", "history"]

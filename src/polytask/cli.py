@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from polytask._version import __version__
-from polytask.data.stream import CHUNK_ROWS
+from polytask.data.chunks import CHUNK_ROWS
 from polytask.errors import PolytaskError
 
 
@@ -115,7 +115,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from polytask.data import write_table
-    from polytask.data.stream import is_parquet
+    from polytask.data.chunks import is_parquet
     from polytask.estimator import MultiTaskModel
 
     model = MultiTaskModel.load(args.model_dir)

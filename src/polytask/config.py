@@ -226,6 +226,14 @@ class OptimizerConfig(_Strict):
     scheduler: SchedulerConfig | None = None
 
 
+class StreamConfig(_Strict):
+    """Out-of-core training from a Parquet file (`polytask.data.stream`): rows are read
+    ``chunk_rows`` at a time and shuffled through a buffer of ``buffer_rows`` rows."""
+
+    buffer_rows: int = Field(default=1_000_000, ge=1)
+    chunk_rows: int = Field(default=65_536, ge=1)
+
+
 class TrainingConfig(_Strict):
     """Epochs, batching, early stopping and reproducibility."""
 
@@ -243,6 +251,9 @@ class TrainingConfig(_Strict):
     num_threads: int | None = Field(default=None, ge=1)
     checkpoint_every: int | None = Field(default=None, ge=1)
     on_nan: Literal["raise", "skip"] = "raise"
+    compile: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+    stream: StreamConfig | None = None
 
 
 class SplitConfig(_Strict):

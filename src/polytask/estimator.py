@@ -32,7 +32,8 @@ from polytask.config import (
     validate,
 )
 from polytask.data import EncodedData, Preprocessor, read_table
-from polytask.data.stream import CHUNK_ROWS, read_chunks, write_chunks
+from polytask.data.chunks import CHUNK_ROWS, read_chunks, write_chunks
+from polytask.data.stream import StreamingBatches, fit_preprocessor_streaming
 from polytask.errors import ConfigError, DataError, ModelFileError, NotFittedError, closest
 from polytask.metrics import valid_monitors
 from polytask.models import MODELS, Head, MultiTaskNet
@@ -51,6 +52,7 @@ from polytask.training.distributed import (
     is_main_process,
     join_process_group,
 )
+from polytask.training.precision import training_network
 from polytask.training.schedules import AlternateBatches, JointBatches
 from polytask.weighting import WEIGHTINGS, Weighting
 
@@ -244,6 +246,8 @@ class MultiTaskModel:
                 )
         preprocessor = Preprocessor(features=cfg.features, tasks=cfg.tasks)
         per_task: dict[str, EncodedData] | None = None
+        streamed: StreamingBatches | None = None
+        train_data: EncodedData | StreamingBatches
         if isinstance(train, Mapping):
             frames = self._task_tables(train, "training set")
             features = pd.concat(
@@ -257,6 +261,12 @@ class MultiTaskModel:
             }
             train_data = EncodedData.concat(list(per_task.values()))
             train_columns = set().union(*(set(f.columns) for f in frames.values()))
+        elif tcfg.stream is not None:  # out-of-core: train is a Parquet path (data/stream.py)
+            if group is not None:
+                raise ConfigError("training.stream is not supported with distributed training")
+            fit_preprocessor_streaming(preprocessor, train, chunk_rows=tcfg.stream.chunk_rows)
+            streamed = StreamingBatches.from_config(train, preprocessor, tcfg.stream, device)
+            train_columns = set(preprocessor.train_columns_)
         else:
             train_df = read_table(train, what="training set")
             preprocessor.fit(train_df)
@@ -266,7 +276,7 @@ class MultiTaskModel:
         if validation is not None:
             valid_data = self._encode_validation(validation, preprocessor, train_columns)
             valid_data = valid_data.to(device)
-        train_data = train_data.to(device)
+        train_data = streamed if streamed is not None else train_data.to(device)
 
         torch.manual_seed(tcfg.seed)
         network = build_network(cfg, preprocessor).to(device)
@@ -279,6 +289,7 @@ class MultiTaskModel:
 
         parallel = None
         if group is not None:
+            assert isinstance(train_data, EncodedData)  # streaming is refused above
             parallel = DistributedTraining(
                 group,
                 network=network,
@@ -304,21 +315,30 @@ class MultiTaskModel:
             )
         checkpoints, start = None, None
         if checkpoint_dir is not None:
-            splits: dict[str, EncodedData] = {"train": train_data}
+            splits: dict[str, EncodedData] = {}
             if tcfg.schedule == "alternate" and per_task is not None:
                 splits = dict(per_task)
+            elif isinstance(train_data, EncodedData):
+                splits["train"] = train_data
             if valid_data is not None:
                 splits["validation"] = valid_data
+            # A streamed file is too large to hash: its fitted preprocessor and row count
+            # stand in for it.
+            extra = (
+                ""
+                if streamed is None
+                else json.dumps([preprocessor.state_dict(), len(streamed)], sort_keys=True)
+            )
             checkpoints, start = open_checkpoints(
                 checkpoint_dir,
                 every=tcfg.checkpoint_every or train_source.steps,
                 resume=resume,
                 parts=TrainingParts(network, weighting, optimizer, scheduler, train_source),
                 config=cfg.model_dump(mode="json"),
-                fingerprint=data_fingerprint(splits),
+                fingerprint=data_fingerprint(splits, extra=extra),
             )
-        result = fit_loop(
-            model=network,
+        result = fit_loop(  # bf16/compile wrap the network for training only (precision.py)
+            model=training_network(network, tcfg) if parallel is None else network,
             weighting=weighting,
             tasks=cfg.tasks,
             optimizer=optimizer,

@@ -15,7 +15,7 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 from polytask import MultiTaskModel, PolytaskError
-from polytask.data.stream import read_chunks
+from polytask.data.chunks import read_chunks
 
 BUDGET = max(5, settings.default.max_examples // 2)
 FEATURES_COLUMNS = [*FEATURES["categorical"], *FEATURES["numeric"]]

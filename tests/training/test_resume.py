@@ -144,6 +144,25 @@ def test_alternate_resume_mid_epoch_is_bit_identical(
     assert _without_timing(resumed.history_) == _without_timing(reference.history_)
 
 
+def test_streamed_training_resumes_mid_epoch_bit_identically(
+    toy_frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Out of core (training.stream): the epoch's row-group order and shuffle-buffer
+    # permutations are replayed from the saved generator state.
+    path = tmp_path / "train.parquet"
+    toy_frame.iloc[:1600].drop(columns=["kind"]).to_parquet(path, row_group_size=300)
+    stream = {"buffer_rows": 500, "chunk_rows": 200}
+
+    def make() -> MultiTaskModel:
+        return _model(stream=stream)
+
+    reference = make().fit(str(path))
+    resumed = _interrupted_then_resumed(
+        make, (str(path),), tmp_path / "ckpt", monkeypatch, kill_at=22, every=6
+    )
+    assert_identical(_tensors(reference), _tensors(resumed))
+
+
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
     toy_frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,130 +1,310 @@
-"""Tables too large for memory: read a CSV/Parquet file in chunks, write one chunk at a time.
+"""Out-of-core training from a Parquet file larger than memory.
 
-Reading keeps one chunk (plus Parquet's current row group) in memory; writing appends each
-chunk to a temporary file that replaces the target only when every chunk is written.
+- `fit_preprocessor_streaming` fits a `Preprocessor` in one pass over the file's record
+  batches (``pyarrow.parquet.ParquetFile.iter_batches``): vocabulary counts, numeric
+  count/mean/M2 (Chan's parallel merge of per-chunk statistics, float64), label classes. The
+  vocabularies, indicators and classes are exactly those of ``Preprocessor.fit`` on the whole
+  table; the numeric mean/std agree to float64 rounding (``fit`` sums sorted values, a stream
+  cannot), i.e. to ~1e-12 relative.
+- `StreamingBatches` is a training batch source with the interface `fit_loop` uses for an
+  `EncodedData` (``len``, ``num_batches``, ``batches(batch_size, generator=)``). Each epoch
+  reads the row groups in a seeded random order, encodes each chunk with the fitted
+  preprocessor (in a background thread, one chunk ahead) and passes rows through a shuffle
+  buffer of ``buffer_rows`` rows.
+
+The shuffle is **approximate**: a row can only be mixed with rows within about
+``buffer_rows`` of it after the row-group permutation, so data sorted by a label or a time
+column in the file trains on a biased sequence unless the buffer spans a good share of it.
+Memory is bounded by the buffer plus two encoded chunks, not by the file.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator
+from os import PathLike
+from typing import Any
 
+import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
-from polytask._atomic import atomic_path
+from polytask.config import StreamConfig
+from polytask.data.encoded import Batch, EncodedData
+from polytask.data.preprocess import Preprocessor, _numeric, category_strings
 from polytask.errors import DataError
 
-CHUNK_ROWS = 65_536
-"""Default rows per chunk: large enough that per-chunk overhead is noise, small enough that
-a chunk of a wide table stays in the tens of megabytes."""
+
+def _columns(pre: Preprocessor) -> list[str]:
+    return list(dict.fromkeys([*pre.features.columns, *(pre.label_column(t) for t in pre.tasks)]))
 
 
-def _kind(path: Path) -> str:
-    suffixes = "".join(path.suffixes[-2:]).lower()
-    if suffixes.endswith((".parquet", ".pq")):
-        return "parquet"
-    if suffixes.endswith((".csv", ".csv.gz", ".tsv", ".txt", ".gz")):
-        return "tsv" if ".tsv" in suffixes else "csv"
-    raise DataError(
-        f"cannot tell the format of {str(path)!r}; expected a .csv, .csv.gz or .parquet file"
-    )
-
-
-def is_parquet(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` names a Parquet file (by extension)."""
-    return Path(path).name.lower().endswith((".parquet", ".pq"))
-
-
-def read_chunks(
-    path: str | os.PathLike[str], *, columns: Sequence[str], chunk_rows: int, what: str = "data"
-) -> Iterator[pd.DataFrame]:
-    """The file's rows in order, ``chunk_rows`` at a time, with only the ``columns`` it has
-    (a missing one is left for the schema check to name). Parquet is read batch by batch
-    with ``ParquetFile.iter_batches``; CSV with pandas' chunked reader. An empty file
-    gives one empty chunk, so callers still see the columns."""
-    if chunk_rows < 1:
-        raise DataError(f"{what}: chunk_rows must be at least 1, found {chunk_rows}")
-    source = Path(path)
-    if not source.exists():
-        raise DataError(f"{what}: file {str(source)!r} does not exist")
-    kind = _kind(source)
+def _open(path: str | PathLike[str], pre: Preprocessor) -> pq.ParquetFile:
     try:
-        if kind == "parquet":
-            # With pre_buffer the reader keeps every range it has read until it is done, so
-            # memory grows with the rows read (about 30 MB per million rows here, pyarrow 26).
-            dataset = pq.ParquetFile(source, pre_buffer=False)
-            present = [c for c in columns if c in dataset.schema_arrow.names]
-            empty = True
-            for batch in dataset.iter_batches(batch_size=chunk_rows, columns=present):
-                empty = False
-                yield batch.to_pandas()
-            if empty:
-                yield dataset.schema_arrow.empty_table().select(present).to_pandas()
-        else:
-            wanted = set(columns)
-            sep = "\t" if kind == "tsv" else ","
-            with pd.read_csv(
-                source, sep=sep, chunksize=chunk_rows, usecols=lambda c: c in wanted
-            ) as reader:
-                empty = True
-                for frame in reader:
-                    empty = False
-                    yield frame.reset_index(drop=True)
-            if empty:
-                yield pd.read_csv(source, sep=sep, usecols=lambda c: c in wanted, nrows=0)
-    except (OSError, ValueError, pa.ArrowException) as err:
-        raise DataError(f"{what}: could not read {str(source)!r}: {err}") from None
+        pf = pq.ParquetFile(path)
+    except (OSError, ValueError) as err:
+        raise DataError(
+            f"streamed training set {str(path)!r}: cannot read Parquet: {err}"
+        ) from None
+    have = set(pf.schema_arrow.names)
+    missing = [c for c in _columns(pre) if c not in have]
+    if missing:
+        raise DataError(
+            f"streamed training set {str(path)!r}: missing column(s) {missing} required by the "
+            f"schema; the file has columns {sorted(have)[:12]}"
+        )
+    return pf
 
 
-class _CsvAppender:
-    def __init__(self, path: Path) -> None:
-        self.handle = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        self.header = True
+class _Moments:
+    """Count, mean and M2 of a stream of float64 chunks (Chan et al.'s pairwise merge)."""
 
-    def __call__(self, frame: pd.DataFrame) -> None:
-        frame.to_csv(self.handle, header=self.header, index=False)
-        self.header = False
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
 
-    def close(self) -> None:
-        self.handle.close()
+    def add(self, x: np.ndarray) -> None:
+        if x.size == 0:
+            return
+        n_b = int(x.size)
+        mean_b = float(x.mean())
+        m2_b = float(((x - mean_b) ** 2).sum())
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / n
+        self.m2 += m2_b + delta * delta * self.n * n_b / n
+        self.n = n
+
+    def mean_std(self) -> tuple[float, float]:
+        if self.n == 0:
+            return 0.0, 1.0
+        return self.mean, float(np.sqrt(max(self.m2, 0.0) / self.n))
 
 
-class _ParquetAppender:
-    """Each frame becomes row group(s) of one file; the first frame fixes the schema."""
+def fit_preprocessor_streaming(
+    pre: Preprocessor, path: str | PathLike[str], *, chunk_rows: int = 65_536
+) -> Preprocessor:
+    """Fit ``pre`` on the Parquet file at ``path`` in one streaming pass; returns ``pre``."""
+    what = "training set"
+    pf = _open(path, pre)
+    columns = _columns(pre)
+    counts: dict[str, pd.Series] = {
+        f.name: pd.Series(dtype="int64") for f in pre.features.categorical
+    }
+    moments = {f.name: _Moments() for f in pre.features.numeric}
+    any_nan = dict.fromkeys(moments, False)
+    classes: dict[str, set[str]] = {
+        n: set() for n, t in pre.tasks.items() if t.type == "multiclass"
+    }
+    rows = 0
+    for rb in pf.iter_batches(batch_size=chunk_rows, columns=columns):
+        df = rb.to_pandas()
+        rows += len(df)
+        for feat in pre.features.categorical:
+            values, missing = category_strings(df[feat.name])
+            vc = pd.Series(values[~missing]).value_counts()
+            counts[feat.name] = counts[feat.name].add(vc, fill_value=0).astype("int64")
+        for nfeat in pre.features.numeric:
+            arr = _numeric(df[nfeat.name], nfeat.name, what)
+            if nfeat.log1p:
+                arr = np.sign(arr) * np.log1p(np.abs(arr))
+            nan = np.isnan(arr)
+            any_nan[nfeat.name] |= bool(nan.any())
+            moments[nfeat.name].add(arr[~nan])
+        for name in classes:
+            values, missing = category_strings(df[pre.label_column(name)])
+            classes[name].update(values[~missing].tolist())
+    if rows == 0:
+        raise DataError(f"{what} is empty: expected at least one row, found 0")
+    vocabularies = {}
+    for feat in pre.features.categorical:
+        min_freq = feat.min_freq or pre.features.min_freq
+        c = counts[feat.name]
+        vocabularies[feat.name] = sorted(c[c >= min_freq].index.tolist())
+    numeric: dict[str, dict[str, Any]] = {}
+    for nfeat in pre.features.numeric:
+        mean, std = moments[nfeat.name].mean_std()
+        if pre.features.numeric_scaling == "none":
+            mean, std = 0.0, 1.0
+        numeric[nfeat.name] = {
+            "mean": mean,
+            "std": std if std > 0 and np.isfinite(std) else 1.0,
+            "log1p": nfeat.log1p,
+            "indicator": any_nan[nfeat.name],
+        }
+    for name, found in classes.items():
+        if len(found) < 2:
+            raise DataError(
+                f"task {name!r}: label column {pre.label_column(name)!r} has {len(found)} "
+                f"class(es) {sorted(found)}; a multiclass task needs at least 2"
+            )
+    pre.load_state_dict(
+        {
+            "vocabularies": vocabularies,
+            "numeric": numeric,
+            "classes": {k: sorted(v) for k, v in classes.items()},
+            "train_columns": [str(c) for c in pf.schema_arrow.names],
+        }
+    )
+    _check_labels(pre, pf, columns, chunk_rows)
+    return pre
 
-    def __init__(self, path: Path) -> None:
+
+def _check_labels(pre: Preprocessor, pf: pq.ParquetFile, columns: list[str], chunk: int) -> None:
+    """The label checks of ``Preprocessor.fit`` over the whole stream: bad values fail (per
+    chunk), a task with no labelled row or a ``positive`` value that never occurs fails."""
+    labelled = dict.fromkeys(pre.tasks, 0)
+    positives = dict.fromkeys(pre.tasks, 0)
+    labels = [pre.label_column(t) for t in pre.tasks]
+    for rb in pf.iter_batches(batch_size=chunk, columns=list(dict.fromkeys(labels))):
+        df = rb.to_pandas()
+        for name in pre.tasks:
+            y = pre._encode_label(df, name, "training set (streamed)")
+            labelled[name] += int((~np.isnan(y)).sum())
+            positives[name] += int((y == 1).sum())
+    for name, task in pre.tasks.items():
+        col = pre.label_column(name)
+        if labelled[name] == 0:
+            raise DataError(
+                f"training set: task {name!r}: label column {col!r} has no values (all "
+                f"{pf.metadata.num_rows} rows are missing); a task needs labelled rows"
+            )
+        if task.type == "binary" and task.positive is not None and positives[name] == 0:
+            raise DataError(
+                f"task {name!r}: positive value {task.positive!r} never occurs in label "
+                f"column {col!r}"
+            )
+
+
+class StreamingBatches:
+    """Shuffled training batches streamed from a Parquet file; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        preprocessor: Preprocessor,
+        *,
+        buffer_rows: int = 1_000_000,
+        chunk_rows: int = 65_536,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.path = path
-        self.writer: pq.ParquetWriter | None = None
+        self.preprocessor = preprocessor
+        self.buffer_rows = buffer_rows
+        self.chunk_rows = chunk_rows
+        self.device = torch.device(device)
+        self._file = _open(path, preprocessor)
+        self._columns = _columns(preprocessor)
+        self._rows = int(self._file.metadata.num_rows)
 
-    def __call__(self, frame: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema)
-        elif table.schema != self.writer.schema:
-            table = table.cast(self.writer.schema)
-        self.writer.write_table(table)
+    @classmethod
+    def from_config(
+        cls,
+        path: str | PathLike[str],
+        preprocessor: Preprocessor,
+        cfg: StreamConfig,
+        device: torch.device | str = "cpu",
+    ) -> StreamingBatches:
+        return cls(
+            path,
+            preprocessor,
+            buffer_rows=cfg.buffer_rows,
+            chunk_rows=cfg.chunk_rows,
+            device=device,
+        )
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    def __len__(self) -> int:
+        return self._rows
 
+    def num_batches(self, batch_size: int) -> int:
+        return (self._rows + batch_size - 1) // batch_size
 
-@contextmanager
-def write_chunks(path: str | os.PathLike[str]) -> Iterator[Callable[[pd.DataFrame], None]]:
-    """Yield ``write(frame)``, appending frames to a CSV or Parquet file (by extension) that
-    appears at ``path`` only once the block ends without error. Write at least one frame
-    (possibly empty) so the file has its columns."""
-    target = Path(path)
-    name = target.name.lower()
-    if not name.endswith((".csv", ".parquet", ".pq")):
-        raise DataError(f"output {str(target)!r}: expected a .csv or .parquet file name")
-    with atomic_path(target) as tmp:
-        append = _CsvAppender(tmp) if name.endswith(".csv") else _ParquetAppender(tmp)
+    def to(self, device: torch.device | str) -> StreamingBatches:
+        """Batches are moved to ``device`` as they leave the buffer."""
+        self.device = torch.device(device)
+        return self
+
+    def _chunks(self, groups: list[int]) -> Iterator[EncodedData]:
+        for rb in self._file.iter_batches(
+            batch_size=self.chunk_rows, row_groups=groups, columns=self._columns
+        ):
+            yield self.preprocessor.transform(rb.to_pandas(), labels=True, what="training set")
+
+    def _prefetched(self, generator: torch.Generator | None) -> Iterator[EncodedData]:
+        """`_chunks` one chunk ahead in a thread: decoding/encoding overlaps the steps. The
+        row-group order is drawn here, so only this thread touches ``generator``."""
+        groups = list(range(self._file.num_row_groups))
+        if generator is not None:
+            groups = [groups[i] for i in torch.randperm(len(groups), generator=generator)]
+        q: queue.Queue[Any] = queue.Queue(maxsize=1)
+        done = object()
+        stop = threading.Event()
+
+        def work() -> None:
+            try:
+                for chunk in self._chunks(groups):
+                    while not stop.is_set():
+                        try:
+                            q.put(chunk, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(done)
+            except BaseException as err:  # re-raised in the consumer
+                q.put(err)
+
+        thread = threading.Thread(target=work, daemon=True, name="polytask-stream")
+        thread.start()
         try:
-            yield append
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
         finally:
-            append.close()
+            stop.set()
+            while thread.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    q.get_nowait()
+                thread.join(timeout=0.1)
+
+    def batches(
+        self, batch_size: int, *, generator: torch.Generator | None = None
+    ) -> Iterator[Batch]:
+        """Batches of ``batch_size`` rows (the last may be smaller). With a generator, row
+        groups are read in a random order and rows pass through the shuffle buffer: once it
+        holds ``buffer_rows`` rows it is permuted, and whole batches are emitted until half
+        of it remains; without one, rows come in file order."""
+        buffer: list[EncodedData] = []
+        held = 0
+        shuffle = generator is not None
+        for chunk in self._prefetched(generator):
+            buffer.append(chunk)
+            held += len(chunk)
+            limit = self.buffer_rows if shuffle else batch_size
+            if held < limit:
+                continue
+            data = EncodedData.concat(buffer) if len(buffer) > 1 else buffer[0]
+            if shuffle:
+                data = data.select(torch.randperm(len(data), generator=generator))
+            keep = self.buffer_rows // 2 if shuffle else 0
+            emit = (len(data) - keep) // batch_size * batch_size
+            out = data.to(self.device)
+            for start in range(0, emit, batch_size):
+                yield out.slice(start, start + batch_size)
+            rest = data.select(torch.arange(emit, len(data))) if emit < len(data) else None
+            buffer = [rest] if rest is not None else []
+            held = len(rest) if rest is not None else 0
+        if buffer:
+            data = EncodedData.concat(buffer) if len(buffer) > 1 else buffer[0]
+            if shuffle:
+                data = data.select(torch.randperm(len(data), generator=generator))
+            out = data.to(self.device)
+            for start in range(0, len(out), batch_size):
+                yield out.slice(start, start + batch_size)

@@ -394,9 +394,11 @@ def check_compatible(checkpoint: Checkpoint, config: Mapping[str, Any], fingerpr
         )
 
 
-def data_fingerprint(splits: Mapping[str, EncodedData]) -> str:
-    """A hash of the encoded tensors of every split, in order (one pass over the data)."""
+def data_fingerprint(splits: Mapping[str, EncodedData], *, extra: str = "") -> str:
+    """A hash of the encoded tensors of every split, in order (one pass over the data), and
+    of ``extra`` (what stands in for data that is not in memory)."""
     h = hashlib.blake2b(digest_size=16)
+    h.update(extra.encode())
     for name, data in splits.items():
         columns = {"categorical": data.categorical, "numeric": data.numeric}
         columns.update({f"label:{k}": v for k, v in sorted(data.labels.items())})

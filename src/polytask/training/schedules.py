@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from itertools import islice
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -49,6 +49,19 @@ def task_sequence(
     return [names[i] for i in draws.tolist()]
 
 
+class Rows(Protocol):
+    """A split that shuffles itself into batches: `EncodedData`, or `StreamingBatches` for a
+    file read out of core."""
+
+    def __len__(self) -> int: ...
+
+    def num_batches(self, batch_size: int) -> int: ...
+
+    def batches(
+        self, batch_size: int, *, generator: torch.Generator | None = None
+    ) -> Iterator[Batch]: ...
+
+
 class JointBatches:
     """Joint training's batches: one shuffled pass over ``data`` per epoch, every task per step.
 
@@ -57,7 +70,7 @@ class JointBatches:
     `epoch` continues after the batches already drawn.
     """
 
-    def __init__(self, data: EncodedData, *, batch_size: int, generator: torch.Generator) -> None:
+    def __init__(self, data: Rows, *, batch_size: int, generator: torch.Generator) -> None:
         self.data, self.batch_size, self.generator = data, batch_size, generator
         self.steps = data.num_batches(batch_size)
         self.rows_per_epoch = len(data)

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from polytask.config import TaskConfig, TrainingConfig
 from polytask.data import Batch, EncodedData
+from polytask.data.stream import StreamingBatches
 from polytask.errors import TrainingError
 from polytask.metrics import all_metrics, monitor_mode, monitor_value
 from polytask.models import MultiTaskNet
@@ -126,7 +127,7 @@ def fit_loop(
     tasks: dict[str, TaskConfig],
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    train: EncodedData | BatchSource,
+    train: EncodedData | StreamingBatches | BatchSource,
     validation: EncodedData | None,
     cfg: TrainingConfig,
     step_fn: Callable[..., torch.Tensor] | None = None,
@@ -137,8 +138,8 @@ def fit_loop(
 ) -> FitResult:
     """Train for ``cfg.epochs`` epochs (fewer with early stopping); return the history.
 
-    ``train`` is one encoded split (joint training: every step on every task, shuffled with
-    a generator seeded by ``cfg.seed``) or a batch source: `JointBatches` or
+    ``train`` is one encoded or streamed split (joint training: every step on every task,
+    shuffled with a generator seeded by ``cfg.seed``) or a batch source: `JointBatches` or
     `AlternateBatches` (one task per step, see `polytask.training.schedules`).
 
     With a validation split, each epoch's record holds its exact metrics and
@@ -152,7 +153,7 @@ def fit_loop(
     and trains on its share of each; see `polytask.training.distributed`.
     """
     names = list(tasks)
-    if isinstance(train, EncodedData):
+    if isinstance(train, EncodedData | StreamingBatches):
         generator = torch.Generator().manual_seed(cfg.seed)
         train = JointBatches(train, batch_size=cfg.batch_size, generator=generator)
     state = start if start is not None else LoopState()

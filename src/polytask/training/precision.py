@@ -1,0 +1,112 @@
+"""``training.precision`` (bf16 autocast) and ``training.compile`` (torch.compile).
+
+Both apply to the network *as trained*: `training_network` wraps the fitted network in a
+`TrainNet` that runs its forward under ``torch.autocast(device_type, torch.bfloat16)`` and/or
+through ``torch.compile``. Parameters, gradients and optimizer state stay float32 (autocast
+only lowers the precision of the matmuls and their activations); the outputs are cast back to
+float32 so task losses and metrics are computed in float32.
+
+The wrapper keeps the network's interface: attribute access (``task_names``,
+``parameter_groups()``...) is forwarded, and ``state_dict``/``load_state_dict`` are the
+original module's (no ``_orig_mod.`` or ``net.`` prefix), so checkpoints and saved models are
+the same whatever the settings. The estimator keeps the plain network as ``network_``:
+``predict``/``evaluate``/``save`` after ``fit`` run it eagerly in float32.
+
+A compile that fails (no C++ compiler for inductor, an unsupported op) is raised at the first
+step as a `TrainingError` naming ``training.compile``, never as a bare dynamo traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from polytask.config import TrainingConfig
+from polytask.errors import TrainingError
+from polytask.models import MultiTaskNet
+
+
+def autocast_context(
+    precision: str, device: torch.device | str
+) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A factory of context managers: autocast to bfloat16 for ``precision == "bf16"``, a
+    no-op for ``"fp32"``. Works on CPU and CUDA (``device_type`` from ``device``)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    if precision != "bf16":
+        raise ValueError(f"training.precision: expected 'fp32' or 'bf16', found {precision!r}")
+    device_type = torch.device(device).type
+
+    def ctx() -> contextlib.AbstractContextManager[Any]:
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+    return ctx
+
+
+class TrainNet(nn.Module):
+    """The network as trained: autocast and/or compiled; see the module docstring."""
+
+    def __init__(
+        self, net: MultiTaskNet, *, precision: str = "fp32", compile: bool = False
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.precision = precision
+        self.compiled = compile
+        self._autocast = autocast_context(precision, next(net.parameters()).device)
+        impl: Callable[..., dict[str, Tensor]] = net
+        if compile:
+            impl = cast(Callable[..., dict[str, Tensor]], torch.compile(net))
+        # Not a submodule: the compiled wrapper shares the network's parameters.
+        object.__setattr__(self, "_impl", impl)
+
+    def forward(self, batch: Mapping[str, Tensor], *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        with self._autocast(), _compile_errors(self.compiled):
+            out = self._impl(batch, *args, **kwargs)
+        if self.precision == "fp32":
+            return cast(dict[str, Tensor], out)
+        return {k: v.float() for k, v in out.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["net"], name)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        return self.net.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return self.net.load_state_dict(state_dict, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _compile_errors(compiled: bool) -> Iterator[None]:
+    if not compiled:
+        yield
+        return
+    try:
+        yield
+    except torch._dynamo.exc.TorchDynamoException as err:  # includes BackendCompilerFailed
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrainingError(
+            f"training.compile: torch.compile failed on this machine ({type(err).__name__}: "
+            f"{first}); set training.compile: false to train eagerly"
+        ) from err
+
+
+def training_network(net: MultiTaskNet, cfg: TrainingConfig) -> MultiTaskNet:
+    """``net`` itself for fp32 eager training, else a `TrainNet` around it (typed as the
+    network: it forwards every attribute)."""
+    if cfg.precision == "fp32" and not cfg.compile:
+        return net
+    return cast(MultiTaskNet, TrainNet(net, precision=cfg.precision, compile=cfg.compile))
+
+
+def maybe_compile(net: MultiTaskNet, cfg: TrainingConfig) -> MultiTaskNet:
+    """Alias of `training_network` (compile and precision are applied together)."""
+    return training_network(net, cfg)

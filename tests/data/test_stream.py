@@ -1,0 +1,121 @@
+"""Out-of-core training: streaming preprocessor fit and the streamed batch source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from polytask import MultiTaskModel
+from polytask.config import FeaturesConfig, TaskConfig
+from polytask.data import Preprocessor
+from polytask.data.stream import StreamingBatches, fit_preprocessor_streaming
+
+FEATURES = {
+    "categorical": ["city", {"name": "device", "min_freq": 3}, "code"],
+    "numeric": ["price", {"name": "income", "log1p": True}],
+}
+TASKS = {
+    "click": {"type": "binary", "label": "clicked"},
+    "buy": {"type": "binary", "label": "bought", "positive": "yes"},
+    "kind": {"type": "multiclass", "label": "kind"},
+}
+
+
+def _frame(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    price = rng.normal(10, 3, n)
+    price[rng.random(n) < 0.05] = np.nan
+    return pd.DataFrame(
+        {
+            "city": rng.choice(["a", "b", "c", None], n),
+            "device": rng.choice([f"d{i}" for i in range(40)], n),
+            "code": rng.integers(0, 30, n),
+            "price": price,
+            "income": rng.exponential(1e4, n),
+            "clicked": rng.integers(0, 2, n).astype(float),
+            "bought": rng.choice(["yes", "no", None], n),
+            "kind": rng.choice(["x", "y", "z"], n),
+        }
+    )
+
+
+def _write(df: pd.DataFrame, path: Path, row_group: int) -> Path:
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=row_group)
+    return path
+
+
+def _pre() -> Preprocessor:
+    return Preprocessor(
+        features=FeaturesConfig.model_validate(FEATURES),
+        tasks={k: TaskConfig.model_validate(v) for k, v in TASKS.items()},
+    )
+
+
+def test_streaming_fit_matches_in_memory_fit(tmp_path: Path) -> None:
+    df = _frame(5000)
+    path = _write(df, tmp_path / "t.parquet", row_group=700)
+    full = _pre().fit(df).state_dict()
+    streamed = fit_preprocessor_streaming(_pre(), path, chunk_rows=333).state_dict()
+    assert streamed["vocabularies"] == full["vocabularies"]
+    assert streamed["classes"] == full["classes"]
+    assert streamed["train_columns"] == full["train_columns"]
+    assert streamed["numeric"].keys() == full["numeric"].keys()
+    for name, st in full["numeric"].items():
+        got = streamed["numeric"][name]
+        assert got["indicator"] == st["indicator"] and got["log1p"] == st["log1p"]
+        assert got["mean"] == pytest.approx(st["mean"], rel=1e-12, abs=1e-12)
+        assert got["std"] == pytest.approx(st["std"], rel=1e-12)
+
+
+def test_streamed_batches_cover_every_row_once(tmp_path: Path) -> None:
+    df = _frame(3000)
+    df["code"] = np.arange(3000)  # a unique id, to check coverage
+    path = _write(df, tmp_path / "t.parquet", row_group=500)
+    pre = fit_preprocessor_streaming(_pre(), path, chunk_rows=256)
+    source = StreamingBatches(path, pre, buffer_rows=1000, chunk_rows=256)
+    assert len(source) == 3000 and source.num_batches(128) == 24
+    batches = list(source.batches(128, generator=torch.Generator().manual_seed(0)))
+    assert [len(b["categorical"]) for b in batches[:-1]] == [128] * (len(batches) - 1)
+    codes = torch.cat([b["categorical"][:, 2] for b in batches])
+    assert sorted(codes.tolist()) == sorted(pre.transform(df).categorical[:, 2].tolist())
+    # shuffled: not in file order, and a different seed gives a different order
+    first = codes[:200].tolist()
+    again = torch.cat(
+        [b["categorical"][:, 2] for b in source.batches(128, generator=torch.Generator())]
+    )
+    assert first != sorted(first) and again[:200].tolist() != first
+    in_order = torch.cat([b["categorical"][:, 2] for b in source.batches(128)])
+    assert torch.equal(in_order, pre.transform(df).categorical[:, 2])
+
+
+def test_fit_streaming_from_parquet(tmp_path: Path) -> None:
+    df = _frame(4000)
+    path = _write(df, tmp_path / "t.parquet", row_group=1000)
+    model = MultiTaskModel(
+        features=FEATURES,
+        tasks=TASKS,
+        model={"name": "mmoe", "num_experts": 2, "expert_units": [8], "tower_units": [4]},
+        training={
+            "epochs": 2,
+            "batch_size": 256,
+            "progress": False,
+            "stream": {"buffer_rows": 1500, "chunk_rows": 500},
+        },
+    ).fit(str(path), validation=df.iloc[:500])
+    assert model.n_train_ == 4000 and len(model.history_) == 2
+    assert model.preprocessor_.state_dict()["vocabularies"] == _pre().fit(df).vocabularies_
+    assert len(model.predict(df.iloc[:10])) == 10
+
+
+def test_streamed_source_errors_name_the_column(tmp_path: Path) -> None:
+    from polytask.errors import DataError
+
+    path = _write(_frame(100).drop(columns=["price"]), tmp_path / "t.parquet", row_group=50)
+    with pytest.raises(DataError, match="price"):
+        fit_preprocessor_streaming(_pre(), path)
