@@ -144,18 +144,28 @@ class ExpertBank(nn.Module):
             )
             prev = width
         self.act = _ACTIVATIONS[activation]()
+        self._relu = activation == "relu"
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out_dim = prev
 
     def forward(self, x: Tensor) -> Tensor:
-        e = self.num_experts
         w0 = self.weights[0]
-        # One GEMM for every expert's first layer: [B, in] @ [in, E*out].
-        h = (x @ w0.permute(1, 0, 2).reshape(w0.shape[1], -1)).view(x.shape[0], e, -1)
-        h = self.dropout(self.act(h.transpose(0, 1) + self.biases[0]))
+        # One GEMM, bias included, for every expert's first layer: [B, in] @ [in, E*out], read
+        # as [E, B, out] through a transposed view that baddbmm and `mix` take without a copy.
+        h = torch.addmm(self.biases[0].flatten(), x, w0.permute(1, 0, 2).reshape(w0.shape[1], -1))
+        h = self._activate(h.view(x.shape[0], self.num_experts, w0.shape[2]).transpose(0, 1))
         for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
-            h = self.dropout(self.act(torch.baddbmm(b, h, w)))
+            h = self._activate(torch.baddbmm(b, h, w))
         return h
+
+    def _activate(self, h: Tensor) -> Tensor:
+        if self._relu and not torch.is_grad_enabled():
+            # Without autograd ReLU can overwrite its input rather than allocate another
+            # [E, B, out]: predicting 20k rows in batches of 8192 took 197 instead of 290 ms
+            # (8x[128, 64]). With autograd, in place on a view of the GEMM's output would make
+            # backward copy the whole gradient (CopySlices): 4% slower, so not then.
+            return self.dropout(torch.relu_(h))
+        return self.dropout(self.act(h))
 
 
 class Gates(nn.Module):
