@@ -1,3 +1,6 @@
+"""Masked task losses against closed forms; tasks of one kind computed together give each
+task's own loss."""
+
 from __future__ import annotations
 
 import math
@@ -47,3 +50,63 @@ def test_multiclass_and_huber_losses() -> None:
     huber = TaskConfig(type="regression", loss="huber", huber_delta=1.0)
     # |err| = 3 > delta: delta * (|err| - delta / 2) = 2.5
     assert math.isclose(float(masked_loss(huber, torch.tensor([3.0]), torch.tensor([0.0]))), 2.5)
+
+
+def _one_by_one(tasks, outputs, labels):
+    return torch.stack([masked_loss(t, outputs[n], labels[n]) for n, t in tasks.items()])
+
+
+def test_grouped_losses_equal_per_task_losses_in_task_order() -> None:
+    tasks = {
+        "a": TaskConfig(type="binary"),
+        "r": TaskConfig(type="regression"),
+        "m": TaskConfig(type="multiclass"),
+        "b": TaskConfig(type="binary"),
+        "h": TaskConfig(type="regression", loss="huber", huber_delta=0.5),
+        "r2": TaskConfig(type="regression"),
+    }
+    n = 64
+    g = torch.Generator().manual_seed(0)
+    outputs = {
+        k: torch.randn(n, generator=g, requires_grad=True) for k in ("a", "b", "r", "r2", "h")
+    }
+    outputs["m"] = torch.randn(n, 3, generator=g, requires_grad=True)
+    labels = {
+        "a": (torch.rand(n, generator=g) > 0.5).float(),
+        "b": torch.full((n,), float("nan")),  # no labelled row: loss and gradient exactly 0
+        "r": torch.randn(n, generator=g),
+        "r2": torch.randn(n, generator=g),
+        "h": 3 * torch.randn(n, generator=g),
+        "m": torch.randint(0, 3, (n,), generator=g).float(),
+    }
+    for name in ("a", "r", "r2", "h", "m"):
+        labels[name][torch.rand(n, generator=g) < 0.3] = float("nan")
+
+    grouped = task_losses(tasks, outputs, labels)
+    single = _one_by_one(tasks, outputs, labels)
+    torch.testing.assert_close(grouped, single)
+    assert grouped[3].item() == 0.0
+
+    params = list(outputs.values())
+    for k in range(len(tasks)):
+        got = torch.autograd.grad(grouped[k], params, retain_graph=True, allow_unused=True)
+        want = torch.autograd.grad(single[k], params, retain_graph=True, allow_unused=True)
+        for a, b in zip(got, want, strict=True):
+            a = torch.zeros_like(b) if a is None and b is not None else a
+            b = torch.zeros_like(a) if b is None and a is not None else b
+            if a is not None:
+                torch.testing.assert_close(a, b)
+
+
+def test_one_task_and_batched_gradients() -> None:
+    """A single task gives a [1] vector; rows of the Jacobian (as gradient aggregators take
+    it, with batched grad outputs) stay per task."""
+    x = torch.randn(10, 2, requires_grad=True)
+    labels = {"a": torch.ones(10), "b": torch.zeros(10)}
+    one = task_losses({"a": TaskConfig(type="binary")}, {"a": x[:, 0]}, labels)
+    assert one.shape == (1,)
+    tasks = {"a": TaskConfig(type="binary"), "b": TaskConfig(type="binary")}
+    losses = task_losses(tasks, {"a": x[:, 0], "b": x[:, 1]}, labels)
+    (jac,) = torch.autograd.grad(losses, [x], torch.eye(2), is_grads_batched=True)
+    assert torch.all(jac[0, :, 1] == 0) and torch.all(jac[1, :, 0] == 0)
+    assert torch.all(jac[0, :, 0] != 0) and torch.all(jac[1, :, 1] != 0)
