@@ -215,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="shared-bottom vs MMoE on built-in synthetic data")
-    p.add_argument("--rows", type=int, default=20_000)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--rows", type=int, default=15_000)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--correlation", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
