@@ -151,6 +151,8 @@ def plot(results: dict[str, list[dict[str, float]]], path: Path) -> None:
     for ax, (name, points) in zip(np.atleast_1d(axes), results.items(), strict=True):
         sizes = [p["size"] for p in points]
         ax.loglog(sizes, [p["s"] for p in points], "o-")
+        ax.minorticks_off()
+        ax.set_xticks(sizes, [f"{size:,}" for size in sizes], rotation=45 if name == "rows" else 0)
         ax.set_xlabel(name)
         ax.set_ylabel("seconds per epoch")
         ax.set_title(f"{name}: slope {slope(sizes, [p['s'] for p in points]):.2f}")
