@@ -35,7 +35,7 @@ from polytask.data import EncodedData, Preprocessor, read_table
 from polytask.data.chunks import CHUNK_ROWS, read_chunks, write_chunks
 from polytask.data.stream import StreamingBatches, fit_preprocessor_streaming
 from polytask.errors import ConfigError, DataError, ModelFileError, NotFittedError, closest
-from polytask.metrics import valid_monitors
+from polytask.metrics import sigmoid, softmax, valid_monitors
 from polytask.models import MODELS, Head, MultiTaskNet
 from polytask.nn import FeatureInput
 from polytask.training import (
@@ -464,19 +464,18 @@ class MultiTaskModel:
         for name, task in self.config.tasks.items():
             out = outputs[name]
             if task.type == "binary":
-                columns[name] = 1.0 / (1.0 + np.exp(-out.astype(np.float64)))
+                columns[name] = sigmoid(out)
             elif task.type == "regression":
                 columns[name] = out.astype(np.float64)
             else:
                 out = out.reshape(len(df), self.preprocessor_.num_classes(name))  # 0 rows: flat
-                z = out - out.max(axis=1, keepdims=True)
-                p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+                p = softmax(out)
                 columns[name] = self.preprocessor_.decode_class(name, p.argmax(axis=1))
                 for j, cls in enumerate(self.preprocessor_.classes_[name]):
                     columns[f"{name}.proba.{cls}"] = p[:, j]
         for name, kind in self.network_.auxiliary_outputs.items():
             out = outputs[name].astype(np.float64)
-            columns[name] = 1.0 / (1.0 + np.exp(-out)) if kind == "binary" else out
+            columns[name] = sigmoid(out) if kind == "binary" else out
         return pd.DataFrame(columns, index=df.index)
 
     def gate_statistics(self, data: Any) -> dict[str, dict[str, list[float] | float]]:

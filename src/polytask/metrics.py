@@ -19,11 +19,15 @@ from polytask.config import TaskConfig
 HIGHER_IS_BETTER = {"auc": True, "accuracy": True}
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function in float64, without overflow for large negative logits."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise softmax ``[N, C]``, shifted by the row maximum."""
     z = x - x.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -38,7 +42,7 @@ def task_metrics(task: TaskConfig, output: np.ndarray, label: np.ndarray) -> dic
     if y.size == 0:
         return result
     if task.type == "binary":
-        p = _sigmoid(out)
+        p = sigmoid(out)
         pc = np.clip(p, 1e-7, 1 - 1e-7)
         ll = float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc)))
         result["loss"] = ll
@@ -58,7 +62,7 @@ def task_metrics(task: TaskConfig, output: np.ndarray, label: np.ndarray) -> dic
         result["rmse"] = float(np.sqrt(np.mean(err**2)))
         result["mae"] = float(np.mean(np.abs(err)))
     else:
-        p = _softmax(out)
+        p = softmax(out)
         yi = y.astype(np.int64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

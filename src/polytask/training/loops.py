@@ -6,7 +6,7 @@ task losses stay on the device and are summed there; the host reads them once pe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -98,6 +98,3 @@ def gate_statistics(
         entropy = float(-(mean * mean.clamp_min(1e-12).log()).sum())
         out[name] = {"mean_weight": mean.tolist(), "entropy": entropy}
     return out
-
-
-StepFn = Callable[[Batch], Tensor]

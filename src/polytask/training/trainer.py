@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -265,8 +264,3 @@ def fit_loop(
     if state.best_state is not None and result.best_epoch != len(result.history):
         model.load_state_dict(state.best_state)
     return result
-
-
-def summarize(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std())
