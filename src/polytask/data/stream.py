@@ -44,7 +44,10 @@ def _columns(pre: Preprocessor) -> list[str]:
 
 def _open(path: str | PathLike[str], pre: Preprocessor) -> pq.ParquetFile:
     try:
-        pf = pq.ParquetFile(path)
+        # pre_buffer=False: with pre-buffering the reader keeps every byte range it has
+        # read until it is closed, so arrow memory would grow with the file (~40 B per
+        # row, 1.4 GiB peak RSS at 20M rows) instead of staying at about one row group.
+        pf = pq.ParquetFile(path, pre_buffer=False)
     except (OSError, ValueError) as err:
         raise DataError(
             f"streamed training set {str(path)!r}: cannot read Parquet: {err}"
