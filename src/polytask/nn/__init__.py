@@ -8,6 +8,7 @@ from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "leaky_relu"]
 Norm = Literal["none", "batch", "layer"]
@@ -83,6 +84,24 @@ class FeatureInput(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
+class BatchNorm1d(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` that accepts a one-row batch in training.
+
+    Batch statistics of one row are undefined (torch raises), and a training set whose size
+    is one more than a multiple of ``batch_size`` ends every epoch with such a batch. That
+    row is normalised with the running statistics, which it does not update: for that batch
+    the layer acts as in evaluation. Same parameters and buffers as ``nn.BatchNorm1d``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1 and self.running_mean is not None:
+            assert self.running_var is not None
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
+
+
 def mlp(
     in_dim: int,
     units: Sequence[int],
@@ -98,7 +117,7 @@ def mlp(
     for width in units:
         layers.append(nn.Linear(prev, width))
         if norm == "batch":
-            layers.append(nn.BatchNorm1d(width))
+            layers.append(BatchNorm1d(width))
         elif norm == "layer":
             layers.append(nn.LayerNorm(width))
         layers.append(_ACTIVATIONS[activation]())
