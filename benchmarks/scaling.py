@@ -150,9 +150,18 @@ def plot(results: dict[str, list[dict[str, float]]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.8))
     for ax, (name, points) in zip(np.atleast_1d(axes), results.items(), strict=True):
         sizes = [p["size"] for p in points]
-        ax.loglog(sizes, [p["s"] for p in points], "o-")
+        secs = [p["s"] for p in points]
+        ax.loglog(sizes, secs, "o-", label="measured")
+        # cost proportional to size, through the first point: the "linear" reference
+        ax.loglog(sizes, [secs[0] * x / sizes[0] for x in sizes], "--", alpha=0.5, label="slope 1")
         ax.minorticks_off()
         ax.set_xticks(sizes, [f"{size:,}" for size in sizes], rotation=45 if name == "rows" else 0)
+        ticks: list[float] = []  # label the measured values (readable within one decade)
+        for v in sorted(secs):
+            if not ticks or math.log10(v / ticks[-1]) > 0.08:
+                ticks.append(v)
+        ax.set_yticks(ticks, [f"{v:.3g}" for v in ticks])
+        ax.legend(loc="upper left", fontsize="small")
         ax.set_xlabel(name)
         ax.set_ylabel("seconds per epoch")
         ax.set_title(f"{name}: slope {slope(sizes, [p['s'] for p in points]):.2f}")
