@@ -34,6 +34,15 @@ class TrainingError(PolytaskError):
     """Training cannot go on (for example a NaN loss)."""
 
 
+class NonFiniteUpdateError(TrainingError):
+    """Every task loss of a step was finite but the update was not (a weighting's total, or
+    an aggregator's direction, was NaN or inf), so the step left the weights unchanged.
+
+    Raised by the step functions and handled by the training loop: with ``training.on_nan:
+    skip`` the batch is counted as skipped, otherwise the loop raises a `TrainingError` that
+    says where."""
+
+
 def closest(name: str, candidates: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest candidate, or ``""`` when none is close."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

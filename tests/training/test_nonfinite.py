@@ -14,8 +14,10 @@ import torch
 import yaml
 
 from polytask import MultiTaskModel, TrainingError
+from polytask import estimator as estimator_module
 from polytask.config import load_run_file
 from polytask.run import run_training
+from polytask.weighting import Weighting
 
 FEATURES = {"categorical": ["color", "size"], "numeric": ["x", "z"]}
 TASKS = {"click": {"type": "binary"}, "dwell": {"type": "regression"}}
@@ -67,7 +69,7 @@ def test_a_non_finite_loss_names_the_last_good_checkpoint(
     with pytest.raises(TrainingError) as err:
         model.fit(data, checkpoint_dir=tmp_path, checkpoint_every=1)
     message = str(err.value)
-    assert message.startswith("task 'dwell': loss is nan at step 2 (epoch 1, batch 2 of 8)")
+    assert message.startswith("task 'dwell': loss is inf at step 2 (epoch 1, batch 2 of 8)")
     assert f"last good checkpoint: {tmp_path / 'step-000000001'}" in message
 
 
@@ -107,5 +109,50 @@ def test_nan_and_inf_inputs_train_with_finite_losses(toy_frame: pd.DataFrame) ->
     frame.loc[::17, "color"] = None
     model = _model().fit(frame)
     assert model.skipped_batches_ == 0
+    for record in model.history_:
+        assert all(np.isfinite(v) for v in record["train_loss"].values())
+
+
+class _ExplodesOnce(Weighting):
+    """Sum of the task losses, but inf on the second call: a weighting whose total is not
+    finite although every task loss is (what a runaway learned weight would give)."""
+
+    def __init__(self, *, tasks: Any) -> None:
+        super().__init__(tasks=tasks)
+        self.calls = 0
+
+    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return losses.sum() + (float("inf") if self.calls == 2 else 0.0)
+
+
+@pytest.fixture
+def exploding(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        estimator_module, "build_weighting", lambda cfg: _ExplodesOnce(tasks=cfg.tasks)
+    )
+
+
+def test_a_non_finite_total_from_finite_losses_is_an_error_not_a_silent_skip(
+    toy_frame: pd.DataFrame, exploding: None
+) -> None:
+    frame = toy_frame.iloc[:800].drop(columns=["kind"])
+    with pytest.raises(TrainingError) as err:
+        _model().fit(frame)
+    message = str(err.value)
+    assert message.startswith(
+        "the weighted total (_ExplodesOnce) is inf although every task loss is finite (["
+    )
+    assert "the update was not applied at step 2 (epoch 1, batch 2 of 7)" in message
+    assert "training.on_nan: skip" in message
+
+
+def test_skip_mode_counts_a_step_whose_total_was_not_finite(
+    toy_frame: pd.DataFrame, exploding: None
+) -> None:
+    frame = toy_frame.iloc[:800].drop(columns=["kind"])
+    model = _model(on_nan="skip").fit(frame)
+    assert model.skipped_batches_ == 1
+    assert [r.get("skipped_batches") for r in model.history_] == [1, None]
     for record in model.history_:
         assert all(np.isfinite(v) for v in record["train_loss"].values())

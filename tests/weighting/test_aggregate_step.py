@@ -15,6 +15,7 @@ from torchjd import aggregation as agg
 
 from polytask.config import TaskConfig
 from polytask.data import LABEL_PREFIX
+from polytask.errors import NonFiniteUpdateError
 from polytask.losses import task_losses
 from polytask.models import MultiTaskNet
 from polytask.training import aggregate_step, joint_step
@@ -198,8 +199,8 @@ def test_non_finite_update_skips_the_update(
     before = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     weighting = Aggregation(tasks=two_tasks, aggregator=_NaNAggregator())
-    losses = aggregate_step(model, weighting, two_tasks, optimizer, two_task_data.slice(0, 64))
-    assert bool(torch.isfinite(losses).all())
+    with pytest.raises(NonFiniteUpdateError, match=r"the update direction \(Aggregation\) is nan"):
+        aggregate_step(model, weighting, two_tasks, optimizer, two_task_data.slice(0, 64))
     assert not optimizer.state
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k

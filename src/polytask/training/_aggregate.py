@@ -26,7 +26,7 @@ from polytask.config import TaskConfig
 from polytask.data import Batch
 from polytask.losses import task_losses
 from polytask.models import MultiTaskNet
-from polytask.training.loops import batch_labels
+from polytask.training.loops import batch_labels, nonfinite_update
 from polytask.weighting import GradientWeighting, Weighting
 
 
@@ -66,10 +66,14 @@ def aggregate_step(
 
     params = jacobian_parameters(model, weighting)
     update = weighting.combine(losses, task_jacobian(losses, params))
-    if not (
-        bool(torch.isfinite(update.direction).all()) and bool(torch.isfinite(update.objective))
-    ):
-        return losses.detach()
+    if not bool(torch.isfinite(update.direction).all()):
+        raise nonfinite_update(
+            f"the update direction ({type(weighting).__name__})", update.direction, losses
+        )
+    if not bool(torch.isfinite(update.objective)):
+        raise nonfinite_update(
+            f"the objective ({type(weighting).__name__})", update.objective, losses
+        )
 
     in_jacobian = {id(p) for p in params}
     others = [

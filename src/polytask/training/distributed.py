@@ -54,7 +54,7 @@ from polytask.losses import masked_loss, task_losses
 from polytask.metrics import all_metrics
 from polytask.models import MultiTaskNet
 from polytask.training._aggregate import jacobian_parameters, task_jacobian
-from polytask.training.loops import batch_labels, predict_outputs
+from polytask.training.loops import batch_labels, nonfinite_update, predict_outputs
 from polytask.weighting import GradientWeighting, Weighting
 
 
@@ -269,6 +269,10 @@ class DistributedTraining:
         if bool(torch.isfinite(reduced).all()):
             objective.backward()
             optimizer.step()
+        elif bool(torch.isfinite(reduced[:-1]).all()):  # the same decision on every rank
+            raise nonfinite_update(
+                f"the weighted total ({type(self.weighting).__name__})", reduced[-1:], reduced[:-1]
+            )
         return reduced[:-1]
 
     def alternate_step(
@@ -287,7 +291,12 @@ class DistributedTraining:
         losses = reduced[:-1]
         optimizer.zero_grad(set_to_none=True)
         if not bool(torch.isfinite(reduced).all()):
-            losses[self.names.index(task)] = float("nan")
+            if bool(torch.isfinite(losses).all()):
+                raise nonfinite_update(
+                    f"the weighted loss of {task!r} ({type(self.weighting).__name__})",
+                    reduced[-1:],
+                    losses,
+                )
             return losses
         objective.backward()
         optimizer.step()
@@ -332,7 +341,8 @@ class DistributedTraining:
         )
         if not (bool(torch.isfinite(direction).all()) and bool(torch.isfinite(flat).all())):
             optimizer.zero_grad(set_to_none=True)
-            return global_losses
+            bad = direction if not bool(torch.isfinite(direction).all()) else flat
+            raise nonfinite_update(f"the update ({type(weighting).__name__})", bad, global_losses)
         sizes = [p.numel() for p, _ in grads]
         for (p, _), g in zip(grads, flat[:-1].split(sizes), strict=True):
             p.grad = g.view_as(p).to(p.dtype)

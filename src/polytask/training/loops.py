@@ -14,7 +14,7 @@ from torch import Tensor
 
 from polytask.config import TaskConfig
 from polytask.data import LABEL_PREFIX, Batch, EncodedData
-from polytask.errors import TrainingError
+from polytask.errors import NonFiniteUpdateError, TrainingError
 from polytask.losses import task_losses
 from polytask.models import MultiTaskNet
 from polytask.weighting import Weighting
@@ -22,6 +22,19 @@ from polytask.weighting import Weighting
 
 def batch_labels(batch: Batch, tasks: Mapping[str, TaskConfig]) -> dict[str, Tensor]:
     return {name: batch[LABEL_PREFIX + name] for name in tasks}
+
+
+def nonfinite_update(what: str, value: Tensor, losses: Tensor) -> NonFiniteUpdateError:
+    """The error for a non-finite ``value`` (``what``: the weighted total, a direction...)
+    computed from finite task ``losses``. Only built on that rare path (it reads tensors)."""
+    flat = value.detach().reshape(-1)
+    bad = flat[~torch.isfinite(flat)]
+    shown = float(bad[0]) if bad.numel() else float("nan")
+    found = ", ".join(f"{float(v):.4g}" for v in losses.detach().reshape(-1))
+    return NonFiniteUpdateError(
+        f"{what} is {shown} although every task loss is finite ([{found}]); the update was "
+        "not applied"
+    )
 
 
 def joint_step(
@@ -34,12 +47,17 @@ def joint_step(
     """One optimizer step on all tasks; returns the detached task losses ``[K]``.
 
     A non-finite loss skips the update (the caller decides whether to stop), so one bad batch
-    never writes NaN into the weights."""
+    never writes NaN into the weights. A non-finite weighted total from finite losses also
+    skips it, and raises `NonFiniteUpdateError` so the loop counts or reports it."""
     outputs = model(batch)
     losses = task_losses(tasks, outputs, batch_labels(batch, tasks))
     total = weighting(losses)
     optimizer.zero_grad(set_to_none=True)
     if not bool(torch.isfinite(total)):
+        if bool(torch.isfinite(losses).all()):
+            raise nonfinite_update(
+                f"the weighted total ({type(weighting).__name__})", total, losses
+            )
         return losses.detach()
     total.backward()
     optimizer.step()

@@ -24,6 +24,7 @@ from polytask.config import TaskConfig
 from polytask.data import LABEL_PREFIX, Batch, EncodedData
 from polytask.losses import masked_loss
 from polytask.models import MultiTaskNet
+from polytask.training.loops import nonfinite_update
 from polytask.weighting import Weighting
 
 Sampling = Literal["uniform", "proportional", "round_robin"]
@@ -210,7 +211,10 @@ def alternate_step(
     losses = torch.zeros(len(names), device=loss.device)
     losses[k] = loss.detach()
     if not bool(torch.isfinite(objective)):
-        losses[k] = float("nan")
+        if bool(torch.isfinite(loss)):
+            raise nonfinite_update(
+                f"the weighted loss of {task!r} ({type(weighting).__name__})", objective, loss
+            )
         return losses
     objective.backward()
     optimizer.step()

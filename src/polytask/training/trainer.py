@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from polytask.config import TaskConfig, TrainingConfig
 from polytask.data import Batch, EncodedData
 from polytask.data.stream import StreamingBatches
-from polytask.errors import TrainingError
+from polytask.errors import NonFiniteUpdateError, TrainingError
 from polytask.metrics import all_metrics, monitor_mode, monitor_value
 from polytask.models import MultiTaskNet
 from polytask.training._aggregate import aggregate_step
@@ -182,13 +182,25 @@ def fit_loop(
             bar.update(handle, completed=state.position)
             began = time.perf_counter() - state.elapsed
             for task, batch in train.epoch():
-                if task is None:
-                    losses = step_fn(model, weighting, tasks, optimizer, batch)
-                else:
-                    losses = alternate_fn(model, weighting, tasks, optimizer, batch, task)
+                update_error: NonFiniteUpdateError | None = None
+                try:
+                    if task is None:
+                        losses = step_fn(model, weighting, tasks, optimizer, batch)
+                    else:
+                        losses = alternate_fn(model, weighting, tasks, optimizer, batch, task)
+                except NonFiniteUpdateError as err:  # finite losses, non-finite update
+                    update_error = err
                 state.step += 1
                 state.position += 1
-                if bool(torch.isfinite(losses).all()):
+                if update_error is not None:
+                    if cfg.on_nan != "skip":
+                        raise TrainingError(
+                            f"{update_error} at step {state.step}"
+                            f"{_where(state, n_batches, checkpoints)}"
+                        ) from None
+                    state.skipped_in_epoch += 1
+                    result.skipped_batches += 1
+                elif bool(torch.isfinite(losses).all()):
                     sums += losses
                     if task is None:
                         counts += 1
@@ -252,7 +264,7 @@ def fit_loop(
                 on_epoch_end(record)
             if state.finite_steps == 0:
                 raise TrainingError(
-                    f"epoch {epoch}: every batch had a non-finite loss and was skipped"
+                    f"epoch {epoch}: every batch had a non-finite loss or update and was skipped"
                 )
             state.epoch, state.position = epoch + 1, 0
             if (
