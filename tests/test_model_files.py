@@ -243,3 +243,43 @@ def test_failed_first_save_leaves_nothing(saved, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         saved[0].save(tmp_path / "new")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_model_trained_with_an_aggregator_loads_and_predicts_without_its_extra(
+    toy_frame, tmp_path, monkeypatch
+):
+    """upgrad needs the `quadprog` extra to train, not to predict: a saved model loads on a
+    machine without it, and only using the weighting names the missing extra."""
+    import importlib
+
+    from polytask.errors import MissingExtraError
+    from polytask.weighting import _aggregators
+
+    frame = toy_frame.drop(columns=["kind"]).iloc[:600]
+    model = MultiTaskModel(
+        features={"categorical": ["color", "size"], "numeric": ["x", "z"]},
+        tasks={"click": {"type": "binary"}, "dwell": {"type": "regression"}},
+        model={"name": "mmoe", "num_experts": 2, "expert_units": [8], "tower_units": [4]},
+        loss="upgrad",
+        training={"epochs": 1, "batch_size": 200, "progress": False},
+    ).fit(frame)
+    model.save(tmp_path / "m")
+    expected = model.predict(frame)
+
+    real_import = importlib.import_module
+
+    def without_quadprog(name, *args, **kwargs):
+        if name == "quadprog":
+            raise ImportError("No module named 'quadprog'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(_aggregators.importlib, "import_module", without_quadprog)
+    with pytest.raises(MissingExtraError, match=r"pip install 'polytask\[quadprog\]'"):
+        MultiTaskModel.from_config(model.config).fit(frame)  # training does need it
+    loaded = MultiTaskModel.load(tmp_path / "m")
+    pdt.assert_frame_equal(loaded.predict(frame), expected)
+    assert loaded.evaluate(frame).keys() == {"click", "dwell"}
+    loaded.save(tmp_path / "again")
+    assert MultiTaskModel.load(tmp_path / "again").config == model.config
+    with pytest.raises(MissingExtraError, match="quadprog"):
+        loaded.weighting_(torch.zeros(2))

@@ -5,6 +5,7 @@ from polytask.config import EstimatorConfig, RunConfig, load_run_file
 from polytask.errors import (
     ConfigError,
     DataError,
+    MissingExtraError,
     ModelFileError,
     NotFittedError,
     PolytaskError,
@@ -16,6 +17,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "EstimatorConfig",
+    "MissingExtraError",
     "ModelFileError",
     "MultiTaskModel",
     "NotFittedError",

@@ -18,6 +18,10 @@ class ConfigError(PolytaskError):
     """A run file, a Python API argument or a CLI override is invalid."""
 
 
+class MissingExtraError(ConfigError):
+    """A configured feature needs an optional dependency (a pip extra) that is not installed."""
+
+
 class DataError(PolytaskError):
     """A table does not match the schema (missing column, bad label, empty split, ...)."""
 

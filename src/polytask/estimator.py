@@ -34,7 +34,14 @@ from polytask.config import (
 from polytask.data import EncodedData, Preprocessor, read_table
 from polytask.data.chunks import CHUNK_ROWS, read_chunks, write_chunks
 from polytask.data.stream import StreamingBatches, fit_preprocessor_streaming
-from polytask.errors import ConfigError, DataError, ModelFileError, NotFittedError, closest
+from polytask.errors import (
+    ConfigError,
+    DataError,
+    MissingExtraError,
+    ModelFileError,
+    NotFittedError,
+    closest,
+)
 from polytask.metrics import sigmoid, softmax, valid_monitors
 from polytask.models import MODELS, Head, MultiTaskNet
 from polytask.nn import FeatureInput
@@ -109,6 +116,8 @@ def build_weighting(cfg: EstimatorConfig) -> Weighting:
     try:
         weighting: Weighting = entry.build(tasks=cfg.tasks, params=params)
         return weighting
+    except MissingExtraError as err:
+        raise MissingExtraError(f"loss: {err}") from None
     except ValueError as err:
         raise ConfigError(f"loss: {err}") from None
 
@@ -562,7 +571,6 @@ class MultiTaskModel:
         except DataError as err:
             raise ModelFileError(f"{folder / 'preprocessor.json'}: {err}") from None
         network = build_network(config, pre)
-        weighting = build_weighting(config)
         weights_file = folder / "weights.safetensors"
         try:
             tensors = load_file(str(weights_file))
@@ -572,6 +580,14 @@ class MultiTaskModel:
                 f"{_pickle_hint(weights_file)}; polytask reads weights only as safetensors and "
                 "never unpickles them"
             ) from None
+        try:
+            weighting = build_weighting(config)
+        except MissingExtraError as err:
+            # Predicting does not need the weighting. A parameter-free one (the gradient
+            # aggregators) is stood in for until something would use it.
+            if _strip(tensors, "weighting."):
+                raise ModelFileError(f"{folder}: cannot be loaded: {err}") from None
+            weighting = _UnavailableWeighting(config, err)
         try:
             network.load_state_dict(_strip(tensors, "network."))
             weighting.load_state_dict(_strip(tensors, "weighting."))
@@ -596,6 +612,19 @@ class MultiTaskModel:
             f"MultiTaskModel(model={self.config.model.name!r}, tasks={list(self.config.tasks)}, "
             f"loss={self.config.loss.weighting!r}, {fitted})"
         )
+
+
+class _UnavailableWeighting(Weighting):
+    """Stands in for a saved model's weighting whose optional dependency is not installed:
+    the model predicts, evaluates and saves as usual (the weighting has no tensors); using the
+    weighting itself raises the original error, which names the pip extra."""
+
+    def __init__(self, config: EstimatorConfig, error: MissingExtraError) -> None:
+        super().__init__(tasks=config.tasks)
+        self.error = error
+
+    def forward(self, losses: torch.Tensor) -> torch.Tensor:
+        raise MissingExtraError(str(self.error))
 
 
 def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -22,12 +22,13 @@ from torchjd import aggregation as agg
 from torchjd.linalg import QuadprogProjector
 
 from polytask.config import TaskConfig
-from polytask.errors import ConfigError
+from polytask.errors import MissingExtraError
 from polytask.weighting.base import GradientUpdate, GradientWeighting, NoParams
 
 
 def require_extra(weighting: str, extra: str, modules: tuple[str, ...]) -> None:
-    """Raise `ConfigError` naming the pip extra when a module it installs cannot be imported."""
+    """Raise `MissingExtraError` (a `ConfigError`) naming the pip extra when a module it
+    installs cannot be imported."""
     missing = []
     for name in modules:
         try:
@@ -35,7 +36,7 @@ def require_extra(weighting: str, extra: str, modules: tuple[str, ...]) -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise ConfigError(
+        raise MissingExtraError(
             f"weighting {weighting!r} needs {missing}, which could not be imported; "
             f"install them with: pip install 'polytask[{extra}]'"
         )
