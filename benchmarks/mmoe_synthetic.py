@@ -4,7 +4,8 @@ Two regression tasks whose label correlation is controlled by p (0.5, 0.9, 1.0);
 (113 units), one-gate MoE and MMoE (8 experts of 16 units), towers of 8, over several seeds.
 The paper's finding: MMoE's loss degrades least as the task correlation falls.
 
-    python benchmarks/mmoe_synthetic.py                 # full run (a few minutes on 2 cores)
+    python benchmarks/mmoe_synthetic.py                 # 20 epochs: a few minutes on 2 cores
+    python benchmarks/mmoe_synthetic.py --seeds 5 --epochs 100   # trained out: ~10 minutes
     python benchmarks/mmoe_synthetic.py --smoke         # seconds
 """
 
