@@ -206,8 +206,9 @@ class MultiTaskModel:
 
         Launched by torchrun with several processes (or in an initialized process group),
         every process calls ``fit`` on the same data and trains one DDP replica;
-        ``batch_size`` is the global batch (docs/distributed.md). Checkpoints are not yet
-        supported there.
+        ``batch_size`` is the global batch (docs/distributed.md). Checkpoints work there
+        too: rank 0 writes them, every rank resumes from the same one (with the same number
+        of processes).
         """
         # Overrides apply to this call only; self.config keeps the settings as constructed.
         cfg = self.config.model_copy(deep=True)
@@ -233,13 +234,6 @@ class MultiTaskModel:
         group = join_process_group(device)  # None unless torchrun started several processes
         if group is not None:
             device = group.device
-            if checkpoint_dir is not None:
-                # Each rank's RNG and data position would have to be saved and restored per
-                # rank, and one rank would have to write: not done yet.
-                raise ConfigError(
-                    "checkpoints (training.checkpoint_every, resume) are not supported in "
-                    "distributed training yet; train without them under torchrun"
-                )
 
         if tcfg.schedule == "alternate":
             if not isinstance(train, Mapping):
@@ -345,6 +339,7 @@ class MultiTaskModel:
                 parts=TrainingParts(network, weighting, optimizer, scheduler, train_source),
                 config=cfg.model_dump(mode="json"),
                 fingerprint=data_fingerprint(splits, extra=extra),
+                group=group,
             )
         result = fit_loop(  # bf16/compile wrap the network for training only (precision.py)
             model=training_network(network, tcfg) if parallel is None else network,

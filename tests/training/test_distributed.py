@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from polytask import ConfigError, MultiTaskModel
 from polytask.cli import main
+from polytask.training.checkpoint import read_checkpoint
 from polytask.training.distributed import shard_bounds
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -152,8 +153,26 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     for rank in (0, 1):
         message = (tmp_path / f"refused.rank{rank}.txt").read_text()
         assert "training.batch_size is the global batch, shared by the 2 processes" in message
-        message = (tmp_path / f"refused-checkpoints.rank{rank}.txt").read_text()
-        assert "checkpoints (training.checkpoint_every, resume) are not supported" in message
+        # Resumed from the step-4 checkpoint, each rank ends bit-identical to the
+        # uninterrupted run.
+        finals = torch.load(tmp_path / f"checkpointed.rank{rank}.pt", weights_only=True)
+        for key, value in finals["full-2"].items():
+            assert torch.equal(finals["part-2"][key], value), (rank, key)
+        assert any(not torch.equal(finals["part-1"][k], v) for k, v in finals["full-2"].items())
+    # Rank 0 alone wrote them, with every rank's RNG state.
+    assert sorted(p.name for p in (tmp_path / "part").iterdir()) == [
+        "step-000000008",
+        "step-000000012",
+    ]
+    checkpoint = read_checkpoint(tmp_path / "part" / "step-000000008")
+    assert checkpoint.meta["world_size"] == 2
+    assert {"rng.torch.rank0", "rng.torch.rank1"} <= checkpoint.state.keys()
+    assert not torch.equal(checkpoint.state["rng.torch.rank0"], checkpoint.state["rng.torch.rank1"])
+    # One process cannot resume what two wrote.
+    with pytest.raises(ConfigError, match=r"written by 2 process\(es\) and this run has 1"):
+        _checkpointed_model().fit(
+            table.iloc[:320], epochs=2, checkpoint_dir=tmp_path / "part", resume=True
+        )
     for name in SCENARIOS:
         ranks = [torch.load(tmp_path / f"{name}.rank{r}.pt", weights_only=True) for r in (0, 1)]
         # The replicas never drift apart.
@@ -217,6 +236,19 @@ def test_torchrun_polytask_train_writes_once_with_metrics_over_all_rows(tmp_path
         assert best[task] == pytest.approx(metrics["validation"][task], rel=1e-6)
 
 
+def _checkpointed_model() -> MultiTaskModel:
+    """Dropout on shards of 32 and 31 rows: the ranks' RNG states differ, so resuming is only
+    exact if each rank gets its own back."""
+    return MultiTaskModel(
+        features=FEATURES,
+        tasks=TASKS,
+        model={**MMOE, "dropout": 0.3},
+        loss="uncertainty",
+        optimizer=SGD,
+        training={"batch_size": 63, "checkpoint_every": 4, "progress": False},
+    )
+
+
 def model_config_data(run_file: Path) -> Any:
     from polytask.config import load_run_file
 
@@ -244,11 +276,14 @@ def _worker(out: Path) -> None:
         )
     except ConfigError as err:
         (out / f"refused.rank{rank}.txt").write_text(str(err))
-    try:
-        model = MultiTaskModel(features=FEATURES, tasks=TASKS, model=MMOE)
-        model.fit(table, checkpoint_dir=out / f"ckpt{rank}")
-    except ConfigError as err:
-        (out / f"refused-checkpoints.rank{rank}.txt").write_text(str(err))
+    # Checkpoints: an uninterrupted run, and the same run stopped after epoch 1 and resumed
+    # from its mid-epoch checkpoint (step 4 of 6), in fresh folders that only rank 0 writes.
+    finals = {}
+    for name, epochs, resume in (("full", 2, False), ("part", 1, False), ("part", 2, True)):
+        model = _checkpointed_model()
+        model.fit(table.iloc[:320], epochs=epochs, checkpoint_dir=out / name, resume=resume)
+        finals[f"{name}-{epochs}"] = model.network_.state_dict()
+    torch.save(finals, out / f"checkpointed.rank{rank}.pt")
     dist.barrier()
 
 

@@ -21,6 +21,13 @@ A checkpoint folder is written whole beside its final name, fsynced and renamed 
 so a crash leaves the previous checkpoints intact; the newest `KEEP` are kept. Reading
 verifies every file's size and hash first: a truncated or corrupt checkpoint is a
 `ModelFileError` naming the file, and resuming falls back to the next older one.
+
+Distributed training (torchrun): every rank holds the same replica, optimizer state and data
+position, so rank 0 alone writes; only the torch RNG states differ per rank (dropout draws
+on shards of different sizes), so each rank's is gathered and stored as
+``rng.torch.rank<r>``. On resume rank 0 picks the checkpoint (moving corrupt ones aside) and
+tells the other ranks which; every rank restores its own RNG state. The world size must be
+the one the checkpoint was written with.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torchjd
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
@@ -52,6 +60,7 @@ from polytask._version import __version__
 from polytask.data import EncodedData
 from polytask.errors import ConfigError, DataError, ModelFileError
 from polytask.models import MultiTaskNet
+from polytask.training.distributed import ProcessGroup
 from polytask.training.trainer import FitResult, LoopState
 from polytask.weighting import Weighting
 
@@ -141,23 +150,41 @@ def _cpu(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
+def rng_states(device: torch.device, group: ProcessGroup | None = None) -> dict[str, Tensor]:
+    """The torch RNG states to checkpoint: ``rng.torch`` (and ``rng.cuda`` on a GPU) in one
+    process; under torchrun every rank's, gathered on every rank, as ``rng.torch.rank<r>``.
+    A collective: every rank of ``group`` must call it."""
+    local = {"rng.torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        local["rng.cuda"] = torch.cuda.get_rng_state(device)
+    if group is None:
+        return local
+    gathered: list[Any] = [None] * group.world_size
+    dist.all_gather_object(gathered, local)
+    return {f"{k}.rank{r}": v for r, states in enumerate(gathered) for k, v in states.items()}
+
+
 def write_checkpoint(
-    path: Path, parts: TrainingParts, state: LoopState, *, config: Any, fingerprint: str
+    path: Path,
+    parts: TrainingParts,
+    state: LoopState,
+    *,
+    config: Any,
+    fingerprint: str,
+    rngs: Mapping[str, Tensor] | None = None,
+    world_size: int = 1,
 ) -> None:
-    """Write ``path`` atomically: the folder appears complete or not at all."""
+    """Write ``path`` atomically: the folder appears complete or not at all. ``rngs`` are
+    the RNG states from `rng_states` (this process's when None)."""
     model = {f"network.{k}": v for k, v in parts.network.state_dict().items()}
     model.update({f"weighting.{k}": v for k, v in parts.weighting.state_dict().items()})
     if state.best_state is not None:
         model.update({f"best.{k}": v for k, v in state.best_state.items()})
     assert state.loss_sums is not None and state.loss_counts is not None
-    tensors = {
-        "rng.torch": torch.get_rng_state(),
-        "epoch.loss_sums": state.loss_sums,
-        "epoch.loss_counts": state.loss_counts,
-    }
     device = next(parts.network.parameters()).device
-    if device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    tensors = dict(rng_states(device) if rngs is None else rngs)
+    tensors["epoch.loss_sums"] = state.loss_sums
+    tensors["epoch.loss_counts"] = state.loss_counts
     tensors.update({f"source.{k}": v for k, v in parts.source.state_dict().items()})
     optim = io.BytesIO()
     torch.save(
@@ -177,6 +204,7 @@ def write_checkpoint(
     meta = {
         "format_version": FORMAT_VERSION,
         "polytask_version": __version__,
+        "world_size": world_size,
         "step": state.step,
         "epoch": state.epoch,
         "position": state.position,
@@ -219,7 +247,8 @@ def prune(folder: Path, keep: int = KEEP) -> None:
 
 class Checkpointer:
     """Writes a checkpoint of one run every ``every`` steps into ``folder`` (the
-    `polytask.training.trainer.Checkpoints` that `fit_loop` calls)."""
+    `polytask.training.trainer.Checkpoints` that `fit_loop` calls). Under torchrun (``group``)
+    every rank calls `save` at the same step; rank 0 writes."""
 
     def __init__(
         self,
@@ -230,6 +259,7 @@ class Checkpointer:
         config: Any,
         fingerprint: str,
         latest: Path | None = None,
+        group: ProcessGroup | None = None,
     ) -> None:
         self.folder = folder
         self.every = every
@@ -238,12 +268,24 @@ class Checkpointer:
         self.fingerprint = fingerprint
         self.latest = latest
         self.resumed_from = latest
+        self.group = group
 
     def save(self, state: LoopState) -> None:
         path = step_dir(self.folder, state.step)
-        write_checkpoint(path, self.parts, state, config=self.config, fingerprint=self.fingerprint)
+        device = next(self.parts.network.parameters()).device
+        rngs = rng_states(device, self.group)  # a collective under torchrun
+        if self.group is None or self.group.rank == 0:
+            write_checkpoint(
+                path,
+                self.parts,
+                state,
+                config=self.config,
+                fingerprint=self.fingerprint,
+                rngs=rngs,
+                world_size=1 if self.group is None else self.group.world_size,
+            )
+            prune(self.folder)
         self.latest = path
-        prune(self.folder)
 
 
 # ------------------------------------------------------------------------------------- read
@@ -413,13 +455,25 @@ def _strip(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def restore(checkpoint: Checkpoint, parts: TrainingParts) -> LoopState:
+def restore(
+    checkpoint: Checkpoint, parts: TrainingParts, group: ProcessGroup | None = None
+) -> LoopState:
     """Load ``checkpoint`` into ``parts`` and every RNG; return the trainer's state.
 
     The global RNGs are set last, so nothing between this call and the first step may draw
-    from them."""
+    from them. Under torchrun each rank takes its own torch RNG state."""
     meta, path = checkpoint.meta, checkpoint.path
     device = next(parts.network.parameters()).device
+    world_size = 1 if group is None else group.world_size
+    saved_world = int(meta.get("world_size", 1))
+    if saved_world != world_size:
+        raise ConfigError(
+            f"cannot resume from {path}: it was written by {saved_world} process(es) and this "
+            f"run has {world_size}; each process's random state and share of every batch "
+            "depend on that number, so resume with the same world size (torchrun "
+            f"--nproc_per_node={saved_world}) or start a fresh run in another folder"
+        )
+    suffix = "" if group is None else f".rank{group.rank}"
     try:
         parts.network.load_state_dict(_strip(checkpoint.model, "network."))
         parts.weighting.load_state_dict(_strip(checkpoint.model, "weighting."))
@@ -462,9 +516,9 @@ def restore(checkpoint: Checkpoint, parts: TrainingParts) -> LoopState:
     random.setstate((python_random[0], tuple(python_random[1]), python_random[2]))
     name, keys, *rest = meta["numpy_random"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    if "rng.cuda" in checkpoint.state and device.type == "cuda":
-        torch.cuda.set_rng_state(checkpoint.state["rng.cuda"], device)
-    torch.set_rng_state(checkpoint.state["rng.torch"])
+    if f"rng.cuda{suffix}" in checkpoint.state and device.type == "cuda":
+        torch.cuda.set_rng_state(checkpoint.state[f"rng.cuda{suffix}"], device)
+    torch.set_rng_state(checkpoint.state[f"rng.torch{suffix}"])
     return state
 
 
@@ -476,17 +530,19 @@ def open_checkpoints(
     parts: TrainingParts,
     config: Mapping[str, Any],
     fingerprint: str,
+    group: ProcessGroup | None = None,
 ) -> tuple[Checkpointer, LoopState | None]:
     """The checkpoint writer for a run in ``folder`` and, with ``resume``, the state restored
     from its newest readable checkpoint (None to start from the beginning).
 
     A fresh run refuses a folder that already holds checkpoints rather than mixing its
-    checkpoints with another run's."""
+    checkpoints with another run's. Under torchrun every rank calls this (see the module
+    docstring)."""
     folder = Path(folder)
     start: LoopState | None = None
     latest: Path | None = None
     if resume:
-        checkpoint = load_latest(folder)
+        checkpoint = load_latest(folder) if group is None else _load_latest_shared(folder, group)
         if checkpoint is None:
             warnings.warn(
                 f"{folder}: no checkpoint to resume from; training from the start",
@@ -495,7 +551,7 @@ def open_checkpoints(
             )
         else:
             check_compatible(checkpoint, config, fingerprint)
-            start = restore(checkpoint, parts)
+            start = restore(checkpoint, parts, group)
             latest = checkpoint.path
     elif list_checkpoints(folder):
         raise ConfigError(
@@ -510,5 +566,25 @@ def open_checkpoints(
         config=dict(config),
         fingerprint=fingerprint,
         latest=latest,
+        group=group,
     )
     return writer, start
+
+
+def _load_latest_shared(folder: Path, group: ProcessGroup) -> Checkpoint | None:
+    """`load_latest` on rank 0 (which alone moves corrupt checkpoints aside); the other ranks
+    read the checkpoint rank 0 chose, or raise the error it raised."""
+    choice: list[Any] = [None, None]  # [path of the chosen checkpoint, error message]
+    checkpoint = None
+    if group.rank == 0:
+        try:
+            checkpoint = load_latest(folder)
+            choice[0] = None if checkpoint is None else str(checkpoint.path)
+        except ModelFileError as err:
+            choice[1] = str(err)
+    dist.broadcast_object_list(choice, src=0)
+    if choice[1] is not None:
+        raise ModelFileError(choice[1])
+    if group.rank == 0 or choice[0] is None:
+        return checkpoint
+    return read_checkpoint(choice[0])
