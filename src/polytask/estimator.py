@@ -291,11 +291,12 @@ class MultiTaskModel:
         scheduler = build_scheduler(optimizer, cfg.optimizer, tcfg.epochs)
 
         parallel = None
+        trained = training_network(network, tcfg)  # bf16/compile wrap it (precision.py)
         if group is not None:
             assert isinstance(train_data, EncodedData)  # streaming is refused above
             parallel = DistributedTraining(
                 group,
-                network=network,
+                network=trained,
                 weighting=weighting,
                 tasks=cfg.tasks,
                 training=tcfg,
@@ -341,8 +342,8 @@ class MultiTaskModel:
                 fingerprint=data_fingerprint(splits, extra=extra),
                 group=group,
             )
-        result = fit_loop(  # bf16/compile wrap the network for training only (precision.py)
-            model=training_network(network, tcfg) if parallel is None else network,
+        result = fit_loop(
+            model=trained,
             weighting=weighting,
             tasks=cfg.tasks,
             optimizer=optimizer,

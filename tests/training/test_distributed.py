@@ -159,6 +159,11 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
         for key, value in finals["full-2"].items():
             assert torch.equal(finals["part-2"][key], value), (rank, key)
         assert any(not torch.equal(finals["part-1"][k], v) for k, v in finals["full-2"].items())
+    bf16 = [torch.load(tmp_path / f"bf16.rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for rank in (0, 1):
+        assert "torch.bfloat16" in bf16[rank]["dtypes"], bf16[rank]["dtypes"]
+    for key, value in bf16[0]["network"].items():
+        assert torch.equal(value, bf16[1]["network"][key]) and value.dtype == torch.float32, key
     # Rank 0 alone wrote them, with every rank's RNG state.
     assert sorted(p.name for p in (tmp_path / "part").iterdir()) == [
         "step-000000008",
@@ -284,6 +289,29 @@ def _worker(out: Path) -> None:
         model.fit(table.iloc[:320], epochs=epochs, checkpoint_dir=out / name, resume=resume)
         finals[f"{name}-{epochs}"] = model.network_.state_dict()
     torch.save(finals, out / f"checkpointed.rank{rank}.pt")
+    # training.precision: bf16 applies under torchrun too: the linear layers of the training
+    # forward pass return bfloat16.
+    seen: set[torch.dtype] = set()
+    linear_forward = torch.nn.Linear.forward
+
+    def recording(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        y = linear_forward(self, x)
+        seen.add(y.dtype)
+        return y
+
+    torch.nn.Linear.forward = recording  # type: ignore[method-assign]
+    model = MultiTaskModel(
+        features=FEATURES,
+        tasks=TASKS,
+        model=BOTTOM,
+        optimizer=SGD,
+        training={"epochs": 1, "batch_size": 64, "precision": "bf16", "progress": False},
+    ).fit(table)
+    torch.nn.Linear.forward = linear_forward  # type: ignore[method-assign]
+    torch.save(
+        {"dtypes": sorted(str(d) for d in seen), "network": model.network_.state_dict()},
+        out / f"bf16.rank{rank}.pt",
+    )
     dist.barrier()
 
 
