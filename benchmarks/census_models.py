@@ -36,6 +36,22 @@ MODELS: dict[str, dict[str, Any]] = {
     "shared_bottom": {"name": "shared_bottom", "shared_units": [128, 64], "tower_units": [64]},
     "moe": {"name": "moe", **EXPERTS},
     "mmoe": {"name": "mmoe", **EXPERTS},
+    # 8 experts as in MMoE: 2 per task and 4 shared (per level for PLE)
+    "cgc": {
+        "name": "cgc",
+        "num_task_experts": 2,
+        "num_shared_experts": 4,
+        "expert_units": [128, 64],
+        "tower_units": [64],
+    },
+    "ple": {
+        "name": "ple",
+        "num_levels": 2,
+        "num_task_experts": 2,
+        "num_shared_experts": 4,
+        "expert_units": [128, 64],
+        "tower_units": [64],
+    },
 }
 LOG1P = {"wage_per_hour", "capital_gains", "capital_losses", "stock_dividends"}
 
@@ -75,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, list[float]]]
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--smoke", action="store_true", help="2,000 rows, 1 epoch, 1 seed")
     args = parser.parse_args(argv)
     frame = load_census_income(args.data)
@@ -83,10 +100,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, list[float]]]
         args.epochs, args.seeds = 1, 1
     splits = split_frame(frame, fractions=(0.8, 0.1, 0.1), seed=0)
     tasks = {name: dict(spec) for name, spec in CENSUS_TASKS.items()}
-    results: dict[str, dict[str, list[float]]] = {m: {t: [] for t in tasks} for m in MODELS}
+    models = {name: MODELS[name] for name in args.models}
+    results: dict[str, dict[str, list[float]]] = {m: {t: [] for t in tasks} for m in models}
     start = time.perf_counter()
     for seed in range(args.seeds):
-        for name, spec in MODELS.items():
+        for name, spec in models.items():
             if name == "single_task":
                 for task, task_spec in tasks.items():
                     auc = fit_eval(spec, {task: task_spec}, splits, seed, args)

@@ -104,7 +104,7 @@ def _interrupted_then_resumed(
     return resumed
 
 
-@pytest.mark.parametrize("loss", ["uncertainty", "dwa", "gradnorm"])
+@pytest.mark.parametrize("loss", ["uncertainty", "dwa", "gradnorm", "rlw"])
 def test_joint_resume_mid_epoch_is_bit_identical(
     toy_frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loss: str
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from polytask import MultiTaskModel
 from polytask.config import TaskConfig
 from polytask.weighting import RLW, NoParams
+from polytask.weighting._random import own_seed
 
 TASKS = {
     "a": TaskConfig(type="binary"),
@@ -26,16 +28,38 @@ def _weights(rlw: RLW) -> torch.Tensor:
 
 
 def test_weights_are_a_softmax_of_standard_normal_draws() -> None:
+    torch.manual_seed(7)
     rlw = RLW(tasks=TASKS, params=NoParams())
-    torch.manual_seed(7)
-    expected = torch.softmax(torch.randn(3), dim=0)
-    torch.manual_seed(7)
+    expected = torch.softmax(torch.randn(3, generator=torch.Generator().manual_seed(own_seed())), 0)
     torch.testing.assert_close(_weights(rlw), expected)
 
 
-def test_weights_are_redrawn_every_step_and_average_to_uniform() -> None:
-    rlw = RLW(tasks=TASKS, params=NoParams())
+def test_draws_do_not_depend_on_the_global_generator() -> None:
+    """Dropout consuming the global generator differently (ranks with shares of different
+    sizes) must not change the weights: every process draws the same ones."""
+    torch.manual_seed(3)
+    first, second = RLW(tasks=TASKS, params=NoParams()), RLW(tasks=TASKS, params=NoParams())
+    a = _weights(first)
+    torch.rand(1000)  # what a larger share's dropout would draw
+    torch.testing.assert_close(_weights(second), a, rtol=0, atol=0)
+
+
+def test_checkpoint_state_resumes_the_draws() -> None:
     torch.manual_seed(0)
+    rlw = RLW(tasks=TASKS, params=NoParams())
+    _weights(rlw)
+    state = json.loads(json.dumps(rlw.state_for_checkpoint()))  # it goes into checkpoint.json
+    expected = [_weights(rlw) for _ in range(3)]
+    torch.manual_seed(99)
+    resumed = RLW(tasks=TASKS, params=NoParams())
+    resumed.load_checkpoint_state(state)
+    for want in expected:
+        torch.testing.assert_close(_weights(resumed), want, rtol=0, atol=0)
+
+
+def test_weights_are_redrawn_every_step_and_average_to_uniform() -> None:
+    torch.manual_seed(0)
+    rlw = RLW(tasks=TASKS, params=NoParams())
     draws = torch.stack([_weights(rlw) for _ in range(2000)])
     assert bool((draws > 0).all())
     torch.testing.assert_close(draws.sum(1), torch.ones(2000))
