@@ -30,8 +30,8 @@ fitted ``Preprocessor``, so all three see the same integer codes and scaled numb
 - test AUC per task, from each system's outputs of its last run, so the models can be seen to
   be comparable.
 
-DeepCTR-Torch is for benchmarking only (``pip install deepctr-torch --no-deps`` plus tqdm);
-when it cannot be imported its rows are left out with a note. Its MMOE runs with plain softmax
+DeepCTR-Torch 0.3.0 is a dev dependency (``pip install -e .[dev]``; alone: ``pip install
+deepctr-torch==0.3.0``); when it cannot be imported its rows are left out with a note. Its MMOE runs with plain softmax
 gates (``gate_dnn_hidden_units=()``, as in the paper and the other two), no L2 penalty, and
 the numeric columns concatenated as they are (polytask and the hand loop project them by a
 7 x 7 linear layer).

@@ -38,4 +38,4 @@ def test_smoke_prints_every_sweep(capsys: pytest.CaptureFixture[str], tmp_path: 
         assert float(r[5]) > 0 and float(r[6].replace(",", "")) > 0
     for sweep in ("rows", "experts", "tasks"):
         assert f"slope of log(s/epoch) on log({sweep}):" in out
-    assert png.exists() or "matplotlib is not installed" in out
+    assert png.exists() and png.stat().st_size > 0  # matplotlib is a dev dependency
