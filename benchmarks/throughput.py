@@ -31,10 +31,10 @@ fitted ``Preprocessor``, so all three see the same integer codes and scaled numb
   be comparable.
 
 DeepCTR-Torch 0.3.0 is a dev dependency (``pip install -e .[dev]``; alone: ``pip install
-deepctr-torch==0.3.0``); when it cannot be imported its rows are left out with a note. Its MMOE runs with plain softmax
-gates (``gate_dnn_hidden_units=()``, as in the paper and the other two), no L2 penalty, and
-the numeric columns concatenated as they are (polytask and the hand loop project them by a
-7 x 7 linear layer).
+deepctr-torch==0.3.0``); when it cannot be imported its rows are left out with a note. Its
+MMOE runs with plain softmax gates (``gate_dnn_hidden_units=()``, as in the paper and the
+other two), no L2 penalty, and the numeric columns concatenated as they are (polytask and the
+hand loop project them by a 7 x 7 linear layer).
 """
 
 from __future__ import annotations
