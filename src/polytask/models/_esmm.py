@@ -127,15 +127,13 @@ class ESMM(MultiTaskNet):
     ) -> tuple[dict[str, Tensor], Representation]:
         run = self.required_tasks(tasks)
         x = self.inputs(batch["categorical"], batch["numeric"])
-        index = {name: k for k, name in enumerate(self.task_names)}
-        rep = self.represent(x, sorted(index[n] for n in run))
+        rep = self.represent(x, sorted(self.task_index[n] for n in run))
         assert rep.shared is not None
-        by_name = {h.name: h for h in self.heads}
         outputs: dict[str, Tensor] = {}
         for name in run:
             if name != self.ctcvr_task:
                 out = self.towers[name](rep.shared)
-                outputs[name] = out.squeeze(1) if by_name[name].out_dim == 1 else out
+                outputs[name] = out.squeeze(1) if self.head_by_name[name].out_dim == 1 else out
         if self.ctcvr_task in run or auxiliary:
             cvr = self.towers[self.cvr_output](rep.shared).squeeze(1)
             if self.ctcvr_task in run:

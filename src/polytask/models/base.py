@@ -106,10 +106,12 @@ class MultiTaskNet(nn.Module):
         self.task_names = [h.name for h in self.heads]
         self.order = topological(self.heads)
         self.auxiliary_outputs = {}
-        by_name = {h.name: h for h in self.heads}
+        # Lookups the forward needs every step, built once.
+        self.head_by_name = {h.name: h for h in self.heads}
+        self.task_index = {name: k for k, name in enumerate(self.task_names)}
         self.towers = nn.ModuleDict()
         for h in self.heads:
-            extra = sum(by_name[src].estimate_dim for src in h.inputs_from)
+            extra = sum(self.head_by_name[src].estimate_dim for src in h.inputs_from)
             body = mlp(
                 body_dim + extra,
                 params.tower_units,
@@ -160,17 +162,16 @@ class MultiTaskNet(nn.Module):
         """``tasks`` plus, transitively, the tasks they take inputs from, in run order."""
         if tasks is None:
             return list(self.order)
-        unknown = [t for t in tasks if t not in self.task_names]
+        unknown = [t for t in tasks if t not in self.head_by_name]
         if unknown:
             raise KeyError(f"unknown task(s) {unknown}; the model has {self.task_names}")
-        by_name = {h.name: h for h in self.heads}
         needed: set[str] = set()
         stack = list(tasks)
         while stack:
             name = stack.pop()
             if name not in needed:
                 needed.add(name)
-                stack.extend(by_name[name].inputs_from)
+                stack.extend(self.head_by_name[name].inputs_from)
         return [n for n in self.order if n in needed]
 
     def _run(
@@ -178,24 +179,22 @@ class MultiTaskNet(nn.Module):
     ) -> tuple[dict[str, Tensor], Representation]:
         # ``auxiliary`` is for subclasses that set `auxiliary_outputs`; the base has none.
         run = self.required_tasks(tasks)
-        index = {name: k for k, name in enumerate(self.task_names)}
-        active = sorted(index[n] for n in run)
+        active = sorted(self.task_index[n] for n in run)
         slot = {k: j for j, k in enumerate(active)}
         x = self.inputs(batch["categorical"], batch["numeric"])
         rep = self.represent(x, active)
-        by_name = {h.name: h for h in self.heads}
         outputs: dict[str, Tensor] = {}
         for name in run:
-            head = by_name[name]
+            head = self.head_by_name[name]
             if rep.per_task is not None:
-                h = rep.per_task[slot[index[name]]]
+                h = rep.per_task[slot[self.task_index[name]]]
             else:
                 assert rep.shared is not None
                 h = rep.shared
             if head.inputs_from:
                 feats = []
                 for src in head.inputs_from:
-                    est = estimate(by_name[src], outputs[src])
+                    est = estimate(self.head_by_name[src], outputs[src])
                     feats.append(est.detach() if head.detach else est)
                 h = torch.cat([h, *feats], dim=1)
             out = self.towers[name](h)
