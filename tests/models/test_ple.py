@@ -195,6 +195,19 @@ def test_gate_weights_are_named_per_task_and_level_and_sum_to_one() -> None:
     assert sorted(make_ple(num_levels=1).gate_weights(make_batch(4))) == ["a", "b", "c"]
 
 
+def test_gate_weights_run_no_tower() -> None:
+    model = make_ple(num_levels=2).eval()
+    ran: list[str] = []
+    for name, tower in model.towers.items():
+        tower.register_forward_pre_hook(lambda *_, name=name: ran.append(name))
+    batch = make_batch(8)
+    gates = model.gate_weights(batch)
+    assert ran == []
+    assert len(gates) == 7
+    model(batch)
+    assert ran == ["a", "b", "c"]  # the hooks see the towers when they do run
+
+
 def _grads_after_loss_on(model: PLE, task: str) -> None:
     batch = make_batch(16, labels=True)
     out = model(batch, tasks=[task])

@@ -154,9 +154,11 @@ class MultiTaskNet(nn.Module):
         return outputs
 
     def gate_weights(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Gate weights per gate name (``[B, num_experts]`` each); empty for gateless models."""
-        _, rep = self._run(batch, None)
-        return rep.gates
+        """Gate weights per gate name (``[B, num_experts]`` each); empty for gateless models.
+
+        Runs the body for every task, but no tower: the gates are the body's."""
+        x = self.inputs(batch["categorical"], batch["numeric"])
+        return self.represent(x, list(range(len(self.heads)))).gates
 
     def required_tasks(self, tasks: Sequence[str] | None) -> list[str]:
         """``tasks`` plus, transitively, the tasks they take inputs from, in run order."""
