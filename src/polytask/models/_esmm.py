@@ -146,13 +146,6 @@ class ESMM(MultiTaskNet):
     def body_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"shared": list(self.shared.parameters())}
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        groups: dict[str, list[nn.Parameter]] = {"input": list(self.inputs.parameters())}
-        groups.update(self.body_groups())
-        for name, tower in self.towers.items():
-            groups[f"towers.{name}"] = list(tower.parameters())
-        return {k: v for k, v in groups.items() if v}
-
     def last_shared_layer(self) -> list[nn.Parameter]:
         """The shared MLP's last linear layer; without one, the feature input (the embeddings
         and the numeric projection are then all that CTR and CVR share)."""

@@ -207,8 +207,8 @@ class MultiTaskNet(nn.Module):
         """Named groups covering every parameter exactly once, in a stable order."""
         groups: dict[str, list[nn.Parameter]] = {"input": list(self.inputs.parameters())}
         groups.update(self.body_groups())
-        for name in self.task_names:
-            groups[f"towers.{name}"] = list(self.towers[name].parameters())
+        for name, tower in self.towers.items():  # task order; a model may rename a tower
+            groups[f"towers.{name}"] = list(tower.parameters())
         return {k: v for k, v in groups.items() if v}
 
     def shared_parameters(self) -> list[nn.Parameter]:
