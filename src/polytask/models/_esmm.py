@@ -118,15 +118,10 @@ class ESMM(SharedMLPNet):
         self, batch: dict[str, Tensor], tasks: Sequence[str] | None, *, auxiliary: bool = False
     ) -> tuple[dict[str, Tensor], Representation]:
         run = self.required_tasks(tasks)
-        x = self.inputs(batch["categorical"], batch["numeric"])
-        rep = self.represent(x, sorted(self.task_index[n] for n in run))
-        assert rep.shared is not None
-        outputs: dict[str, Tensor] = {}
-        for name in run:
-            if name != self.ctcvr_task:
-                out = self.towers[name](rep.shared)
-                outputs[name] = out.squeeze(1) if self.head_by_name[name].out_dim == 1 else out
+        # Every task but CTCVR has a tower of its own: the base runs those.
+        outputs, rep = super()._run(batch, [n for n in run if n != self.ctcvr_task])
         if self.ctcvr_task in run or auxiliary:
+            assert rep.shared is not None
             cvr = self.towers[self.cvr_output](rep.shared).squeeze(1)
             if self.ctcvr_task in run:
                 outputs[self.ctcvr_task] = ctcvr_logit(outputs[self.ctr_task], cvr)
