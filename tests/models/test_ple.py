@@ -16,7 +16,7 @@ from polytask import ConfigError, MultiTaskModel
 from polytask.config import OptimizerConfig, TaskConfig
 from polytask.losses import task_losses
 from polytask.models import PLE, CGCParams, Head, PLEParams, cgc
-from polytask.nn import FeatureInput
+from polytask.nn import FeatureInput, mix
 from polytask.training import build_optimizer
 
 HEADS = [Head("a", "binary"), Head("b", "regression"), Head("c", "multiclass", out_dim=3)]
@@ -87,6 +87,28 @@ def test_forward_on_a_subset_equals_the_full_forward(levels: int) -> None:
         assert list(sub) == [name]
         torch.testing.assert_close(sub[name], full[name], rtol=0, atol=1e-6)
     torch.testing.assert_close(model(batch, tasks=["c", "a"])["a"], full["a"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_each_level_mixes_own_and_shared_experts_as_the_paper_defines(levels: int) -> None:
+    """Against a plain per-task reference: task k's gate over ``[E_k, E_s]``, the shared
+    gate over every expert of the level (Tang et al. 2020, eqs. 3-6)."""
+    model = make_ple(num_levels=levels).eval()
+    batch = make_batch(16)
+    x = model.inputs(batch["categorical"], batch["numeric"])
+    h_task, h_shared = [x] * 3, x
+    for level in model.levels:
+        own = [level.task_experts[k](h_task[k]) for k in range(3)]
+        shared = level.shared_experts(h_shared)
+        mixed = [
+            mix(level.task_gates(h_task[k], [k]), torch.cat([own[k], shared]))[0] for k in range(3)
+        ]
+        if level.shared_gate is not None:
+            h_shared = mix(level.shared_gate(h_shared), torch.cat([*own, shared]))[0]
+        h_task = mixed
+    rep = model.represent(x, [0, 1, 2])
+    for got, want in zip(rep.per_task, h_task, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("levels", [1, 2])
