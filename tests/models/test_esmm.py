@@ -3,7 +3,6 @@ from, the task checks, the auxiliary pCVR column, and the funnel against a naive
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -235,20 +234,24 @@ def test_a_run_file_that_does_not_fit_esmm_fails_before_any_data_is_read(
         MultiTaskModel(features=FUNNEL_FEATURES, tasks=tasks, model={"name": "esmm", **model})
 
 
-def test_task_names_are_the_users_choice() -> None:
-    MultiTaskModel(
-        features=FUNNEL_FEATURES,
-        tasks={"click": {"type": "binary"}, "buy": {"type": "binary", "label": "conversion"}},
-        model={"name": "esmm", "ctr_task": "click", "ctcvr_task": "buy", "cvr_output": "pcvr"},
-    )
-
-
 # ------------------------------------------------------------------------------ estimator
 
 
 @pytest.fixture(scope="module")
 def funnel() -> pd.DataFrame:
     return funnel_synthetic(3000, seed=0)
+
+
+def test_task_names_are_the_users_choice(funnel: pd.DataFrame) -> None:
+    model = MultiTaskModel(
+        features=FUNNEL_FEATURES,
+        tasks={"click": {"type": "binary"}, "buy": {"type": "binary", "label": "conversion"}},
+        model={"name": "esmm", "ctr_task": "click", "ctcvr_task": "buy", "cvr_output": "pcvr"},
+        training={"epochs": 1, "batch_size": 512, "progress": False},
+    ).fit(funnel.head(1000))
+    pred = model.predict(funnel.head(50))
+    assert list(pred.columns) == ["click", "buy", "pcvr"]
+    np.testing.assert_allclose(pred["buy"], pred["click"] * pred["pcvr"], rtol=1e-5)
 
 
 def test_predict_gives_a_cvr_probability_for_every_row_and_survives_save_and_load(
@@ -269,16 +272,6 @@ def test_predict_gives_a_cvr_probability_for_every_row_and_survives_save_and_loa
     assert set(model.evaluate(funnel)) == {"ctr", "ctcvr"}
     loaded = MultiTaskModel.load(model.save(tmp_path / "esmm"))
     pd.testing.assert_frame_equal(loaded.predict(rows), pred)
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny networks gain nothing from intra-op threads, and on a busy machine two threads
-    per process thrash; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
-from polytask.nn import FeatureInput, mlp
+from polytask.models._shared_bottom import SharedMLPNet
+from polytask.models.base import Head, Representation, TowerParams
+from polytask.nn import FeatureInput
 
 
 class ESMMParams(TowerParams):
@@ -75,7 +76,7 @@ def check_esmm_heads(params: ESMMParams, heads: Sequence[Head]) -> None:
         )
 
 
-class ESMM(MultiTaskNet):
+class ESMM(SharedMLPNet):
     """Entire Space Multi-Task Model (Ma et al., SIGIR 2018).
 
     ``input -> shared MLP (shared_units, default none: only the embeddings are shared)``,
@@ -92,8 +93,9 @@ class ESMM(MultiTaskNet):
 
     def __init__(self, *, inputs: FeatureInput, heads: Sequence[Head], params: ESMMParams) -> None:
         check_esmm_heads(params, heads)
-        body_dim = params.shared_units[-1] if params.shared_units else inputs.out_dim
-        super().__init__(inputs=inputs, heads=heads, body_dim=body_dim, params=params)
+        super().__init__(
+            inputs=inputs, heads=heads, params=params, shared_units=params.shared_units
+        )
         self.ctr_task = params.ctr_task
         self.ctcvr_task = params.ctcvr_task
         self.cvr_output = params.cvr_output
@@ -105,16 +107,6 @@ class ESMM(MultiTaskNet):
             }
         )
         self.auxiliary_outputs = {self.cvr_output: "binary"}
-        self.shared = mlp(
-            inputs.out_dim,
-            params.shared_units,
-            activation=params.activation,
-            dropout=params.dropout,
-            norm=params.norm,
-        )
-
-    def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
-        return Representation(shared=self.shared(x))
 
     def required_tasks(self, tasks: Sequence[str] | None) -> list[str]:
         run = set(super().required_tasks(tasks))
@@ -126,17 +118,10 @@ class ESMM(MultiTaskNet):
         self, batch: dict[str, Tensor], tasks: Sequence[str] | None, *, auxiliary: bool = False
     ) -> tuple[dict[str, Tensor], Representation]:
         run = self.required_tasks(tasks)
-        x = self.inputs(batch["categorical"], batch["numeric"])
-        index = {name: k for k, name in enumerate(self.task_names)}
-        rep = self.represent(x, sorted(index[n] for n in run))
-        assert rep.shared is not None
-        by_name = {h.name: h for h in self.heads}
-        outputs: dict[str, Tensor] = {}
-        for name in run:
-            if name != self.ctcvr_task:
-                out = self.towers[name](rep.shared)
-                outputs[name] = out.squeeze(1) if by_name[name].out_dim == 1 else out
+        # Every task but CTCVR has a tower of its own: the base runs those.
+        outputs, rep = super()._run(batch, [n for n in run if n != self.ctcvr_task])
         if self.ctcvr_task in run or auxiliary:
+            assert rep.shared is not None
             cvr = self.towers[self.cvr_output](rep.shared).squeeze(1)
             if self.ctcvr_task in run:
                 outputs[self.ctcvr_task] = ctcvr_logit(outputs[self.ctr_task], cvr)
@@ -144,22 +129,6 @@ class ESMM(MultiTaskNet):
                 outputs[self.cvr_output] = cvr
         order = [*self.task_names, self.cvr_output]
         return {name: outputs[name] for name in order if name in outputs}, rep
-
-    def body_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"shared": list(self.shared.parameters())}
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        groups: dict[str, list[nn.Parameter]] = {"input": list(self.inputs.parameters())}
-        groups.update(self.body_groups())
-        for name, tower in self.towers.items():
-            groups[f"towers.{name}"] = list(tower.parameters())
-        return {k: v for k, v in groups.items() if v}
-
-    def last_shared_layer(self) -> list[nn.Parameter]:
-        """The shared MLP's last linear layer; without one, the feature input (the embeddings
-        and the numeric projection are then all that CTR and CVR share)."""
-        linears = [m for m in self.shared if isinstance(m, nn.Linear)]
-        return list(linears[-1].parameters()) if linears else list(self.inputs.parameters())
 
     def extra_repr(self) -> str:
         return (

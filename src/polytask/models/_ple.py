@@ -142,13 +142,21 @@ class PLE(MultiTaskNet):
                 experts = ExpertBank.stacked(banks, torch.cat(per_expert))
             shared = experts[len(expert_tasks) * nt :]
             slot = {k: j for j, k in enumerate(expert_tasks)}
+            # Task gates, [B, len(gate_tasks), nt + ns]: at level 1 every task reads x, so
+            # one call computes them all; later levels read each task's own mixture.
+            if i == 0:
+                g = level.task_gates(x, gate_tasks)
+            else:
+                g = torch.cat([level.task_gates(h_task[k], [k]) for k in gate_tasks], dim=1)
+            # Task k mixes [E_k, E_s]: its own and the shared experts are mixed apart (no
+            # concatenation of the experts per task), the shared part for every task at once.
+            from_shared = mix(g[..., nt:], shared)  # [len(gate_tasks), B, D]
             mixed: dict[int, Tensor] = {}
-            for k in gate_tasks:
-                g = level.task_gates(h_task[k], [k])  # [B, 1, nt + ns]
+            for j, k in enumerate(gate_tasks):
                 own = experts[slot[k] * nt : (slot[k] + 1) * nt]
-                mixed[k] = mix(g, torch.cat([own, shared]))[0]
+                mixed[k] = mix(g[:, j : j + 1, :nt], own)[0] + from_shared[j]
                 name = self.task_names[k]
-                gates[name if i == last else f"level{i + 1}.{name}"] = g[:, 0]
+                gates[name if i == last else f"level{i + 1}.{name}"] = g[:, j]
             if level.shared_gate is not None:
                 g = level.shared_gate(h_shared)  # [B, 1, K * nt + ns]; experts holds them all
                 h_shared = mix(g, experts)[0]

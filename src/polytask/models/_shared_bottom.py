@@ -18,18 +18,24 @@ class SharedBottomParams(TowerParams):
     shared_units: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
 
 
-class SharedBottom(MultiTaskNet):
-    """``input -> shared MLP -> tower per task``. Groups: ``input``, ``shared``, ``towers.*``."""
+class SharedMLPNet(MultiTaskNet):
+    """``input -> shared MLP (shared_units) -> tower per task``: the body of `SharedBottom`
+    and of ESMM. Empty ``shared_units`` (ESMM only) is no MLP: the towers read the feature
+    input. Groups: ``input``, ``shared`` (with ``shared_units``), ``towers.*``."""
 
     def __init__(
-        self, *, inputs: FeatureInput, heads: Sequence[Head], params: SharedBottomParams
+        self,
+        *,
+        inputs: FeatureInput,
+        heads: Sequence[Head],
+        params: TowerParams,
+        shared_units: Sequence[int],
     ) -> None:
-        super().__init__(
-            inputs=inputs, heads=heads, body_dim=params.shared_units[-1], params=params
-        )
+        body_dim = shared_units[-1] if shared_units else inputs.out_dim
+        super().__init__(inputs=inputs, heads=heads, body_dim=body_dim, params=params)
         self.shared = mlp(
             inputs.out_dim,
-            params.shared_units,
+            shared_units,
             activation=params.activation,
             dropout=params.dropout,
             norm=params.norm,
@@ -42,5 +48,18 @@ class SharedBottom(MultiTaskNet):
         return {"shared": list(self.shared.parameters())}
 
     def last_shared_layer(self) -> list[nn.Parameter]:
-        last = [m for m in self.shared if isinstance(m, nn.Linear)][-1]
-        return list(last.parameters())
+        """The shared MLP's last linear layer; without one, the feature input (the embeddings
+        and the numeric projection are then all that the tasks share)."""
+        linears = [m for m in self.shared if isinstance(m, nn.Linear)]
+        return list(linears[-1].parameters()) if linears else list(self.inputs.parameters())
+
+
+class SharedBottom(SharedMLPNet):
+    """``input -> shared MLP -> tower per task``. Groups: ``input``, ``shared``, ``towers.*``."""
+
+    def __init__(
+        self, *, inputs: FeatureInput, heads: Sequence[Head], params: SharedBottomParams
+    ) -> None:
+        super().__init__(
+            inputs=inputs, heads=heads, params=params, shared_units=params.shared_units
+        )

@@ -106,10 +106,12 @@ class MultiTaskNet(nn.Module):
         self.task_names = [h.name for h in self.heads]
         self.order = topological(self.heads)
         self.auxiliary_outputs = {}
-        by_name = {h.name: h for h in self.heads}
+        # Lookups the forward needs every step, built once.
+        self.head_by_name = {h.name: h for h in self.heads}
+        self.task_index = {name: k for k, name in enumerate(self.task_names)}
         self.towers = nn.ModuleDict()
         for h in self.heads:
-            extra = sum(by_name[src].estimate_dim for src in h.inputs_from)
+            extra = sum(self.head_by_name[src].estimate_dim for src in h.inputs_from)
             body = mlp(
                 body_dim + extra,
                 params.tower_units,
@@ -152,25 +154,26 @@ class MultiTaskNet(nn.Module):
         return outputs
 
     def gate_weights(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Gate weights per gate name (``[B, num_experts]`` each); empty for gateless models."""
-        _, rep = self._run(batch, None)
-        return rep.gates
+        """Gate weights per gate name (``[B, num_experts]`` each); empty for gateless models.
+
+        Runs the body for every task, but no tower: the gates are the body's."""
+        x = self.inputs(batch["categorical"], batch["numeric"])
+        return self.represent(x, list(range(len(self.heads)))).gates
 
     def required_tasks(self, tasks: Sequence[str] | None) -> list[str]:
         """``tasks`` plus, transitively, the tasks they take inputs from, in run order."""
         if tasks is None:
             return list(self.order)
-        unknown = [t for t in tasks if t not in self.task_names]
+        unknown = [t for t in tasks if t not in self.head_by_name]
         if unknown:
             raise KeyError(f"unknown task(s) {unknown}; the model has {self.task_names}")
-        by_name = {h.name: h for h in self.heads}
         needed: set[str] = set()
         stack = list(tasks)
         while stack:
             name = stack.pop()
             if name not in needed:
                 needed.add(name)
-                stack.extend(by_name[name].inputs_from)
+                stack.extend(self.head_by_name[name].inputs_from)
         return [n for n in self.order if n in needed]
 
     def _run(
@@ -178,24 +181,22 @@ class MultiTaskNet(nn.Module):
     ) -> tuple[dict[str, Tensor], Representation]:
         # ``auxiliary`` is for subclasses that set `auxiliary_outputs`; the base has none.
         run = self.required_tasks(tasks)
-        index = {name: k for k, name in enumerate(self.task_names)}
-        active = sorted(index[n] for n in run)
+        active = sorted(self.task_index[n] for n in run)
         slot = {k: j for j, k in enumerate(active)}
         x = self.inputs(batch["categorical"], batch["numeric"])
         rep = self.represent(x, active)
-        by_name = {h.name: h for h in self.heads}
         outputs: dict[str, Tensor] = {}
         for name in run:
-            head = by_name[name]
+            head = self.head_by_name[name]
             if rep.per_task is not None:
-                h = rep.per_task[slot[index[name]]]
+                h = rep.per_task[slot[self.task_index[name]]]
             else:
                 assert rep.shared is not None
                 h = rep.shared
             if head.inputs_from:
                 feats = []
                 for src in head.inputs_from:
-                    est = estimate(by_name[src], outputs[src])
+                    est = estimate(self.head_by_name[src], outputs[src])
                     feats.append(est.detach() if head.detach else est)
                 h = torch.cat([h, *feats], dim=1)
             out = self.towers[name](h)
@@ -206,8 +207,8 @@ class MultiTaskNet(nn.Module):
         """Named groups covering every parameter exactly once, in a stable order."""
         groups: dict[str, list[nn.Parameter]] = {"input": list(self.inputs.parameters())}
         groups.update(self.body_groups())
-        for name in self.task_names:
-            groups[f"towers.{name}"] = list(self.towers[name].parameters())
+        for name, tower in self.towers.items():  # task order; a model may rename a tower
+            groups[f"towers.{name}"] = list(tower.parameters())
         return {k: v for k, v in groups.items() if v}
 
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -59,9 +59,6 @@ class FeatureInput(nn.Module):
             nn.init.normal_(table.weight, std=0.05)
             self.embeddings.append(table)
             self._groups.append(cols)
-        self._contiguous = [
-            cols == list(range(cols[0], cols[0] + len(cols))) for cols in self._groups
-        ]
         self.numeric = nn.Linear(numeric_width, numeric_dim) if numeric_width > 0 else None
         self.out_dim = sum(embedding_dims) + (numeric_dim if numeric_width > 0 else 0)
 
@@ -69,8 +66,8 @@ class FeatureInput(nn.Module):
         parts = []
         for g, table in enumerate(self.embeddings):
             offsets: Tensor = getattr(self, f"_offsets{g}")
-            if len(self.embeddings) == 1 and self._contiguous[g]:
-                idx = categorical
+            if len(self.embeddings) == 1:
+                idx = categorical  # one dimension: the group is every column, in order
             else:
                 idx = categorical.index_select(1, getattr(self, f"_columns{g}"))
             # index_select rather than table(...): the same rows, but its backward is one
