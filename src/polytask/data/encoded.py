@@ -81,6 +81,3 @@ class EncodedData:
 
     def num_batches(self, batch_size: int) -> int:
         return (len(self) + batch_size - 1) // batch_size
-
-    def label_counts(self) -> dict[str, int]:
-        return {k: int((~torch.isnan(v)).sum()) for k, v in self.labels.items()}
