@@ -138,3 +138,33 @@ def test_streaming_arrow_memory_does_not_grow_with_the_file(tmp_path: Path) -> N
             peak = max(peak, pa.total_allocated_bytes() - before)
     # about one decoded chunk is held (~0.2 MB here); pre-buffering held ~the whole file
     assert i + 1 == 160 and peak < file_bytes / 4, (peak, file_bytes)
+
+
+def _rare_positive_file(tmp_path: Path, positives: int) -> tuple[pd.DataFrame, Path]:
+    """200 rows whose ``positives`` "yes" labels are all in the first rows, so every later
+    50-row chunk has none."""
+    df = _frame(200)
+    df["bought"] = ["yes"] * positives + ["no"] * (200 - positives)
+    return df, _write(df, tmp_path / "t.parquet", row_group=50)
+
+
+def test_streamed_training_with_a_positive_value_absent_from_some_chunks(tmp_path: Path) -> None:
+    """A chunk without a positive row is fine; only the whole training set must have one."""
+    df, path = _rare_positive_file(tmp_path, positives=10)
+    pre = fit_preprocessor_streaming(_pre(), path, chunk_rows=50)
+    source = StreamingBatches(path, pre, buffer_rows=100, chunk_rows=50)
+    in_order = torch.cat([b["label:buy"] for b in source.batches(32)])
+    assert torch.equal(in_order, _pre().fit(df).transform(df).labels["buy"])
+    shuffled = torch.cat([b["label:buy"] for b in source.batches(32, generator=torch.Generator())])
+    assert len(shuffled) == 200 and int(shuffled.sum()) == 10
+
+
+def test_positive_value_that_never_occurs_fails_the_fit(tmp_path: Path) -> None:
+    from polytask.errors import DataError
+
+    df, path = _rare_positive_file(tmp_path, positives=0)
+    message = r"task 'buy': positive value 'yes' never occurs in label column 'bought'"
+    with pytest.raises(DataError, match=message + r"; values found: \['no'\]"):
+        _pre().fit(df)
+    with pytest.raises(DataError, match=message):
+        fit_preprocessor_streaming(_pre(), path, chunk_rows=50)

@@ -295,13 +295,23 @@ class Preprocessor:
         self.vocabularies_ = vocabularies
         self.numeric_stats_ = stats
         self.classes_ = classes
-        # Validate the labels now, so a bad label fails before any training.
-        for name in self.tasks:
+        # Validate the labels now, so a bad label fails before any training. These are
+        # checks of the whole training set: a chunk of it (streamed training) may well have
+        # no positive row, so `_encode_label` must not make them.
+        for name, task in self.tasks.items():
             frame = label_frames[name]
-            if np.isnan(self._encode_label(frame, name, what)).all():
+            y = self._encode_label(frame, name, what)
+            if np.isnan(y).all():
                 raise DataError(
                     f"{what}: task {name!r}: label column {self.label_column(name)!r} has no "
                     f"values (all {len(frame)} rows are missing); a task needs labelled rows"
+                )
+            if task.type == "binary" and task.positive is not None and not (y == 1).any():
+                values, missing = category_strings(frame[self.label_column(name)])
+                seen = sorted(set(values[~missing].tolist()))[:10]
+                raise DataError(
+                    f"task {name!r}: positive value {task.positive!r} never occurs in label "
+                    f"column {self.label_column(name)!r}; values found: {seen}"
                 )
         return self
 
@@ -407,12 +417,6 @@ class Preprocessor:
             values, _ = category_strings(series)
             positive = category_strings(pd.Series([t.positive]))[0][0]
             hit = values == positive
-            if what == "training set" and not hit.any():
-                seen = sorted(set(values[~missing].tolist()))[:10]
-                raise DataError(
-                    f"task {task!r}: positive value {t.positive!r} never occurs in label column "
-                    f"{col!r}; values found: {seen}"
-                )
             return np.where(missing, np.nan, hit.astype(np.float64)).astype(np.float32)
         arr = _numeric_label(series, task, col, what, binary=True)
         present = arr[~np.isnan(arr)]
