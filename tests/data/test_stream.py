@@ -168,3 +168,27 @@ def test_positive_value_that_never_occurs_fails_the_fit(tmp_path: Path) -> None:
         _pre().fit(df)
     with pytest.raises(DataError, match=message):
         fit_preprocessor_streaming(_pre(), path, chunk_rows=50)
+
+
+def test_streamed_batches_move_each_row_to_the_device_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The half of the shuffle buffer that is kept stays where it is; only emitted rows are
+    moved (``EncodedData.to``), so the rows moved add up to the file's rows."""
+    from polytask.data.encoded import EncodedData
+
+    path = _write(_frame(3000), tmp_path / "t.parquet", row_group=500)
+    pre = fit_preprocessor_streaming(_pre(), path, chunk_rows=256)
+    source = StreamingBatches(path, pre, buffer_rows=1000, chunk_rows=256)
+    moved: list[int] = []
+    to = EncodedData.to
+
+    def recording_to(self: EncodedData, device: torch.device | str) -> EncodedData:
+        moved.append(len(self))
+        return to(self, device)
+
+    monkeypatch.setattr(EncodedData, "to", recording_to)
+    for generator in (None, torch.Generator().manual_seed(0)):
+        moved.clear()
+        rows = sum(len(b["numeric"]) for b in source.batches(128, generator=generator))
+        assert rows == 3000 and sum(moved) == 3000

@@ -30,8 +30,9 @@ class EncodedData:
     def __len__(self) -> int:
         return int(self.categorical.shape[0])
 
-    def select(self, index: torch.Tensor) -> EncodedData:
-        """Rows at ``index`` (one gather per column)."""
+    def select(self, index: torch.Tensor | slice) -> EncodedData:
+        """Rows at ``index``: one gather per column for a tensor of indices, views (no copy)
+        for a slice."""
         return EncodedData(
             categorical=self.categorical[index],
             numeric=self.numeric[index],

@@ -298,12 +298,13 @@ class StreamingBatches:
                 data = data.select(torch.randperm(len(data), generator=generator))
             keep = self.buffer_rows // 2 if shuffle else 0
             emit = (len(data) - keep) // batch_size * batch_size
-            out = data.to(self.device)
+            # only the emitted rows go to the device; the rest stays a view of the buffer
+            out = data.select(slice(0, emit)).to(self.device)
             for start in range(0, emit, batch_size):
                 yield out.slice(start, start + batch_size)
-            rest = data.select(torch.arange(emit, len(data))) if emit < len(data) else None
-            buffer = [rest] if rest is not None else []
-            held = len(rest) if rest is not None else 0
+            rest = data.select(slice(emit, None))
+            buffer = [rest] if len(rest) else []
+            held = len(rest)
         if buffer:
             data = EncodedData.concat(buffer) if len(buffer) > 1 else buffer[0]
             if shuffle:
