@@ -192,3 +192,29 @@ def test_streamed_batches_move_each_row_to_the_device_once(
         moved.clear()
         rows = sum(len(b["numeric"]) for b in source.batches(128, generator=generator))
         assert rows == 3000 and sum(moved) == 3000
+
+
+def test_streaming_moments_do_not_overflow_near_the_float64_limit(tmp_path: Path) -> None:
+    """Values near 1e308 overflow the sums; the streamed statistics fall back like the
+    in-memory `_mean_std` and agree with it."""
+    df = _frame(1000)
+    df["price"] = np.random.default_rng(1).uniform(-1, 1, 1000) * 1.7e308
+    df.loc[::5, "price"] = 1.7e308
+    path = _write(df, tmp_path / "t.parquet", row_group=300)
+    full = _pre().fit(df).numeric_stats_["price"]
+    streamed = fit_preprocessor_streaming(_pre(), path, chunk_rows=128).numeric_stats_["price"]
+    assert np.isfinite([full.mean, full.std]).all() and full.std > 1e307
+    assert streamed.mean == pytest.approx(full.mean, rel=1e-12)
+    assert streamed.std == pytest.approx(full.std, rel=1e-12)
+
+
+def test_streaming_fit_checks_multiclass_labels_like_fit(tmp_path: Path) -> None:
+    from polytask.errors import DataError
+
+    df = _frame(300).assign(kind="x")
+    path = _write(df, tmp_path / "t.parquet", row_group=100)
+    message = r"task 'kind': label column 'kind' has 1 class\(es\) \['x'\]; a multiclass task"
+    with pytest.raises(DataError, match=message):
+        _pre().fit(df)
+    with pytest.raises(DataError, match=message):
+        fit_preprocessor_streaming(_pre(), path, chunk_rows=64)

@@ -16,7 +16,7 @@ works on raw rows of the original table.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from polytask.config import FeaturesConfig, TaskConfig
+from polytask.config import CategoricalFeature, FeaturesConfig, NumericFeature, TaskConfig
 from polytask.data.encoded import EncodedData
 from polytask.errors import DataError, NotFittedError, closest
 
@@ -188,6 +188,52 @@ class _NumericStats:
     indicator: bool
 
 
+# The pieces of a fit shared by `Preprocessor.fit` and the streaming fit (data/stream.py), so
+# the two cannot drift apart.
+
+
+def _numeric_input(series: pd.Series, column: str, log1p: bool, what: str) -> np.ndarray:
+    """A numeric column as it is scaled: float64 with NaN for missing, after the optional
+    signed log1p."""
+    arr = _numeric(series, column, what)
+    if log1p:
+        arr = np.sign(arr) * np.log1p(np.abs(arr))
+    return arr
+
+
+def _vocabulary(counts: pd.Series, feat: CategoricalFeature, features: FeaturesConfig) -> list[str]:
+    """The sorted values counted at least ``min_freq`` times (the column's, else the
+    section's)."""
+    min_freq = feat.min_freq or features.min_freq
+    return sorted(counts[counts >= min_freq].index.tolist())
+
+
+def _numeric_state(
+    mean: float, std: float, has_nan: bool, feat: NumericFeature, scaling: str
+) -> _NumericStats:
+    """Scaling statistics of a numeric column: none at all with ``numeric_scaling: none``; a
+    zero or non-finite std (a constant column) scales by 1."""
+    if scaling == "none":
+        mean, std = 0.0, 1.0
+    return _NumericStats(
+        mean=mean,
+        std=std if std > 0 and np.isfinite(std) else 1.0,
+        log1p=feat.log1p,
+        indicator=has_nan,
+    )
+
+
+def _check_classes(task: str, column: str, found: Iterable[str]) -> list[str]:
+    """The sorted classes of a multiclass label; fewer than 2 is a `DataError`."""
+    classes = sorted(set(found))
+    if len(classes) < 2:
+        raise DataError(
+            f"task {task!r}: label column {column!r} has {len(classes)} class(es) {classes}; "
+            "a multiclass task needs at least 2"
+        )
+    return classes
+
+
 class Preprocessor:
     """Fit on a training table, then encode any table with the same columns into tensors.
 
@@ -262,36 +308,23 @@ class Preprocessor:
         for feat in self.features.categorical:
             values, missing = category_strings(df[feat.name])
             counts = pd.Series(values[~missing]).value_counts()
-            min_freq = feat.min_freq or self.features.min_freq
-            vocabularies[feat.name] = sorted(counts[counts >= min_freq].index.tolist())
+            vocabularies[feat.name] = _vocabulary(counts, feat, self.features)
 
         stats: dict[str, _NumericStats] = {}
         for nfeat in self.features.numeric:
-            arr = _numeric(df[nfeat.name], nfeat.name, what)
-            if nfeat.log1p:
-                arr = np.sign(arr) * np.log1p(np.abs(arr))
-            mean, std = _mean_std(arr[~np.isnan(arr)])
-            if self.features.numeric_scaling == "none":
-                mean, std = 0.0, 1.0
-            stats[nfeat.name] = _NumericStats(
-                mean=mean,
-                std=std if std > 0 and np.isfinite(std) else 1.0,
-                log1p=nfeat.log1p,
-                indicator=bool(np.isnan(arr).any()),
+            arr = _numeric_input(df[nfeat.name], nfeat.name, nfeat.log1p, what)
+            isnan = np.isnan(arr)
+            mean, std = _mean_std(arr[~isnan])
+            stats[nfeat.name] = _numeric_state(
+                mean, std, bool(isnan.any()), nfeat, self.features.numeric_scaling
             )
 
         classes: dict[str, list[str]] = {}
         for name, task in self.tasks.items():
-            col = label_frames[name][self.label_column(name)]
             if task.type == "multiclass":
-                values, missing = category_strings(col)
-                found = sorted(set(values[~missing].tolist()))
-                if len(found) < 2:
-                    raise DataError(
-                        f"task {name!r}: label column {self.label_column(name)!r} has "
-                        f"{len(found)} class(es) {found}; a multiclass task needs at least 2"
-                    )
-                classes[name] = found
+                col = self.label_column(name)
+                values, missing = category_strings(label_frames[name][col])
+                classes[name] = _check_classes(name, col, values[~missing].tolist())
         self.vocabularies_ = vocabularies
         self.numeric_stats_ = stats
         self.classes_ = classes
@@ -362,9 +395,7 @@ class Preprocessor:
         indicators: list[np.ndarray] = []
         for nfeat in self.features.numeric:
             s = self.numeric_stats_[nfeat.name]
-            arr = _numeric(df[nfeat.name], nfeat.name, what)
-            if s.log1p:
-                arr = np.sign(arr) * np.log1p(np.abs(arr))
+            arr = _numeric_input(df[nfeat.name], nfeat.name, s.log1p, what)
             isnan = np.isnan(arr)
             with np.errstate(over="ignore"):  # an overflow is +-inf, clipped just below
                 z = np.clip((arr - s.mean) / s.std, -_CLIP, _CLIP)
