@@ -188,6 +188,38 @@ class _NumericStats:
     indicator: bool
 
 
+def _category_codes(values: np.ndarray, missing: np.ndarray, vocabulary: list[str]) -> np.ndarray:
+    """Embedding indices of a column's canonical strings: 0 missing, 1 unknown, then the
+    vocabulary from 2."""
+    codes = pd.Index(vocabulary, dtype=object).get_indexer(pd.Index(values, dtype=object))
+    return np.where(missing, MISSING_INDEX, np.where(codes < 0, UNKNOWN_INDEX, codes + 2))
+
+
+_Scaled = tuple[np.ndarray, np.ndarray | None]
+
+
+def _scaled(arr: np.ndarray, isnan: np.ndarray, s: _NumericStats) -> _Scaled:
+    """A numeric column standardized (0 where missing, clipped to +-_CLIP), and its 0/1
+    missing indicator when the column has one."""
+    with np.errstate(over="ignore"):  # an overflow is +-inf, clipped just below
+        z = np.clip((arr - s.mean) / s.std, -_CLIP, _CLIP)
+    return np.where(isnan, 0.0, z), isnan.astype(np.float64) if s.indicator else None
+
+
+def _encoded(
+    cat: np.ndarray, scaled: list[_Scaled], labels: dict[str, torch.Tensor]
+) -> EncodedData:
+    """The encoded split: categorical codes; the scaled numeric columns, then their missing
+    indicators; the labels."""
+    columns = [z for z, _ in scaled] + [ind for _, ind in scaled if ind is not None]
+    num = np.stack(columns, axis=1) if columns else np.zeros((len(cat), 0))
+    return EncodedData(
+        categorical=torch.from_numpy(cat),
+        numeric=torch.from_numpy(num.astype(np.float32)),
+        labels=labels,
+    )
+
+
 # The pieces of a fit shared by `Preprocessor.fit` and the streaming fit (data/stream.py), so
 # the two cannot drift apart.
 
@@ -289,7 +321,31 @@ class Preprocessor:
 
         With ``label_frames`` (one table per task, for alternate training) ``df`` holds the
         feature columns of all of them and each task's labels come from its own table."""
-        what = "training set"
+        self._fit(df, label_frames, "training set", encode=False)
+        return self
+
+    def fit_transform(
+        self, df: pd.DataFrame, *, labels: bool | None = True, what: str = "training set"
+    ) -> EncodedData:
+        """`fit` on ``df`` and encode it: the same as ``fit(df).transform(df, labels=labels,
+        what=what)``, but each column's canonical strings, numbers and labels are computed
+        once, not once to fit and again to encode."""
+        data = self._fit(df, None, what, encode=True)
+        assert data is not None
+        if labels is False:
+            data.labels = {}
+        return data
+
+    def _fit(
+        self,
+        df: pd.DataFrame,
+        label_frames: Mapping[str, pd.DataFrame] | None,
+        what: str,
+        *,
+        encode: bool,
+    ) -> EncodedData | None:
+        """`fit`; with ``encode`` also `transform` ``df`` (labels included) from the values
+        the fit computes, column by column, so no more than one column's strings are held."""
         if len(df) == 0:
             raise DataError(f"{what} is empty: expected at least one row, found 0")
         if label_frames is None:
@@ -302,15 +358,20 @@ class Preprocessor:
                 self._require_columns(
                     label_frames[name], [self.label_column(name)], f"training set of task {name!r}"
                 )
-        self.train_columns_ = [str(c) for c in df.columns]
+        train_columns = [str(c) for c in df.columns]
+        n = len(df)
 
         vocabularies: dict[str, list[str]] = {}
-        for feat in self.features.categorical:
+        cat = np.zeros((n if encode else 0, len(self.features.categorical)), dtype=np.int64)
+        for j, feat in enumerate(self.features.categorical):
             values, missing = category_strings(df[feat.name])
             counts = pd.Series(values[~missing]).value_counts()
             vocabularies[feat.name] = _vocabulary(counts, feat, self.features)
+            if encode:
+                cat[:, j] = _category_codes(values, missing, vocabularies[feat.name])
 
         stats: dict[str, _NumericStats] = {}
+        scaled: list[_Scaled] = []
         for nfeat in self.features.numeric:
             arr = _numeric_input(df[nfeat.name], nfeat.name, nfeat.log1p, what)
             isnan = np.isnan(arr)
@@ -318,22 +379,28 @@ class Preprocessor:
             stats[nfeat.name] = _numeric_state(
                 mean, std, bool(isnan.any()), nfeat, self.features.numeric_scaling
             )
+            if encode:
+                scaled.append(_scaled(arr, isnan, stats[nfeat.name]))
 
         classes: dict[str, list[str]] = {}
+        label_strings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, task in self.tasks.items():
             if task.type == "multiclass":
                 col = self.label_column(name)
                 values, missing = category_strings(label_frames[name][col])
                 classes[name] = _check_classes(name, col, values[~missing].tolist())
+                label_strings[name] = values, missing
         self.vocabularies_ = vocabularies
         self.numeric_stats_ = stats
         self.classes_ = classes
+        self.train_columns_ = train_columns
         # Validate the labels now, so a bad label fails before any training. These are
         # checks of the whole training set: a chunk of it (streamed training) may well have
         # no positive row, so `_encode_label` must not make them.
+        encoded: dict[str, torch.Tensor] = {}
         for name, task in self.tasks.items():
             frame = label_frames[name]
-            y = self._encode_label(frame, name, what)
+            y = self._encode_label(frame, name, what, strings=label_strings.pop(name, None))
             if np.isnan(y).all():
                 raise DataError(
                     f"{what}: task {name!r}: label column {self.label_column(name)!r} has no "
@@ -346,7 +413,9 @@ class Preprocessor:
                     f"task {name!r}: positive value {task.positive!r} never occurs in label "
                     f"column {self.label_column(name)!r}; values found: {seen}"
                 )
-        return self
+            if encode:
+                encoded[name] = torch.from_numpy(y)
+        return _encoded(cat, scaled, encoded) if encode else None
 
     # ---------------------------------------------------------------------------- transform
     @property
@@ -384,25 +453,13 @@ class Preprocessor:
         cat = np.zeros((n, len(self.features.categorical)), dtype=np.int64)
         for j, feat in enumerate(self.features.categorical):
             values, missing = category_strings(df[feat.name])
-            codes = pd.Index(self.vocabularies_[feat.name], dtype=object).get_indexer(
-                pd.Index(values, dtype=object)
-            )
-            cat[:, j] = np.where(
-                missing, MISSING_INDEX, np.where(codes < 0, UNKNOWN_INDEX, codes + 2)
-            )
+            cat[:, j] = _category_codes(values, missing, self.vocabularies_[feat.name])
 
-        num_cols: list[np.ndarray] = []
-        indicators: list[np.ndarray] = []
+        scaled: list[_Scaled] = []
         for nfeat in self.features.numeric:
             s = self.numeric_stats_[nfeat.name]
             arr = _numeric_input(df[nfeat.name], nfeat.name, s.log1p, what)
-            isnan = np.isnan(arr)
-            with np.errstate(over="ignore"):  # an overflow is +-inf, clipped just below
-                z = np.clip((arr - s.mean) / s.std, -_CLIP, _CLIP)
-            num_cols.append(np.where(isnan, 0.0, z))
-            if s.indicator:
-                indicators.append(isnan.astype(np.float64))
-        num = np.stack(num_cols + indicators, axis=1) if num_cols else np.zeros((n, 0))
+            scaled.append(_scaled(arr, np.isnan(arr), s))
 
         label_tensors: dict[str, torch.Tensor] = {}
         if labels is not False:
@@ -416,13 +473,18 @@ class Preprocessor:
                     label_tensors[name] = torch.full((n,), float("nan"))
                 else:
                     label_tensors[name] = torch.from_numpy(self._encode_label(df, name, what))
-        return EncodedData(
-            categorical=torch.from_numpy(cat),
-            numeric=torch.from_numpy(num.astype(np.float32)),
-            labels=label_tensors,
-        )
+        return _encoded(cat, scaled, label_tensors)
 
-    def _encode_label(self, df: pd.DataFrame, task: str, what: str) -> np.ndarray:
+    def _encode_label(
+        self,
+        df: pd.DataFrame,
+        task: str,
+        what: str,
+        *,
+        strings: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """A label column as float32 (NaN where missing); ``strings`` are its
+        `category_strings` when the caller has them already (multiclass)."""
         t = self.tasks[task]
         col = self.label_column(task)
         series = df[col]
@@ -430,7 +492,7 @@ class Preprocessor:
             arr = _numeric_label(series, task, col, what)
             return arr.astype(np.float32)
         if t.type == "multiclass":
-            values, missing = category_strings(series)
+            values, missing = strings if strings is not None else category_strings(series)
             codes = pd.Index(self.classes_[task], dtype=object).get_indexer(
                 pd.Index(values, dtype=object)
             )
