@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from polytask.config import TaskConfig
 from polytask.losses import masked_loss, task_losses
@@ -110,3 +111,40 @@ def test_one_task_and_batched_gradients() -> None:
     (jac,) = torch.autograd.grad(losses, [x], torch.eye(2), is_grads_batched=True)
     assert torch.all(jac[0, :, 1] == 0) and torch.all(jac[1, :, 0] == 0)
     assert torch.all(jac[0, :, 0] != 0) and torch.all(jac[1, :, 1] != 0)
+
+
+class _RecordOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_interleaved_tasks_match_each_task_alone_without_an_index_tensor() -> None:
+    """Binary tasks split by a regression task (and with different, unused huber_delta) are
+    computed in one group, and put back in task order with no permutation tensor built from
+    host data (a host-to-device copy every step on CUDA)."""
+    tasks = {
+        "a": TaskConfig(type="binary", huber_delta=0.5),
+        "r": TaskConfig(type="regression"),
+        "b": TaskConfig(type="binary", huber_delta=2.0),
+        "h": TaskConfig(type="regression", loss="huber", huber_delta=0.5),
+        "c": TaskConfig(type="binary"),
+    }
+    g = torch.Generator().manual_seed(1)
+    outputs = {k: torch.randn(32, generator=g, requires_grad=True) for k in tasks}
+    labels = {k: (torch.rand(32, generator=g) > 0.5).float() for k in ("a", "b", "c")}
+    labels |= {k: 2 * torch.randn(32, generator=g) for k in ("r", "h")}
+    with _RecordOps() as record:
+        losses = task_losses(tasks, outputs, labels)
+    alone = torch.stack([task_losses({n: t}, outputs, labels)[0] for n, t in tasks.items()])
+    torch.testing.assert_close(losses, alone)
+    assert record.ops.count("aten.binary_cross_entropy_with_logits.default") == 1
+    assert not [op for op in record.ops if "lift_fresh" in op or "sort" in op or "index" in op]
+    for k, name in enumerate(tasks):
+        (got,) = torch.autograd.grad(losses[k], [outputs[name]], retain_graph=True)
+        (want,) = torch.autograd.grad(alone[k], [outputs[name]], retain_graph=True)
+        torch.testing.assert_close(got, want)

@@ -272,8 +272,7 @@ class MultiTaskModel:
             train_columns = set(preprocessor.train_columns_)
         else:
             train_df = read_table(train, what="training set")
-            preprocessor.fit(train_df)
-            train_data = preprocessor.transform(train_df, labels=True, what="training set")
+            train_data = preprocessor.fit_transform(train_df, labels=True, what="training set")
             train_columns = set(train_df.columns)
         valid_data = None
         if validation is not None:

@@ -36,6 +36,17 @@ def masked_loss(task: TaskConfig, output: Tensor, label: Tensor) -> Tensor:
     return per_row.sum(0) / mask.sum(0).clamp(min=1)
 
 
+def _group_key(index: int, task: TaskConfig) -> tuple[object, ...]:
+    """Tasks with equal keys compute their loss on one ``[B, k]`` stack: the key holds what
+    the loss depends on for the task's type, so e.g. ``huber_delta`` of a binary task (unused)
+    does not split binary tasks apart. A multiclass output is ``[B, C]``: never stacked."""
+    if task.type == "multiclass":
+        return ("multiclass", index)
+    if task.loss == "huber":
+        return (task.type, task.loss, task.huber_delta)
+    return (task.type, task.loss)
+
+
 def task_losses(
     tasks: dict[str, TaskConfig], outputs: dict[str, Tensor], labels: dict[str, Tensor]
 ) -> Tensor:
@@ -44,26 +55,31 @@ def task_losses(
     Tasks of the same kind (type, loss and its parameters) with one output column each are
     computed together on a ``[B, k]`` stack, so the step runs each loss op once rather than
     once per task: with small batches the per-op cost, not the arithmetic, is what counts
-    (two binary tasks: 0.19 -> 0.10 ms forward and backward; docs/performance.md)."""
+    (two binary tasks: 0.19 -> 0.10 ms forward and backward; docs/performance.md). When the
+    tasks of a kind are not adjacent the vector is put back in task order by stacking views
+    of the per-group results, not by indexing with a permutation tensor, which would be a
+    host-to-device copy (a sync on CUDA) every step."""
     names = list(tasks)
     groups: dict[tuple[object, ...], list[int]] = {}
     for k, name in enumerate(names):
-        t = tasks[name]
-        key = (t.type, t.loss, t.huber_delta) if t.type != "multiclass" else ("multiclass", k)
-        groups.setdefault(key, []).append(k)
+        groups.setdefault(_group_key(k, tasks[name]), []).append(k)
+    order = [k for members in groups.values() for k in members]
+    in_order = order == sorted(order)
     parts: list[Tensor] = []
-    order: list[int] = []
+    per_task: list[Tensor] = []
     for members in groups.values():
         task = tasks[names[members[0]]]
         if len(members) == 1:
             name = names[members[0]]
-            parts.append(masked_loss(task, outputs[name], labels[name]).unsqueeze(0))
+            part = masked_loss(task, outputs[name], labels[name]).unsqueeze(0)
         else:
             out = torch.stack([outputs[names[k]] for k in members], dim=1)
             lab = torch.stack([labels[names[k]] for k in members], dim=1)
-            parts.append(masked_loss(task, out, lab))
-        order += members
-    losses = parts[0] if len(parts) == 1 else torch.cat(parts)
-    if order != sorted(order):
-        losses = losses[torch.tensor(order, device=losses.device).argsort()]
-    return losses
+            part = masked_loss(task, out, lab)
+        parts.append(part)
+        if not in_order:
+            per_task += part.unbind(0)
+    if in_order:
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    return torch.stack([per_task[i] for i in inverse])

@@ -2,17 +2,18 @@
 
 binary: ``auc``, ``logloss``; regression: ``rmse``, ``mae``; multiclass: ``accuracy``,
 ``logloss``; every task also reports ``loss`` (its training loss on the split) and ``count``
-(labelled rows). Rows without a label are left out. AUC and log-loss come from scikit-learn.
+(labelled rows). Rows without a label are left out. AUC comes from scikit-learn; log-loss is
+computed from the logits exactly as the training loss (BCE with logits, cross-entropy), with no
+clipping of probabilities, so ``logloss`` and ``loss`` are the same number.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
 from polytask.config import TaskConfig
 
@@ -33,6 +34,14 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax ``[N, C]`` in float64: ``x - logsumexp(x)``, shifted by the row
+    maximum, so no logit overflows or underflows to ``log(0)``."""
+    z = np.asarray(x, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
 def task_metrics(task: TaskConfig, output: np.ndarray, label: np.ndarray) -> dict[str, float]:
     """Metrics for one task from raw outputs (logits or values) and labels with NaN missing."""
     mask = ~np.isnan(label)
@@ -42,11 +51,10 @@ def task_metrics(task: TaskConfig, output: np.ndarray, label: np.ndarray) -> dic
     if y.size == 0:
         return result
     if task.type == "binary":
+        # BCE with logits, -y log(sigmoid z) - (1 - y) log(1 - sigmoid z) = log(1 + e^z) - y z,
+        # exact for any logit (clipped probabilities would cap a row's loss at -log(1e-7)).
+        result["loss"] = result["logloss"] = float(np.mean(np.logaddexp(0.0, out) - y * out))
         p = sigmoid(out)
-        pc = np.clip(p, 1e-7, 1 - 1e-7)
-        ll = float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc)))
-        result["loss"] = ll
-        result["logloss"] = float(log_loss(y, pc, labels=[0, 1]))
         if 0 < y.sum() < y.size:
             result["auc"] = float(roc_auc_score(y, p))
         else:
@@ -62,13 +70,11 @@ def task_metrics(task: TaskConfig, output: np.ndarray, label: np.ndarray) -> dic
         result["rmse"] = float(np.sqrt(np.mean(err**2)))
         result["mae"] = float(np.mean(np.abs(err)))
     else:
-        p = softmax(out)
         yi = y.astype(np.int64)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result["logloss"] = float(log_loss(yi, p, labels=list(range(p.shape[1]))))
-        result["loss"] = result["logloss"]
-        result["accuracy"] = float(np.mean(p.argmax(axis=1) == yi))
+        # cross-entropy from the logits, as in training (not from clipped probabilities)
+        picked = np.take_along_axis(log_softmax(out), yi[:, None], axis=1)
+        result["loss"] = result["logloss"] = float(-np.mean(picked))
+        result["accuracy"] = float(np.mean(out.argmax(axis=1) == yi))
     return result
 
 

@@ -42,13 +42,9 @@ def _read(data: DataConfig, base: Path, path: str, what: str) -> pd.DataFrame:
 
         return load_census_income(resolved)
     if data.loader == "csv":
-        if not resolved.exists():
-            read_table(resolved, what=what)  # raises the standard missing-file error
-        return pd.read_csv(resolved)
+        return read_table(resolved, format="csv", what=what)
     if data.loader == "parquet":
-        if not resolved.exists():
-            read_table(resolved, what=what)
-        return pd.read_parquet(resolved)
+        return read_table(resolved, format="parquet", what=what)
     return read_table(resolved, what=what)
 
 

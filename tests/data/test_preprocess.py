@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from polytask.config import FeaturesConfig, TaskConfig
 from polytask.data import MISSING_INDEX, UNKNOWN_INDEX, Preprocessor
@@ -117,3 +118,49 @@ def test_transform_before_fit_is_an_error() -> None:
 
     with pytest.raises(NotFittedError):
         _pre({"numeric": ["x"]}, {"y": {"type": "binary"}}).transform(pd.DataFrame({"x": [1]}))
+
+
+def _mixed_table(n: int = 300) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    mixed = np.array([1, 2.0, 2.5, "a", True, None, np.int8(3), 3.0, b"x", float("nan")], object)
+    numeric = rng.normal(0, 5, n)
+    numeric[rng.random(n) < 0.1] = np.nan
+    return pd.DataFrame(
+        {
+            "mixed": rng.choice(mixed, n),
+            "ints": pd.array(rng.choice([1, 2, 3, None], n), dtype="Int64"),
+            "text": rng.choice(["u", "v", "w", "rare"], n, p=[0.4, 0.3, 0.29, 0.01]),
+            "x": numeric,
+            "big": rng.exponential(1e5, n),
+            "click": rng.choice(np.array([0, 1, None], object), n),
+            "kind": rng.choice(np.array(["a", 1, 1.0, True, None], object), n),
+            "buy": rng.choice(np.array(["yes", "no", 7, None], object), n),
+            "amount": rng.normal(0, 1, n),
+        }
+    )
+
+
+@pytest.mark.parametrize("labels", [True, None, False])
+def test_fit_transform_equals_fit_then_transform(labels: bool | None) -> None:
+    features = {
+        "categorical": ["mixed", "ints", {"name": "text", "min_freq": 5}],
+        "numeric": ["x", {"name": "big", "log1p": True}],
+    }
+    tasks = {
+        "click": {"type": "binary"},
+        "kind": {"type": "multiclass"},
+        "buy": {"type": "binary", "positive": "yes"},
+        "amount": {"type": "regression", "loss": "huber"},
+    }
+    df = _mixed_table()
+    two_steps = _pre(features, tasks).fit(df)
+    expected = two_steps.transform(df, labels=labels, what="training set")
+    one_step = _pre(features, tasks)
+    got = one_step.fit_transform(df, labels=labels, what="training set")
+    assert one_step.state_dict() == two_steps.state_dict()
+    assert torch.equal(got.categorical, expected.categorical)
+    assert torch.equal(got.numeric, expected.numeric)
+    assert got.labels.keys() == expected.labels.keys()
+    for name, y in expected.labels.items():
+        assert torch.equal(got.labels[name].isnan(), y.isnan())
+        assert torch.equal(got.labels[name].nan_to_num(-1), y.nan_to_num(-1))

@@ -138,3 +138,83 @@ def test_streaming_arrow_memory_does_not_grow_with_the_file(tmp_path: Path) -> N
             peak = max(peak, pa.total_allocated_bytes() - before)
     # about one decoded chunk is held (~0.2 MB here); pre-buffering held ~the whole file
     assert i + 1 == 160 and peak < file_bytes / 4, (peak, file_bytes)
+
+
+def _rare_positive_file(tmp_path: Path, positives: int) -> tuple[pd.DataFrame, Path]:
+    """200 rows whose ``positives`` "yes" labels are all in the first rows, so every later
+    50-row chunk has none."""
+    df = _frame(200)
+    df["bought"] = ["yes"] * positives + ["no"] * (200 - positives)
+    return df, _write(df, tmp_path / "t.parquet", row_group=50)
+
+
+def test_streamed_training_with_a_positive_value_absent_from_some_chunks(tmp_path: Path) -> None:
+    """A chunk without a positive row is fine; only the whole training set must have one."""
+    df, path = _rare_positive_file(tmp_path, positives=10)
+    pre = fit_preprocessor_streaming(_pre(), path, chunk_rows=50)
+    source = StreamingBatches(path, pre, buffer_rows=100, chunk_rows=50)
+    in_order = torch.cat([b["label:buy"] for b in source.batches(32)])
+    assert torch.equal(in_order, _pre().fit(df).transform(df).labels["buy"])
+    shuffled = torch.cat([b["label:buy"] for b in source.batches(32, generator=torch.Generator())])
+    assert len(shuffled) == 200 and int(shuffled.sum()) == 10
+
+
+def test_positive_value_that_never_occurs_fails_the_fit(tmp_path: Path) -> None:
+    from polytask.errors import DataError
+
+    df, path = _rare_positive_file(tmp_path, positives=0)
+    message = r"task 'buy': positive value 'yes' never occurs in label column 'bought'"
+    with pytest.raises(DataError, match=message + r"; values found: \['no'\]"):
+        _pre().fit(df)
+    with pytest.raises(DataError, match=message):
+        fit_preprocessor_streaming(_pre(), path, chunk_rows=50)
+
+
+def test_streamed_batches_move_each_row_to_the_device_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The half of the shuffle buffer that is kept stays where it is; only emitted rows are
+    moved (``EncodedData.to``), so the rows moved add up to the file's rows."""
+    from polytask.data.encoded import EncodedData
+
+    path = _write(_frame(3000), tmp_path / "t.parquet", row_group=500)
+    pre = fit_preprocessor_streaming(_pre(), path, chunk_rows=256)
+    source = StreamingBatches(path, pre, buffer_rows=1000, chunk_rows=256)
+    moved: list[int] = []
+    to = EncodedData.to
+
+    def recording_to(self: EncodedData, device: torch.device | str) -> EncodedData:
+        moved.append(len(self))
+        return to(self, device)
+
+    monkeypatch.setattr(EncodedData, "to", recording_to)
+    for generator in (None, torch.Generator().manual_seed(0)):
+        moved.clear()
+        rows = sum(len(b["numeric"]) for b in source.batches(128, generator=generator))
+        assert rows == 3000 and sum(moved) == 3000
+
+
+def test_streaming_moments_do_not_overflow_near_the_float64_limit(tmp_path: Path) -> None:
+    """Values near 1e308 overflow the sums; the streamed statistics fall back like the
+    in-memory `_mean_std` and agree with it."""
+    df = _frame(1000)
+    df["price"] = np.random.default_rng(1).uniform(-1, 1, 1000) * 1.7e308
+    df.loc[::5, "price"] = 1.7e308
+    path = _write(df, tmp_path / "t.parquet", row_group=300)
+    full = _pre().fit(df).numeric_stats_["price"]
+    streamed = fit_preprocessor_streaming(_pre(), path, chunk_rows=128).numeric_stats_["price"]
+    assert np.isfinite([full.mean, full.std]).all() and full.std > 1e307
+    assert streamed.mean == pytest.approx(full.mean, rel=1e-12)
+    assert streamed.std == pytest.approx(full.std, rel=1e-12)
+
+
+def test_streaming_fit_checks_multiclass_labels_like_fit(tmp_path: Path) -> None:
+    from polytask.errors import DataError
+
+    df = _frame(300).assign(kind="x")
+    path = _write(df, tmp_path / "t.parquet", row_group=100)
+    message = r"task 'kind': label column 'kind' has 1 class\(es\) \['x'\]; a multiclass task"
+    with pytest.raises(DataError, match=message):
+        _pre().fit(df)
+    with pytest.raises(DataError, match=message):
+        fit_preprocessor_streaming(_pre(), path, chunk_rows=64)

@@ -13,30 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from polytask._atomic import atomic_path
+from polytask.data.io import is_parquet as is_parquet  # re-exported: the CLI asks it here
+from polytask.data.io import output_format, table_format
 from polytask.errors import DataError
 
 CHUNK_ROWS = 65_536
 """Default rows per chunk: large enough that per-chunk overhead is noise, small enough that
 a chunk of a wide table stays in the tens of megabytes."""
-
-
-def _kind(path: Path) -> str:
-    suffixes = "".join(path.suffixes[-2:]).lower()
-    if suffixes.endswith((".parquet", ".pq")):
-        return "parquet"
-    if suffixes.endswith((".csv", ".csv.gz", ".tsv", ".txt", ".gz")):
-        return "tsv" if ".tsv" in suffixes else "csv"
-    raise DataError(
-        f"cannot tell the format of {str(path)!r}; expected a .csv, .csv.gz or .parquet file"
-    )
-
-
-def is_parquet(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` names a Parquet file (by extension)."""
-    return Path(path).name.lower().endswith((".parquet", ".pq"))
 
 
 def read_chunks(
@@ -45,25 +32,18 @@ def read_chunks(
     """The file's rows in order, ``chunk_rows`` at a time, with only the ``columns`` it has
     (a missing one is left for the schema check to name). Parquet is read batch by batch
     with ``ParquetFile.iter_batches``; CSV with pandas' chunked reader. An empty file
-    gives one empty chunk, so callers still see the columns."""
+    gives one empty chunk, so callers still see the columns. The format is told as by
+    `read_table` (`polytask.data.io.table_format`); a Parquet directory is read as a
+    dataset, file after file."""
     if chunk_rows < 1:
         raise DataError(f"{what}: chunk_rows must be at least 1, found {chunk_rows}")
     source = Path(path)
     if not source.exists():
         raise DataError(f"{what}: file {str(source)!r} does not exist")
-    kind = _kind(source)
+    kind = table_format(source, what=what)
     try:
         if kind == "parquet":
-            # With pre_buffer the reader keeps every range it has read until it is done, so
-            # memory grows with the rows read (about 30 MB per million rows here, pyarrow 26).
-            dataset = pq.ParquetFile(source, pre_buffer=False)
-            present = [c for c in columns if c in dataset.schema_arrow.names]
-            empty = True
-            for batch in dataset.iter_batches(batch_size=chunk_rows, columns=present):
-                empty = False
-                yield batch.to_pandas()
-            if empty:
-                yield dataset.schema_arrow.empty_table().select(present).to_pandas()
+            yield from _parquet_chunks(source, columns, chunk_rows)
         else:
             wanted = set(columns)
             sep = "\t" if kind == "tsv" else ","
@@ -78,6 +58,36 @@ def read_chunks(
                 yield pd.read_csv(source, sep=sep, usecols=lambda c: c in wanted, nrows=0)
     except (OSError, ValueError, pa.ArrowException) as err:
         raise DataError(f"{what}: could not read {str(source)!r}: {err}") from None
+
+
+def _parquet_chunks(
+    source: Path, columns: Sequence[str], chunk_rows: int
+) -> Iterator[pd.DataFrame]:
+    batches: Iterator[pa.RecordBatch]
+    if source.is_dir():
+        # a dataset of files, as pandas.read_parquet reads it (hive partitions included);
+        # without read-ahead, memory stays at about one batch
+        dataset = ds.dataset(source, format="parquet", partitioning="hive")
+        schema = dataset.schema
+        present = [c for c in columns if c in schema.names]
+        batches = dataset.to_batches(
+            columns=present, batch_size=chunk_rows, batch_readahead=0, fragment_readahead=0
+        )
+    else:
+        # With pre_buffer the reader keeps every range it has read until it is done, so
+        # memory grows with the rows read (about 30 MB per million rows here, pyarrow 26).
+        parquet = pq.ParquetFile(source, pre_buffer=False)
+        schema = parquet.schema_arrow
+        present = [c for c in columns if c in schema.names]
+        batches = parquet.iter_batches(batch_size=chunk_rows, columns=present)
+    empty = True
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        empty = False
+        yield batch.to_pandas()
+    if empty:
+        yield schema.empty_table().select(present).to_pandas()
 
 
 class _CsvAppender:
@@ -119,11 +129,9 @@ def write_chunks(path: str | os.PathLike[str]) -> Iterator[Callable[[pd.DataFram
     appears at ``path`` only once the block ends without error. Write at least one frame
     (possibly empty) so the file has its columns."""
     target = Path(path)
-    name = target.name.lower()
-    if not name.endswith((".csv", ".parquet", ".pq")):
-        raise DataError(f"output {str(target)!r}: expected a .csv or .parquet file name")
+    kind = output_format(target)
     with atomic_path(target) as tmp:
-        append = _CsvAppender(tmp) if name.endswith(".csv") else _ParquetAppender(tmp)
+        append = _CsvAppender(tmp) if kind == "csv" else _ParquetAppender(tmp)
         try:
             yield append
         finally:

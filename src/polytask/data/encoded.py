@@ -30,8 +30,9 @@ class EncodedData:
     def __len__(self) -> int:
         return int(self.categorical.shape[0])
 
-    def select(self, index: torch.Tensor) -> EncodedData:
-        """Rows at ``index`` (one gather per column)."""
+    def select(self, index: torch.Tensor | slice) -> EncodedData:
+        """Rows at ``index``: one gather per column for a tensor of indices, views (no copy)
+        for a slice."""
         return EncodedData(
             categorical=self.categorical[index],
             numeric=self.numeric[index],
@@ -81,6 +82,3 @@ class EncodedData:
 
     def num_batches(self, batch_size: int) -> int:
         return (len(self) + batch_size - 1) // batch_size
-
-    def label_counts(self) -> dict[str, int]:
-        return {k: int((~torch.isnan(v)).sum()) for k, v in self.labels.items()}

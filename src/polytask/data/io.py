@@ -1,40 +1,91 @@
-"""Reading tables: a pandas DataFrame, or a CSV / Parquet path."""
+"""Reading tables: a pandas DataFrame, or a CSV / Parquet path.
+
+`table_format` is the one place that tells a file's format (``read_table`` here and the
+chunked reader in ``chunks.py`` both use it); `output_format` does the same for the files
+``write_table`` and ``write_chunks`` write.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
+import pyarrow as pa
 
 from polytask.errors import DataError
 
 TableLike = pd.DataFrame | str | os.PathLike[str]
+TableFormat = Literal["csv", "tsv", "parquet"]
+
+_FORMATS = ("csv", "parquet")
 
 
-def read_table(data: Any, *, what: str = "data") -> pd.DataFrame:
+def sniff_format(path: str | os.PathLike[str]) -> TableFormat | None:
+    """A table file's format by its name: ``.parquet``/``.pq`` or a directory (a Parquet
+    dataset) is Parquet, ``.tsv`` tab-separated, ``.csv``/``.csv.gz``/``.txt``/``.gz`` CSV;
+    None when the name says nothing."""
+    p = Path(path)
+    suffixes = "".join(p.suffixes[-2:]).lower()
+    if suffixes.endswith((".parquet", ".pq")) or p.is_dir():
+        return "parquet"
+    if suffixes.endswith((".csv", ".csv.gz", ".tsv", ".txt", ".gz")):
+        return "tsv" if ".tsv" in suffixes else "csv"
+    return None
+
+
+def table_format(
+    path: str | os.PathLike[str], format: str | None = None, *, what: str = "data"
+) -> TableFormat:
+    """The format to read ``path`` as: ``format`` (``"csv"`` or ``"parquet"``) when given,
+    else `sniff_format`; a `DataError` when neither says."""
+    if format is not None:
+        if format not in _FORMATS:
+            raise DataError(f"{what}: format must be one of {list(_FORMATS)}, found {format!r}")
+        return "csv" if format == "csv" else "parquet"
+    found = sniff_format(path)
+    if found is None:
+        raise DataError(
+            f"{what}: cannot tell the format of {str(path)!r}; expected a .csv, .csv.gz or "
+            ".parquet file"
+        )
+    return found
+
+
+def is_parquet(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a Parquet file or dataset directory (by its name)."""
+    return sniff_format(path) == "parquet"
+
+
+def output_format(path: str | os.PathLike[str]) -> Literal["csv", "parquet"]:
+    """The format of an output file by extension (``.csv``, ``.parquet``/``.pq``)."""
+    name = Path(path).name.lower()
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    raise DataError(f"output {str(path)!r}: expected a .csv or .parquet file name")
+
+
+def read_table(data: Any, *, format: str | None = None, what: str = "data") -> pd.DataFrame:
     """Return ``data`` as a DataFrame: a DataFrame as is, a ``.csv``/``.csv.gz``/``.parquet``
-    path read from disk."""
+    path (or Parquet directory) read from disk. ``format`` (``"csv"`` or ``"parquet"``)
+    forces the format whatever the file's name; ``None`` goes by its name. A file that
+    cannot be read or parsed is a `DataError` naming it."""
     if isinstance(data, pd.DataFrame):
         return data
     if isinstance(data, str | os.PathLike):
         path = Path(data)
         if not path.exists():
             raise DataError(f"{what}: file {str(path)!r} does not exist")
-        suffixes = "".join(path.suffixes[-2:]).lower()
+        kind = table_format(path, format, what=what)
         try:
-            if path.is_dir() or suffixes.endswith((".parquet", ".pq")):
+            if kind == "parquet":
                 return pd.read_parquet(path)
-            if suffixes.endswith((".csv", ".csv.gz", ".tsv", ".txt", ".gz")):
-                sep = "\t" if ".tsv" in suffixes else ","
-                return pd.read_csv(path, sep=sep)
-        except (OSError, ValueError) as err:
+            return pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
+        except (OSError, ValueError, pa.ArrowException) as err:
             raise DataError(f"{what}: could not read {str(path)!r}: {err}") from None
-        raise DataError(
-            f"{what}: cannot tell the format of {str(path)!r}; expected a .csv, .csv.gz or "
-            ".parquet file"
-        )
     raise DataError(
         f"{what}: expected a pandas DataFrame or a path to a CSV/Parquet file, "
         f"found {type(data).__name__}"
@@ -45,12 +96,9 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     """Write CSV or Parquet by extension, atomically (temporary file, fsync, rename)."""
     from polytask._atomic import atomic_path
 
-    target = Path(path)
-    name = target.name.lower()
-    if not name.endswith((".csv", ".parquet", ".pq")):
-        raise DataError(f"output {str(target)!r}: expected a .csv or .parquet file name")
-    with atomic_path(target) as tmp:
-        if name.endswith(".csv"):
+    kind = output_format(path)
+    with atomic_path(Path(path)) as tmp:
+        if kind == "csv":
             frame.to_csv(tmp, index=False)
         else:
             frame.to_parquet(tmp, index=False)

@@ -16,7 +16,7 @@ works on raw rows of the original table.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from polytask.config import FeaturesConfig, TaskConfig
+from polytask.config import CategoricalFeature, FeaturesConfig, NumericFeature, TaskConfig
 from polytask.data.encoded import EncodedData
 from polytask.errors import DataError, NotFittedError, closest
 
@@ -188,6 +188,84 @@ class _NumericStats:
     indicator: bool
 
 
+def _category_codes(values: np.ndarray, missing: np.ndarray, vocabulary: list[str]) -> np.ndarray:
+    """Embedding indices of a column's canonical strings: 0 missing, 1 unknown, then the
+    vocabulary from 2."""
+    codes = pd.Index(vocabulary, dtype=object).get_indexer(pd.Index(values, dtype=object))
+    return np.where(missing, MISSING_INDEX, np.where(codes < 0, UNKNOWN_INDEX, codes + 2))
+
+
+_Scaled = tuple[np.ndarray, np.ndarray | None]
+
+
+def _scaled(arr: np.ndarray, isnan: np.ndarray, s: _NumericStats) -> _Scaled:
+    """A numeric column standardized (0 where missing, clipped to +-_CLIP), and its 0/1
+    missing indicator when the column has one."""
+    with np.errstate(over="ignore"):  # an overflow is +-inf, clipped just below
+        z = np.clip((arr - s.mean) / s.std, -_CLIP, _CLIP)
+    return np.where(isnan, 0.0, z), isnan.astype(np.float64) if s.indicator else None
+
+
+def _encoded(
+    cat: np.ndarray, scaled: list[_Scaled], labels: dict[str, torch.Tensor]
+) -> EncodedData:
+    """The encoded split: categorical codes; the scaled numeric columns, then their missing
+    indicators; the labels."""
+    columns = [z for z, _ in scaled] + [ind for _, ind in scaled if ind is not None]
+    num = np.stack(columns, axis=1) if columns else np.zeros((len(cat), 0))
+    return EncodedData(
+        categorical=torch.from_numpy(cat),
+        numeric=torch.from_numpy(num.astype(np.float32)),
+        labels=labels,
+    )
+
+
+# The pieces of a fit shared by `Preprocessor.fit` and the streaming fit (data/stream.py), so
+# the two cannot drift apart.
+
+
+def _numeric_input(series: pd.Series, column: str, log1p: bool, what: str) -> np.ndarray:
+    """A numeric column as it is scaled: float64 with NaN for missing, after the optional
+    signed log1p."""
+    arr = _numeric(series, column, what)
+    if log1p:
+        arr = np.sign(arr) * np.log1p(np.abs(arr))
+    return arr
+
+
+def _vocabulary(counts: pd.Series, feat: CategoricalFeature, features: FeaturesConfig) -> list[str]:
+    """The sorted values counted at least ``min_freq`` times (the column's, else the
+    section's)."""
+    min_freq = feat.min_freq or features.min_freq
+    return sorted(counts[counts >= min_freq].index.tolist())
+
+
+def _numeric_state(
+    mean: float, std: float, has_nan: bool, feat: NumericFeature, scaling: str
+) -> _NumericStats:
+    """Scaling statistics of a numeric column: none at all with ``numeric_scaling: none``; a
+    zero or non-finite std (a constant column) scales by 1."""
+    if scaling == "none":
+        mean, std = 0.0, 1.0
+    return _NumericStats(
+        mean=mean,
+        std=std if std > 0 and np.isfinite(std) else 1.0,
+        log1p=feat.log1p,
+        indicator=has_nan,
+    )
+
+
+def _check_classes(task: str, column: str, found: Iterable[str]) -> list[str]:
+    """The sorted classes of a multiclass label; fewer than 2 is a `DataError`."""
+    classes = sorted(set(found))
+    if len(classes) < 2:
+        raise DataError(
+            f"task {task!r}: label column {column!r} has {len(classes)} class(es) {classes}; "
+            "a multiclass task needs at least 2"
+        )
+    return classes
+
+
 class Preprocessor:
     """Fit on a training table, then encode any table with the same columns into tensors.
 
@@ -243,7 +321,31 @@ class Preprocessor:
 
         With ``label_frames`` (one table per task, for alternate training) ``df`` holds the
         feature columns of all of them and each task's labels come from its own table."""
-        what = "training set"
+        self._fit(df, label_frames, "training set", encode=False)
+        return self
+
+    def fit_transform(
+        self, df: pd.DataFrame, *, labels: bool | None = True, what: str = "training set"
+    ) -> EncodedData:
+        """`fit` on ``df`` and encode it: the same as ``fit(df).transform(df, labels=labels,
+        what=what)``, but each column's canonical strings, numbers and labels are computed
+        once, not once to fit and again to encode."""
+        data = self._fit(df, None, what, encode=True)
+        assert data is not None
+        if labels is False:
+            data.labels = {}
+        return data
+
+    def _fit(
+        self,
+        df: pd.DataFrame,
+        label_frames: Mapping[str, pd.DataFrame] | None,
+        what: str,
+        *,
+        encode: bool,
+    ) -> EncodedData | None:
+        """`fit`; with ``encode`` also `transform` ``df`` (labels included) from the values
+        the fit computes, column by column, so no more than one column's strings are held."""
         if len(df) == 0:
             raise DataError(f"{what} is empty: expected at least one row, found 0")
         if label_frames is None:
@@ -256,54 +358,64 @@ class Preprocessor:
                 self._require_columns(
                     label_frames[name], [self.label_column(name)], f"training set of task {name!r}"
                 )
-        self.train_columns_ = [str(c) for c in df.columns]
+        train_columns = [str(c) for c in df.columns]
+        n = len(df)
 
         vocabularies: dict[str, list[str]] = {}
-        for feat in self.features.categorical:
+        cat = np.zeros((n if encode else 0, len(self.features.categorical)), dtype=np.int64)
+        for j, feat in enumerate(self.features.categorical):
             values, missing = category_strings(df[feat.name])
             counts = pd.Series(values[~missing]).value_counts()
-            min_freq = feat.min_freq or self.features.min_freq
-            vocabularies[feat.name] = sorted(counts[counts >= min_freq].index.tolist())
+            vocabularies[feat.name] = _vocabulary(counts, feat, self.features)
+            if encode:
+                cat[:, j] = _category_codes(values, missing, vocabularies[feat.name])
 
         stats: dict[str, _NumericStats] = {}
+        scaled: list[_Scaled] = []
         for nfeat in self.features.numeric:
-            arr = _numeric(df[nfeat.name], nfeat.name, what)
-            if nfeat.log1p:
-                arr = np.sign(arr) * np.log1p(np.abs(arr))
-            mean, std = _mean_std(arr[~np.isnan(arr)])
-            if self.features.numeric_scaling == "none":
-                mean, std = 0.0, 1.0
-            stats[nfeat.name] = _NumericStats(
-                mean=mean,
-                std=std if std > 0 and np.isfinite(std) else 1.0,
-                log1p=nfeat.log1p,
-                indicator=bool(np.isnan(arr).any()),
+            arr = _numeric_input(df[nfeat.name], nfeat.name, nfeat.log1p, what)
+            isnan = np.isnan(arr)
+            mean, std = _mean_std(arr[~isnan])
+            stats[nfeat.name] = _numeric_state(
+                mean, std, bool(isnan.any()), nfeat, self.features.numeric_scaling
             )
+            if encode:
+                scaled.append(_scaled(arr, isnan, stats[nfeat.name]))
 
         classes: dict[str, list[str]] = {}
+        label_strings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, task in self.tasks.items():
-            col = label_frames[name][self.label_column(name)]
             if task.type == "multiclass":
-                values, missing = category_strings(col)
-                found = sorted(set(values[~missing].tolist()))
-                if len(found) < 2:
-                    raise DataError(
-                        f"task {name!r}: label column {self.label_column(name)!r} has "
-                        f"{len(found)} class(es) {found}; a multiclass task needs at least 2"
-                    )
-                classes[name] = found
+                col = self.label_column(name)
+                values, missing = category_strings(label_frames[name][col])
+                classes[name] = _check_classes(name, col, values[~missing].tolist())
+                label_strings[name] = values, missing
         self.vocabularies_ = vocabularies
         self.numeric_stats_ = stats
         self.classes_ = classes
-        # Validate the labels now, so a bad label fails before any training.
-        for name in self.tasks:
+        self.train_columns_ = train_columns
+        # Validate the labels now, so a bad label fails before any training. These are
+        # checks of the whole training set: a chunk of it (streamed training) may well have
+        # no positive row, so `_encode_label` must not make them.
+        encoded: dict[str, torch.Tensor] = {}
+        for name, task in self.tasks.items():
             frame = label_frames[name]
-            if np.isnan(self._encode_label(frame, name, what)).all():
+            y = self._encode_label(frame, name, what, strings=label_strings.pop(name, None))
+            if np.isnan(y).all():
                 raise DataError(
                     f"{what}: task {name!r}: label column {self.label_column(name)!r} has no "
                     f"values (all {len(frame)} rows are missing); a task needs labelled rows"
                 )
-        return self
+            if task.type == "binary" and task.positive is not None and not (y == 1).any():
+                values, missing = category_strings(frame[self.label_column(name)])
+                seen = sorted(set(values[~missing].tolist()))[:10]
+                raise DataError(
+                    f"task {name!r}: positive value {task.positive!r} never occurs in label "
+                    f"column {self.label_column(name)!r}; values found: {seen}"
+                )
+            if encode:
+                encoded[name] = torch.from_numpy(y)
+        return _encoded(cat, scaled, encoded) if encode else None
 
     # ---------------------------------------------------------------------------- transform
     @property
@@ -341,27 +453,13 @@ class Preprocessor:
         cat = np.zeros((n, len(self.features.categorical)), dtype=np.int64)
         for j, feat in enumerate(self.features.categorical):
             values, missing = category_strings(df[feat.name])
-            codes = pd.Index(self.vocabularies_[feat.name], dtype=object).get_indexer(
-                pd.Index(values, dtype=object)
-            )
-            cat[:, j] = np.where(
-                missing, MISSING_INDEX, np.where(codes < 0, UNKNOWN_INDEX, codes + 2)
-            )
+            cat[:, j] = _category_codes(values, missing, self.vocabularies_[feat.name])
 
-        num_cols: list[np.ndarray] = []
-        indicators: list[np.ndarray] = []
+        scaled: list[_Scaled] = []
         for nfeat in self.features.numeric:
             s = self.numeric_stats_[nfeat.name]
-            arr = _numeric(df[nfeat.name], nfeat.name, what)
-            if s.log1p:
-                arr = np.sign(arr) * np.log1p(np.abs(arr))
-            isnan = np.isnan(arr)
-            with np.errstate(over="ignore"):  # an overflow is +-inf, clipped just below
-                z = np.clip((arr - s.mean) / s.std, -_CLIP, _CLIP)
-            num_cols.append(np.where(isnan, 0.0, z))
-            if s.indicator:
-                indicators.append(isnan.astype(np.float64))
-        num = np.stack(num_cols + indicators, axis=1) if num_cols else np.zeros((n, 0))
+            arr = _numeric_input(df[nfeat.name], nfeat.name, s.log1p, what)
+            scaled.append(_scaled(arr, np.isnan(arr), s))
 
         label_tensors: dict[str, torch.Tensor] = {}
         if labels is not False:
@@ -375,13 +473,18 @@ class Preprocessor:
                     label_tensors[name] = torch.full((n,), float("nan"))
                 else:
                     label_tensors[name] = torch.from_numpy(self._encode_label(df, name, what))
-        return EncodedData(
-            categorical=torch.from_numpy(cat),
-            numeric=torch.from_numpy(num.astype(np.float32)),
-            labels=label_tensors,
-        )
+        return _encoded(cat, scaled, label_tensors)
 
-    def _encode_label(self, df: pd.DataFrame, task: str, what: str) -> np.ndarray:
+    def _encode_label(
+        self,
+        df: pd.DataFrame,
+        task: str,
+        what: str,
+        *,
+        strings: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """A label column as float32 (NaN where missing); ``strings`` are its
+        `category_strings` when the caller has them already (multiclass)."""
         t = self.tasks[task]
         col = self.label_column(task)
         series = df[col]
@@ -389,7 +492,7 @@ class Preprocessor:
             arr = _numeric_label(series, task, col, what)
             return arr.astype(np.float32)
         if t.type == "multiclass":
-            values, missing = category_strings(series)
+            values, missing = strings if strings is not None else category_strings(series)
             codes = pd.Index(self.classes_[task], dtype=object).get_indexer(
                 pd.Index(values, dtype=object)
             )
@@ -407,12 +510,6 @@ class Preprocessor:
             values, _ = category_strings(series)
             positive = category_strings(pd.Series([t.positive]))[0][0]
             hit = values == positive
-            if what == "training set" and not hit.any():
-                seen = sorted(set(values[~missing].tolist()))[:10]
-                raise DataError(
-                    f"task {task!r}: positive value {t.positive!r} never occurs in label column "
-                    f"{col!r}; values found: {seen}"
-                )
             return np.where(missing, np.nan, hit.astype(np.float64)).astype(np.float32)
         arr = _numeric_label(series, task, col, what, binary=True)
         present = arr[~np.isnan(arr)]

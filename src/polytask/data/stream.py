@@ -34,7 +34,14 @@ import torch
 
 from polytask.config import StreamConfig
 from polytask.data.encoded import Batch, EncodedData
-from polytask.data.preprocess import Preprocessor, _numeric, category_strings
+from polytask.data.preprocess import (
+    Preprocessor,
+    _check_classes,
+    _numeric_input,
+    _numeric_state,
+    _vocabulary,
+    category_strings,
+)
 from polytask.errors import DataError
 
 
@@ -63,14 +70,27 @@ def _open(path: str | PathLike[str], pre: Preprocessor) -> pq.ParquetFile:
 
 
 class _Moments:
-    """Count, mean and M2 of a stream of float64 chunks (Chan et al.'s pairwise merge)."""
+    """Count, mean and M2 of a stream of float64 chunks (Chan et al.'s pairwise merge).
+
+    Kept in units of ``scale``, a power of two that grows with the largest ``|x|`` seen (1
+    while it is below 1), so sums of values near 1e308 do not overflow: the streaming form of
+    `_mean_std`'s fallback. Dividing by a power of two is exact, so for other data the result
+    is the unscaled computation's to the last bit."""
 
     def __init__(self) -> None:
-        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.n, self.mean, self.m2, self.scale = 0, 0.0, 0.0, 1.0
 
     def add(self, x: np.ndarray) -> None:
         if x.size == 0:
             return
+        exponent = int(np.frexp(np.abs(x).max())[1])  # max|x| < 2**exponent
+        scale = max(self.scale, float(np.ldexp(1.0, exponent - 1)))
+        if scale > self.scale:
+            ratio = self.scale / scale
+            self.mean *= ratio
+            self.m2 *= ratio * ratio
+            self.scale = scale
+        x = x / self.scale  # |x| < 2: no sum below overflows
         n_b = int(x.size)
         mean_b = float(x.mean())
         m2_b = float(((x - mean_b) ** 2).sum())
@@ -83,7 +103,7 @@ class _Moments:
     def mean_std(self) -> tuple[float, float]:
         if self.n == 0:
             return 0.0, 1.0
-        return self.mean, float(np.sqrt(max(self.m2, 0.0) / self.n))
+        return self.mean * self.scale, float(np.sqrt(max(self.m2, 0.0) / self.n)) * self.scale
 
 
 def fit_preprocessor_streaming(
@@ -110,9 +130,7 @@ def fit_preprocessor_streaming(
             vc = pd.Series(values[~missing]).value_counts()
             counts[feat.name] = counts[feat.name].add(vc, fill_value=0).astype("int64")
         for nfeat in pre.features.numeric:
-            arr = _numeric(df[nfeat.name], nfeat.name, what)
-            if nfeat.log1p:
-                arr = np.sign(arr) * np.log1p(np.abs(arr))
+            arr = _numeric_input(df[nfeat.name], nfeat.name, nfeat.log1p, what)
             nan = np.isnan(arr)
             any_nan[nfeat.name] |= bool(nan.any())
             moments[nfeat.name].add(arr[~nan])
@@ -121,33 +139,19 @@ def fit_preprocessor_streaming(
             classes[name].update(values[~missing].tolist())
     if rows == 0:
         raise DataError(f"{what} is empty: expected at least one row, found 0")
-    vocabularies = {}
-    for feat in pre.features.categorical:
-        min_freq = feat.min_freq or pre.features.min_freq
-        c = counts[feat.name]
-        vocabularies[feat.name] = sorted(c[c >= min_freq].index.tolist())
+    vocabularies = {
+        f.name: _vocabulary(counts[f.name], f, pre.features) for f in pre.features.categorical
+    }
     numeric: dict[str, dict[str, Any]] = {}
-    for nfeat in pre.features.numeric:
-        mean, std = moments[nfeat.name].mean_std()
-        if pre.features.numeric_scaling == "none":
-            mean, std = 0.0, 1.0
-        numeric[nfeat.name] = {
-            "mean": mean,
-            "std": std if std > 0 and np.isfinite(std) else 1.0,
-            "log1p": nfeat.log1p,
-            "indicator": any_nan[nfeat.name],
-        }
-    for name, found in classes.items():
-        if len(found) < 2:
-            raise DataError(
-                f"task {name!r}: label column {pre.label_column(name)!r} has {len(found)} "
-                f"class(es) {sorted(found)}; a multiclass task needs at least 2"
-            )
+    for f in pre.features.numeric:
+        mean, std = moments[f.name].mean_std()
+        state = _numeric_state(mean, std, any_nan[f.name], f, pre.features.numeric_scaling)
+        numeric[f.name] = vars(state)
     pre.load_state_dict(
         {
             "vocabularies": vocabularies,
             "numeric": numeric,
-            "classes": {k: sorted(v) for k, v in classes.items()},
+            "classes": {k: _check_classes(k, pre.label_column(k), v) for k, v in classes.items()},
             "train_columns": [str(c) for c in pf.schema_arrow.names],
         }
     )
@@ -298,12 +302,13 @@ class StreamingBatches:
                 data = data.select(torch.randperm(len(data), generator=generator))
             keep = self.buffer_rows // 2 if shuffle else 0
             emit = (len(data) - keep) // batch_size * batch_size
-            out = data.to(self.device)
+            # only the emitted rows go to the device; the rest stays a view of the buffer
+            out = data.select(slice(0, emit)).to(self.device)
             for start in range(0, emit, batch_size):
                 yield out.slice(start, start + batch_size)
-            rest = data.select(torch.arange(emit, len(data))) if emit < len(data) else None
-            buffer = [rest] if rest is not None else []
-            held = len(rest) if rest is not None else 0
+            rest = data.select(slice(emit, None))
+            buffer = [rest] if len(rest) else []
+            held = len(rest)
         if buffer:
             data = EncodedData.concat(buffer) if len(buffer) > 1 else buffer[0]
             if shuffle:
