@@ -197,7 +197,8 @@ class MultiTaskModel:
         its task). With ``training.schedule: alternate`` each step trains one task on a batch
         of its own dataset; with ``joint`` the datasets are stacked and each row's missing
         labels are masked. ``epochs``, ``batch_size`` and ``checkpoint_every`` override the
-        ``training`` section for this call. Returns ``self``.
+        ``training`` section for this call. Returns ``self``. With ``training.stream``,
+        ``train`` must be the path of a Parquet file, read chunk by chunk (never whole).
 
         With ``checkpoint_dir``, a checkpoint is written there every
         ``training.checkpoint_every`` steps (default: once per epoch) and the newest two are
@@ -235,6 +236,11 @@ class MultiTaskModel:
         if group is not None:
             device = group.device
 
+        if tcfg.stream is not None and not isinstance(train, str | os.PathLike):
+            raise ConfigError(
+                "training.stream reads the training set from a Parquet file: pass its path "
+                f"(fit('train.parquet', ...)); found {_kind(train)}"
+            )
         if tcfg.schedule == "alternate":
             if not isinstance(train, Mapping):
                 raise ConfigError(
@@ -625,6 +631,12 @@ class _UnavailableWeighting(Weighting):
 
 def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping {task: table}"
+    return f"a {type(value).__name__}"
 
 
 def _pickle_hint(path: Path) -> str:

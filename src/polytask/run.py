@@ -25,7 +25,9 @@ from polytask.training.distributed import barrier, is_main_process
 
 @dataclass
 class Splits:
-    train: pd.DataFrame
+    train: pd.DataFrame | Path
+    """The training table; with ``training.stream``, the Parquet file's path (``fit`` reads
+    it chunk by chunk)."""
     validation: pd.DataFrame | None
     test: pd.DataFrame | None
 
@@ -52,9 +54,21 @@ def _read(data: DataConfig, base: Path, path: str, what: str) -> pd.DataFrame:
     return read_table(resolved, what=what)
 
 
-def load_splits(data: DataConfig, base: Path) -> Splits:
+def load_splits(data: DataConfig, base: Path, *, stream: bool = False) -> Splits:
     """The train / validation / test tables a data section describes. Relative paths are
-    resolved against ``base`` (the run file's folder)."""
+    resolved against ``base`` (the run file's folder). With ``stream`` (``training.stream``)
+    the training file is not read: ``train`` is its path."""
+    if stream and data.path is not None:
+        raise ConfigError(
+            "training.stream reads the training set chunk by chunk and cannot split data.path: "
+            "data.train must name a Parquet file (validation and test tables as data.validation "
+            "and data.test)"
+        )
+    if stream and data.loader not in ("auto", "parquet"):
+        raise ConfigError(
+            f"training.stream reads data.train as Parquet; data.loader {data.loader!r} cannot "
+            "be streamed (use 'auto' or 'parquet')"
+        )
     if data.path is not None:
         from polytask.datasets import split_frame
 
@@ -73,7 +87,7 @@ def load_splits(data: DataConfig, base: Path) -> Splits:
         return Splits(out[0], out[1], out[2])
     assert data.train is not None
     return Splits(
-        train=_read(data, base, data.train, "data.train"),
+        train=_resolve(base, data.train) if stream else _read(data, base, data.train, "data.train"),
         validation=_read(data, base, data.validation, "data.validation")
         if data.validation
         else None,
@@ -101,7 +115,7 @@ def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False)
 
     With ``training.checkpoint_every`` checkpoints go to ``out/checkpoints/``; ``resume``
     continues from the newest readable one there."""
-    splits = load_splits(cfg.data, base)
+    splits = load_splits(cfg.data, base, stream=cfg.training.stream is not None)
     checkpoint_dir = out / "checkpoints" if cfg.training.checkpoint_every or resume else None
     model = MultiTaskModel.from_config(cfg).fit(
         splits.train, validation=splits.validation, checkpoint_dir=checkpoint_dir, resume=resume
@@ -119,7 +133,7 @@ def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False)
     metrics["epochs_run"] = len(model.history_)
     metrics["skipped_batches"] = model.skipped_batches_
     metrics["rows"] = {
-        "train": len(splits.train),
+        "train": model.n_train_,
         "validation": 0 if splits.validation is None else len(splits.validation),
         "test": 0 if splits.test is None else len(splits.test),
     }
