@@ -42,7 +42,7 @@ from polytask.errors import (
     NotFittedError,
     closest,
 )
-from polytask.metrics import sigmoid, softmax, valid_monitors
+from polytask.metrics import sigmoid, softmax
 from polytask.models import MODELS, Head, MultiTaskNet
 from polytask.nn import FeatureInput
 from polytask.training import (
@@ -158,13 +158,6 @@ class MultiTaskModel:
         self.config: EstimatorConfig = validate(
             EstimatorConfig, _plain(raw), what="MultiTaskModel settings"
         )
-        monitors = valid_monitors(self.config.tasks)
-        if self.config.training.monitor not in monitors:
-            m = self.config.training.monitor
-            raise ConfigError(
-                f"training.monitor: unknown monitor {m!r}; expected one of {monitors}"
-                f"{closest(m, monitors)}"
-            )
 
     @classmethod
     def from_config(cls, config: EstimatorConfig) -> MultiTaskModel:

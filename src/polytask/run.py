@@ -74,10 +74,7 @@ def load_splits(data: DataConfig, base: Path, *, stream: bool = False) -> Splits
 
         frame = _read(data, base, data.path, "data.path")
         split = data.split or _default_split()
-        fractions = [split.train, split.validation, split.test]
-        total = sum(fractions)
-        if abs(total - 1.0) > 1e-6:
-            raise ConfigError(f"data.split: fractions must sum to 1, found {total:g}")
+        fractions = [split.train, split.validation, split.test]  # sum to 1 (SplitConfig)
         nonzero = [f for f in fractions if f > 0]
         parts = list(split_frame(frame, fractions=nonzero, seed=data.split_seed))
         out: list[pd.DataFrame | None] = []
