@@ -247,9 +247,12 @@ class MultiTaskModel:
                     "uncertainty"
                 )
         preprocessor = Preprocessor(features=cfg.features, tasks=cfg.tasks)
+        # Alternate training reads each task's table on its own (per_task); joint training
+        # one table (train_data), stacked when one is given per task. Never both: the
+        # training set is held once.
         per_task: dict[str, EncodedData] | None = None
         streamed: StreamingBatches | None = None
-        train_data: EncodedData | StreamingBatches
+        train_data: EncodedData | StreamingBatches | None = None
         if isinstance(train, Mapping):
             frames = self._task_tables(train, "training set")
             features = pd.concat(
@@ -257,11 +260,15 @@ class MultiTaskModel:
                 ignore_index=True,
             )
             preprocessor.fit(features, label_frames=frames)
-            per_task = {
+            encoded = {
                 t: preprocessor.transform(f, labels=True, only=t, what=f"training set of {t!r}")
                 for t, f in frames.items()
             }
-            train_data = EncodedData.concat(list(per_task.values()))
+            if tcfg.schedule == "alternate":
+                per_task = encoded
+            else:
+                train_data = EncodedData.concat(list(encoded.values()))
+            del encoded
             train_columns = set().union(*(set(f.columns) for f in frames.values()))
         elif tcfg.stream is not None:  # out-of-core: train is a Parquet path (data/stream.py)
             if group is not None:
@@ -278,7 +285,16 @@ class MultiTaskModel:
         if validation is not None:
             valid_data = self._encode_validation(validation, preprocessor, train_columns)
             valid_data = valid_data.to(device)
-        train_data = streamed if streamed is not None else train_data.to(device)
+        if per_task is not None:
+            per_task = {t: d.to(device) for t, d in per_task.items()}
+            n_train = sum(len(d) for d in per_task.values())
+        elif streamed is not None:
+            train_data = streamed
+            n_train = len(streamed)
+        else:
+            assert isinstance(train_data, EncodedData)
+            train_data = train_data.to(device)
+            n_train = len(train_data)
 
         torch.manual_seed(tcfg.seed)
         network = build_network(cfg, preprocessor).to(device)
@@ -292,25 +308,29 @@ class MultiTaskModel:
         parallel = None
         trained = training_network(network, tcfg)  # bf16/compile wrap it (precision.py)
         if group is not None:
-            assert isinstance(train_data, EncodedData)  # streaming is refused above
+            if per_task is not None:
+                training_sets = list(per_task.values())
+            else:
+                assert isinstance(train_data, EncodedData)  # streaming is refused above
+                training_sets = [train_data]
             parallel = DistributedTraining(
                 group,
                 network=trained,
                 weighting=weighting,
                 tasks=cfg.tasks,
                 training=tcfg,
-                data=[train_data, valid_data],
+                data=[*training_sets, valid_data],
             )
         train_source: JointBatches | AlternateBatches
-        if tcfg.schedule == "alternate":
-            assert per_task is not None
+        if per_task is not None:  # training.schedule: alternate
             train_source = AlternateBatches(
-                {t: d.to(device) for t, d in per_task.items()},
+                per_task,
                 batch_size=tcfg.batch_size,
                 sampling=tcfg.task_sampling,
                 generator=torch.Generator().manual_seed(tcfg.seed),
             )
         else:
+            assert train_data is not None
             train_source = JointBatches(
                 train_data,
                 batch_size=tcfg.batch_size,
@@ -319,7 +339,7 @@ class MultiTaskModel:
         checkpoints, start = None, None
         if checkpoint_dir is not None:
             splits: dict[str, EncodedData] = {}
-            if tcfg.schedule == "alternate" and per_task is not None:
+            if per_task is not None:
                 splits = dict(per_task)
             elif isinstance(train_data, EncodedData):
                 splits["train"] = train_data
@@ -360,7 +380,7 @@ class MultiTaskModel:
         self.optimizer_ = optimizer
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
-        self.n_train_ = len(train_data)
+        self.n_train_ = n_train
         self.skipped_batches_ = result.skipped_batches
         self.resumed_from_ = None if checkpoints is None else checkpoints.resumed_from
         return self
