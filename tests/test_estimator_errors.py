@@ -175,3 +175,18 @@ def test_streaming_needs_a_parquet_path(toy_frame, toy_features, toy_tasks, as_m
         "training.stream reads the training set from a Parquet file: pass its path "
         f"(fit('train.parquet', ...)); found {found}"
     )
+
+
+def test_alternate_refuses_a_combining_weighting_without_building_it(
+    toy_frame, toy_features, toy_tasks, monkeypatch
+):
+    from polytask.weighting import RLW
+
+    def constructed(*args, **kwargs):
+        raise AssertionError("the weighting was built only to look at its class")
+
+    monkeypatch.setattr(RLW, "__init__", constructed)
+    settings = model(toy_features, toy_tasks, schedule="alternate").config.model_dump()
+    settings["loss"] = "rlw"
+    with pytest.raises(ConfigError, match=r"^loss\.weighting 'rlw' combines tasks within a step"):
+        MultiTaskModel(**settings).fit({t: toy_frame for t in toy_tasks})

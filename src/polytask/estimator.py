@@ -240,7 +240,9 @@ class MultiTaskModel:
                     "training.schedule: alternate needs one dataset per task: pass "
                     "fit({task: table, ...}); found a single table"
                 )
-            if type(build_weighting(cfg)).single is Weighting.single:
+            # The class tells; building it would run its constructor (RLW seeds its
+            # generator from the global seed, which is set only below).
+            if WEIGHTINGS[cfg.loss.weighting].build.single is Weighting.single:
                 raise ConfigError(
                     f"loss.weighting {cfg.loss.weighting!r} combines tasks within a step and "
                     "cannot be used with training.schedule: alternate; use sum, weighted or "
