@@ -79,14 +79,10 @@ class FeaturesConfig(_Strict):
     numeric_dim: int | None = Field(default=None, ge=1)
     numeric_scaling: Literal["standardize", "none"] = "standardize"
 
-    @field_validator("categorical", mode="before")
+    @field_validator("categorical", "numeric", mode="before")
     @classmethod
-    def _cat_names(cls, v: Any) -> Any:
-        return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
-
-    @field_validator("numeric", mode="before")
-    @classmethod
-    def _num_names(cls, v: Any) -> Any:
+    def _names(cls, v: Any) -> Any:
+        """A bare column name is short for ``{name: ...}``."""
         return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
 
     @model_validator(mode="after")

@@ -53,7 +53,12 @@ from polytask.training import (
     gate_statistics,
     predict_outputs,
 )
-from polytask.training.checkpoint import TrainingParts, data_fingerprint, open_checkpoints
+from polytask.training.checkpoint import (
+    TrainingParts,
+    _strip,
+    data_fingerprint,
+    open_checkpoints,
+)
 from polytask.training.distributed import (
     DistributedTraining,
     is_main_process,
@@ -642,10 +647,6 @@ class _UnavailableWeighting(Weighting):
 
     def forward(self, losses: torch.Tensor) -> torch.Tensor:
         raise MissingExtraError(str(self.error))
-
-
-def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _kind(value: Any) -> str:
