@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -110,3 +111,22 @@ def test_train_refuses_what_cannot_be_streamed(
     err = capsys.readouterr().err
     assert err.startswith("error: training.stream") and message in err
     assert not (tmp_path / "o").exists()
+
+
+def test_train_encodes_the_test_and_validation_tables_once_after_fitting(
+    run_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polytask.data import Preprocessor
+
+    encoded: list[str] = []
+    transform = Preprocessor.transform
+
+    def spy(self: Preprocessor, df: pd.DataFrame, **kwargs: Any) -> Any:
+        encoded.append(kwargs.get("what", "data"))
+        return transform(self, df, **kwargs)
+
+    monkeypatch.setattr(Preprocessor, "transform", spy)
+    assert main(["train", str(run_file), "--out", str(tmp_path / "out"), "training.epochs=1"]) == 0
+    # fit: training and validation sets; then the reports: test and validation, once each
+    assert encoded == ["training set", "validation set", "test set", "validation set"]
+    assert "gates" in json.loads((tmp_path / "out" / "metrics.json").read_text())

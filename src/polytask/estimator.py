@@ -445,11 +445,20 @@ class MultiTaskModel:
         df = read_table(data, what=what)
         return self.preprocessor_.transform(df, labels=labels, what=what).to(self._device())
 
+    def _encoded(self, data: Any, *, labels: bool | None, what: str) -> EncodedData:
+        """``data`` encoded on the model's device; already-encoded data is used as it is."""
+        if isinstance(data, EncodedData):
+            self._check_fitted()
+            return data.to(self._device())
+        return self.encode(data, labels=labels, what=what)
+
     def evaluate(self, data: Any) -> dict[str, dict[str, float]]:
         """Exact per-task metrics over the whole table: ``{task: {metric: value}}``.
 
-        Label columns absent from the table give tasks with ``count`` 0 and no metrics."""
-        encoded = self.encode(data, labels=None, what="evaluation data")
+        Label columns absent from the table give tasks with ``count`` 0 and no metrics.
+        ``data`` may also be `encode`'s output (``labels=None``), so a table used for several
+        reports is encoded once."""
+        encoded = self._encoded(data, labels=None, what="evaluation data")
         return evaluate_split(
             self.network_, self.config.tasks, encoded, self.config.training.eval_batch_size
         )
@@ -511,8 +520,9 @@ class MultiTaskModel:
 
     def gate_statistics(self, data: Any) -> dict[str, dict[str, list[float] | float]]:
         """Mean gate weight per expert for each gate over ``data``, with its entropy (nats);
-        empty for models without gates. Shows expert collapse."""
-        encoded = self.encode(data, labels=False, what="gate statistics data")
+        empty for models without gates. Shows expert collapse. ``data`` may also be
+        `encode`'s output."""
+        encoded = self._encoded(data, labels=False, what="gate statistics data")
         return gate_statistics(self.network_, encoded, self.config.training.eval_batch_size)
 
     # ------------------------------------------------------------------------------ files

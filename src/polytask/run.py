@@ -120,21 +120,26 @@ def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False)
     if not is_main_process():
         barrier()  # distributed training: rank 0 holds the same model, evaluates and writes
         return {}
-    metrics: dict[str, Any] = {}
-    if splits.test is not None:
-        metrics["test"] = model.evaluate(splits.test)
+    # Each table is encoded once, for its metrics and the gate statistics.
+    test = None if splits.test is None else model.encode(splits.test, what="test set")
+    valid = None
     if splits.validation is not None:
-        metrics["validation"] = model.evaluate(splits.validation)
+        valid = model.encode(splits.validation, what="validation set")
+    metrics: dict[str, Any] = {}
+    if test is not None:
+        metrics["test"] = model.evaluate(test)
+    if valid is not None:
+        metrics["validation"] = model.evaluate(valid)
     metrics["train_samples_per_s"] = train_samples_per_s(model.history_)
     metrics["best_epoch"] = model.best_epoch_
     metrics["epochs_run"] = len(model.history_)
     metrics["skipped_batches"] = model.skipped_batches_
     metrics["rows"] = {
         "train": model.n_train_,
-        "validation": 0 if splits.validation is None else len(splits.validation),
-        "test": 0 if splits.test is None else len(splits.test),
+        "validation": 0 if valid is None else len(valid),
+        "test": 0 if test is None else len(test),
     }
-    gates_on = splits.test if splits.test is not None else splits.validation
+    gates_on = test if test is not None else valid
     if gates_on is not None:
         gates = model.gate_statistics(gates_on)
         if gates:
