@@ -556,7 +556,7 @@ class MultiTaskModel:
             (tmp / "preprocessor.json").write_text(
                 json.dumps(self.preprocessor_.state_dict(), ensure_ascii=False)
             )
-            (tmp / "history.json").write_text(json.dumps(_jsonable(self.history_), indent=1))
+            (tmp / "history.json").write_text(json.dumps(jsonable(self.history_), indent=1))
             save_file(tensors, str(tmp / "weights.safetensors"))
         return target
 
@@ -690,11 +690,7 @@ def _read_json(path: Path) -> Any:
 def _plain(value: Any) -> Any:
     """Pydantic objects to plain data so every entry point validates the same way."""
     if hasattr(value, "model_dump"):
-        dumped = value.model_dump(mode="python")
-        extra = getattr(value, "model_extra", None)
-        if extra:
-            dumped.update(extra)
-        return dumped
+        return value.model_dump(mode="python")  # extra="allow" keys included
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -702,11 +698,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON can hold it: string keys, lists, plain numbers, NaN/inf as null."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, float) and (np.isnan(value) or np.isinf(value)):
         return None
     if isinstance(value, np.generic):

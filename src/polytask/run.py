@@ -16,10 +16,10 @@ import pandas as pd
 import yaml
 
 from polytask._atomic import atomic_write_text
-from polytask.config import DataConfig, RunConfig
+from polytask.config import DataConfig, RunConfig, SplitConfig
 from polytask.data import read_table
 from polytask.errors import ConfigError
-from polytask.estimator import MultiTaskModel, _jsonable
+from polytask.estimator import MultiTaskModel, jsonable
 from polytask.training.distributed import barrier, is_main_process
 
 
@@ -73,7 +73,7 @@ def load_splits(data: DataConfig, base: Path, *, stream: bool = False) -> Splits
         from polytask.datasets import split_frame
 
         frame = _read(data, base, data.path, "data.path")
-        split = data.split or _default_split()
+        split = data.split or SplitConfig()
         fractions = [split.train, split.validation, split.test]  # sum to 1 (SplitConfig)
         nonzero = [f for f in fractions if f > 0]
         parts = list(split_frame(frame, fractions=nonzero, seed=data.split_seed))
@@ -90,12 +90,6 @@ def load_splits(data: DataConfig, base: Path, *, stream: bool = False) -> Splits
         else None,
         test=_read(data, base, data.test, "data.test") if data.test else None,
     )
-
-
-def _default_split() -> Any:
-    from polytask.config import SplitConfig
-
-    return SplitConfig()
 
 
 def train_samples_per_s(history: list[dict[str, Any]]) -> float:
@@ -144,9 +138,8 @@ def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False)
         gates = model.gate_statistics(gates_on)
         if gates:
             metrics["gates"] = gates
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "model")
-    atomic_write_text(out / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
+    model.save(out / "model")  # creates out/, as atomic_write_text would
+    atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics), indent=2))
     atomic_write_text(
         out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     )
