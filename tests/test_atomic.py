@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from polytask import ModelFileError, MultiTaskModel, _atomic
+from polytask._atomic import atomic_dir
 from polytask.cli import main
 
 RUN = """\
@@ -52,3 +54,56 @@ def test_outputs_are_readable_by_others_as_the_umask_allows(
         argv = ["predict", str(model), str(tmp_path / "train.csv"), "-o", str(tmp_path / name)]
         assert main(argv) == 0
         assert mode(tmp_path / name) == 0o644
+
+
+def test_a_write_interrupted_between_its_renames_is_undone_by_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "v").write_text("1")
+
+    def crash(src: Path, dst: Path) -> None:
+        # The state a crash between the two renames leaves: the old folder aside, no target.
+        if Path(dst) == target:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    real_replace = os.replace
+    monkeypatch.setattr(_atomic, "restore_interrupted", lambda target: False)
+    monkeypatch.setattr(_atomic.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as tmp:
+        (tmp / "v").write_text("2")
+    monkeypatch.undo()
+    old = _atomic.set_aside(target)
+    assert not target.exists() and (old / "v").read_text() == "1"
+    with pytest.raises(ModelFileError, match=r"rename it back, or save again"):
+        MultiTaskModel.load(target)
+
+    with pytest.raises(RuntimeError), atomic_dir(target):
+        raise RuntimeError("a failed write")
+    assert (target / "v").read_text() == "1" and not old.exists()
+    with atomic_dir(target) as tmp:
+        (tmp / "v").write_text("3")
+    assert (target / "v").read_text() == "3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_failed_swap_puts_the_old_folder_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "v").write_text("1")
+    real_replace = os.replace
+
+    def fail(src: Path, dst: Path) -> None:
+        if Path(dst) == target and Path(src).name.endswith(".tmp"):
+            raise OSError("disk trouble")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(_atomic.os, "replace", fail)
+    with pytest.raises(OSError, match="disk trouble"), atomic_dir(target) as tmp:
+        (tmp / "v").write_text("2")
+    assert (target / "v").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,17 +69,48 @@ def atomic_write_text(target: Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
+def set_aside(target: Path) -> Path:
+    """Where `atomic_dir` keeps the previous ``target`` while it swaps in the new one."""
+    return target.with_name(f".{target.name}.old")
+
+
+def _discard(folder: Path) -> None:
+    """Remove ``folder``, renaming it first so its name never holds a half-removed folder."""
+    trash = folder.with_name(f"{folder.name}.{uuid.uuid4().hex}.del")
+    try:
+        os.replace(folder, trash)
+    except OSError:
+        return  # left whole; the next atomic_dir of the same target removes it
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def restore_interrupted(target: Path) -> bool:
+    """Put back the folder that an `atomic_dir` interrupted between its two renames left
+    aside (no ``target``, the previous folder whole as `set_aside`'s name); returns whether
+    there was one."""
+    old = set_aside(target)
+    if target.exists() or not old.is_dir():
+        return False
+    os.replace(old, target)
+    _fsync_dir(target.parent)
+    return True
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` whole.
 
-    An existing ``target`` is moved aside first and removed only after the new one is in
-    place, so a crash leaves either the old folder or the new one. Folders and files get the
-    modes ``mkdir`` and ``open`` would give them (0o777 and 0o666 less the umask), not
-    ``mkdtemp``'s owner-only 0o700 (nor the 0o600 some writers use)."""
+    An existing ``target`` is renamed aside (`set_aside`), the new folder renamed into its
+    place, then the old one removed. A crash between the two renames leaves no ``target``
+    but the old folder whole beside it; the next ``atomic_dir`` of that target renames it
+    back first (`restore_interrupted`), so a failed or crashed write never loses the
+    previous folder. Folders and files get the modes ``mkdir`` and ``open`` would give them
+    (0o777 and 0o666 less the umask), not ``mkdtemp``'s owner-only 0o700 (nor the 0o600
+    some writers use)."""
     target = Path(target)
     mask = _umask()
     target.parent.mkdir(parents=True, exist_ok=True)
+    restore_interrupted(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
@@ -91,14 +123,18 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         os.chmod(tmp, 0o777 & ~mask)
         old = None
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
+            old = set_aside(target)
+            if old.exists():  # a crash after a swap, before its old folder was removed
+                _discard(old)
             os.replace(target, old)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            restore_interrupted(target)
+            raise
         _fsync_dir(target.parent)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

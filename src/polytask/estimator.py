@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from polytask._atomic import atomic_dir
+from polytask._atomic import atomic_dir, set_aside
 from polytask._version import __version__
 from polytask.config import (
     EstimatorConfig,
@@ -565,9 +565,16 @@ class MultiTaskModel:
         """Load a model folder written by `save`. Never executes code from the folder."""
         folder = Path(path)
         if not folder.is_dir():
+            old = set_aside(folder)
+            hint = (
+                f"; a save interrupted by a crash left the previous model in {str(old)!r}: "
+                "rename it back, or save again (which restores it first)"
+                if old.is_dir()
+                else ""
+            )
             raise ModelFileError(
                 f"model folder {str(folder)!r} does not exist (or is not a folder); expected "
-                "the folder written by MultiTaskModel.save or `polytask train`"
+                f"the folder written by MultiTaskModel.save or `polytask train`{hint}"
             )
         meta = _read_json(folder / "polytask.json")
         if not isinstance(meta, dict):
