@@ -74,17 +74,18 @@ FORMAT_VERSION = 1
 READABLE_FORMATS = (1,)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, setting: str = "training.device") -> torch.device:
+    """The device ``name`` means; errors name ``setting``, the option it came from."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(
-            f"training.device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', found {name!r}"
+            f"{setting}: expected 'cpu', 'cuda', 'cuda:N' or 'auto', found {name!r}"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"training.device: {name!r} requested but CUDA is not available")
+        raise ConfigError(f"{setting}: {name!r} requested but CUDA is not available")
     return device
 
 
@@ -634,7 +635,7 @@ class MultiTaskModel:
             raise ModelFileError(
                 f"{weights_file}: weights do not fit the saved config: {err}"
             ) from None
-        dev = resolve_device(device)
+        dev = resolve_device(device, "device")
         model.preprocessor_ = pre
         model.network_ = network.to(dev).eval()
         model.weighting_ = weighting.to(dev)
