@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -70,3 +71,62 @@ def test_demo_prints_a_comparison_table(capsys: pytest.CaptureFixture[str]) -> N
     assert main(["demo", "--rows", "2000", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert "shared_bottom" in out and "mmoe" in out and "y1" in out and "y2" in out
+
+
+def test_train_streams_a_parquet_training_file(
+    run_file: Path, tmp_path: Path, toy_frame: pd.DataFrame
+) -> None:
+    toy_frame.iloc[:1400].to_parquet(tmp_path / "train.parquet", index=False)
+    toy_frame.iloc[1400:].to_csv(tmp_path / "test.csv", index=False)
+    spec = yaml.safe_load(run_file.read_text())
+    spec["data"] = {"train": "train.parquet", "test": "test.csv"}
+    spec["training"].update(monitor="loss", stream={"buffer_rows": 500, "chunk_rows": 300})
+    run_file.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    assert main(["train", str(run_file), "--out", str(out), "training.epochs=1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["rows"] == {"train": 1400, "validation": 0, "test": 600}
+    assert metrics["test"]["click"]["count"] == 600
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([], "cannot split data.path: data.train must name a Parquet file"),
+        (
+            ["data.path=", "data.split=", "data.train=table.csv", "data.loader=csv"],
+            "data.loader 'csv' cannot be streamed",
+        ),
+    ],
+)
+def test_train_refuses_what_cannot_be_streamed(
+    run_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    overrides: list[str],
+    message: str,
+) -> None:
+    argv = ["train", str(run_file), "--out", str(tmp_path / "o"), "training.stream={}"]
+    assert main([*argv, *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: training.stream") and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_encodes_the_test_and_validation_tables_once_after_fitting(
+    run_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polytask.data import Preprocessor
+
+    encoded: list[str] = []
+    transform = Preprocessor.transform
+
+    def spy(self: Preprocessor, df: pd.DataFrame, **kwargs: Any) -> Any:
+        encoded.append(kwargs.get("what", "data"))
+        return transform(self, df, **kwargs)
+
+    monkeypatch.setattr(Preprocessor, "transform", spy)
+    assert main(["train", str(run_file), "--out", str(tmp_path / "out"), "training.epochs=1"]) == 0
+    # fit: training and validation sets; then the reports: test and validation, once each
+    assert encoded == ["training set", "validation set", "test set", "validation set"]
+    assert "gates" in json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -147,9 +147,22 @@ def test_estimator_constructor_raises_the_same_errors():
 def test_unknown_monitor():
     with pytest.raises(ConfigError) as info:
         MultiTaskModel(features=FEATURES, tasks=TASKS, training={"monitor": "clik.auc"})
-    message = str(info.value)
-    assert message.startswith("training.monitor: unknown monitor 'clik.auc'; expected one of")
-    assert message.endswith("did you mean 'click.auc'?")
+    header, line = str(info.value).splitlines()
+    assert header == "invalid MultiTaskModel settings:"
+    assert line.startswith("training.monitor: unknown monitor 'clik.auc'; expected one of")
+    assert line.endswith("did you mean 'click.auc'?")
+
+
+def test_unknown_monitor_in_a_run_file_fails_before_the_data_is_read(tmp_path):
+    path = write(
+        tmp_path,
+        "features: {numeric: [x]}\ntasks: {y: {type: regression}}\ndata: {train: missing.csv}\n"
+        "training: {monitor: y.auc}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_run_file(path)
+    (line,) = str(info.value).splitlines()[1:]
+    assert line.startswith("training.monitor: unknown monitor 'y.auc'; expected one of ['loss', ")
 
 
 def test_weights_for_an_unknown_task(toy_frame):
@@ -244,3 +257,34 @@ def test_run_file_problems_name_the_file(tmp_path):
     header, *lines = str(info.value).splitlines()
     assert header == f"invalid run file {str(path)!r}:"
     assert sorted(x.split(":")[0] for x in lines) == ["model", "training.epcohs"]
+
+
+RUN_BASE = settings()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"path": "t.csv", "split": {"train": 0.8, "validation": 0.3}},
+            "data.split: fractions must sum to 1, found 1.2",
+        ),
+        (
+            {"path": "t.csv", "test": "test.csv"},
+            "data: 'path' is cut into train/validation/test by 'split'; ['test'] would be ignored: "
+            "give 'train' with 'validation'/'test', or 'path' with 'split'",
+        ),
+        (
+            {"path": "t.csv", "validation": "v.csv", "test": "test.csv"},
+            "data: 'path' is cut into train/validation/test by 'split'; ['validation', 'test'] "
+            "would be ignored: give 'train' with 'validation'/'test', or 'path' with 'split'",
+        ),
+        (
+            {"train": "t.csv", "split": {"train": 0.5, "validation": 0.5, "test": 0}},
+            "data: 'split' cuts 'path' and would be ignored with 'train': give 'path' with "
+            "'split', or 'train' with 'validation'/'test'",
+        ),
+    ],
+)
+def test_data_section_that_would_be_partly_ignored(data, message):
+    assert problems({**RUN_BASE, "data": data}, RunConfig) == [message]

@@ -115,3 +115,29 @@ def test_fit_overrides_apply_to_that_call_only(
     model = _model(toy_features, toy_tasks).fit(toy_frame, epochs=1, batch_size=500)
     assert len(model.history_) == 1
     assert model.config.training.epochs == 2 and model.config.training.batch_size == 256
+
+
+@pytest.mark.parametrize(("schedule", "stacked"), [("alternate", []), ("joint", [2])])
+def test_per_task_training_tables_are_held_once(
+    toy_frame: pd.DataFrame,
+    toy_features: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    schedule: str,
+    stacked: list[int],
+) -> None:
+    """Alternate training uses each task's table as it is: no stacked copy of them all."""
+    from polytask.data import EncodedData
+
+    calls: list[int] = []
+    concat = EncodedData.concat
+
+    def spy(parts: list[EncodedData]) -> EncodedData:
+        calls.append(len(parts))
+        return concat(parts)
+
+    monkeypatch.setattr(EncodedData, "concat", staticmethod(spy))
+    tasks = {"click": {"type": "binary"}, "dwell": {"type": "regression"}}
+    train = {"click": toy_frame.iloc[:1200], "dwell": toy_frame.iloc[1200:]}
+    model = _model(toy_features, tasks, epochs=1, schedule=schedule).fit(train)
+    assert calls == stacked
+    assert model.n_train_ == 2000

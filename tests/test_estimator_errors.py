@@ -163,3 +163,30 @@ def test_evaluate_with_an_unseen_class(fitted):
     rows = pd.DataFrame({"color": ["red"], "x": [1.0], "click": [1], "kind": ["z"]})
     with pytest.raises(DataError, match=r"evaluation data: task 'kind'.*class\(es\) \['z'\]"):
         fitted.evaluate(rows)
+
+
+@pytest.mark.parametrize("as_mapping", [False, True])
+def test_streaming_needs_a_parquet_path(toy_frame, toy_features, toy_tasks, as_mapping):
+    train = {t: toy_frame for t in toy_tasks} if as_mapping else toy_frame
+    found = "a mapping {task: table}" if as_mapping else "a DataFrame"
+    with pytest.raises(ConfigError) as err:
+        model(toy_features, toy_tasks, stream={}).fit(train)
+    assert str(err.value) == (
+        "training.stream reads the training set from a Parquet file: pass its path "
+        f"(fit('train.parquet', ...)); found {found}"
+    )
+
+
+def test_alternate_refuses_a_combining_weighting_without_building_it(
+    toy_frame, toy_features, toy_tasks, monkeypatch
+):
+    from polytask.weighting import RLW
+
+    def constructed(*args, **kwargs):
+        raise AssertionError("the weighting was built only to look at its class")
+
+    monkeypatch.setattr(RLW, "__init__", constructed)
+    settings = model(toy_features, toy_tasks, schedule="alternate").config.model_dump()
+    settings["loss"] = "rlw"
+    with pytest.raises(ConfigError, match=r"^loss\.weighting 'rlw' combines tasks within a step"):
+        MultiTaskModel(**settings).fit({t: toy_frame for t in toy_tasks})

@@ -283,3 +283,13 @@ def test_a_model_trained_with_an_aggregator_loads_and_predicts_without_its_extra
     assert MultiTaskModel.load(tmp_path / "again").config == model.config
     with pytest.raises(MissingExtraError, match="quadprog"):
         loaded.weighting_(torch.zeros(2))
+
+
+def test_a_bad_load_device_is_named_as_the_argument(saved, monkeypatch):
+    with pytest.raises(polytask.ConfigError) as err:
+        MultiTaskModel.load(saved[1], device="gpu")
+    assert str(err.value) == "device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', found 'gpu'"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(polytask.ConfigError) as err:
+        MultiTaskModel.load(saved[1], device="cuda")
+    assert str(err.value) == "device: 'cuda' requested but CUDA is not available"

@@ -135,3 +135,22 @@ def test_cli_predict_streams_parquet_and_csv_with_chunk_rows(
     )
     assert "333 rows at a time" in capsys.readouterr().out
     _assert_same_predictions(expected, pd.read_csv(tmp_path / "b.csv"))
+
+
+@pytest.mark.parametrize("chunk_rows", ["0", "-1"])
+def test_cli_predict_refuses_a_chunk_size_below_one(
+    model: MultiTaskModel,
+    toy_frame: pd.DataFrame,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    chunk_rows: str,
+) -> None:
+    model.save(tmp_path / "model")
+    toy_frame.to_csv(tmp_path / "rows.csv", index=False)
+    out = tmp_path / "p.csv"
+    argv = ["predict", str(tmp_path / "model"), str(tmp_path / "rows.csv"), "-o", str(out)]
+    assert main([*argv, "--chunk-rows", chunk_rows]) == 2
+    assert capsys.readouterr().err == (
+        f"error: prediction data: chunk_rows must be at least 1, found {chunk_rows}\n"
+    )
+    assert not out.exists()

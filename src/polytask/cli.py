@@ -120,7 +120,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     model = MultiTaskModel.load(args.model_dir)
     if args.chunk_rows is not None or is_parquet(args.data):
-        chunk_rows = args.chunk_rows or CHUNK_ROWS
+        chunk_rows = CHUNK_ROWS if args.chunk_rows is None else args.chunk_rows
         rows = model.predict_to(args.data, args.output, chunk_rows=chunk_rows)
         print(f"wrote {rows} rows to {args.output} (streamed, {chunk_rows} rows at a time)")
         return 0

@@ -10,6 +10,7 @@ found and, for a misspelt key, the closest valid one.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -78,14 +79,10 @@ class FeaturesConfig(_Strict):
     numeric_dim: int | None = Field(default=None, ge=1)
     numeric_scaling: Literal["standardize", "none"] = "standardize"
 
-    @field_validator("categorical", mode="before")
+    @field_validator("categorical", "numeric", mode="before")
     @classmethod
-    def _cat_names(cls, v: Any) -> Any:
-        return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
-
-    @field_validator("numeric", mode="before")
-    @classmethod
-    def _num_names(cls, v: Any) -> Any:
+    def _names(cls, v: Any) -> Any:
+        """A bare column name is short for ``{name: ...}``."""
         return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
 
     @model_validator(mode="after")
@@ -257,9 +254,18 @@ class TrainingConfig(_Strict):
 
 
 class SplitConfig(_Strict):
+    """Fractions of ``data.path`` for each split; they sum to 1 and 0 drops a split."""
+
     train: float = Field(default=0.8, gt=0)
     validation: float = Field(default=0.1, ge=0)
     test: float = Field(default=0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = math.fsum([self.train, self.validation, self.test])
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"fractions must sum to 1, found {total:g}")
+        return self
 
 
 class DataConfig(_Strict):
@@ -282,6 +288,17 @@ class DataConfig(_Strict):
             raise ValueError("data needs either 'path' (with 'split') or 'train'")
         if self.path is not None and self.train is not None:
             raise ValueError("data takes either 'path' or 'train'/'validation'/'test', not both")
+        if self.path is not None and (self.validation is not None or self.test is not None):
+            given = [k for k in ("validation", "test") if getattr(self, k) is not None]
+            raise ValueError(
+                f"'path' is cut into train/validation/test by 'split'; {given} would be "
+                "ignored: give 'train' with 'validation'/'test', or 'path' with 'split'"
+            )
+        if self.train is not None and self.split is not None:
+            raise ValueError(
+                "'split' cuts 'path' and would be ignored with 'train': give 'path' with "
+                "'split', or 'train' with 'validation'/'test'"
+            )
         return self
 
 
@@ -332,8 +349,20 @@ class EstimatorConfig(_Strict):
                 if src == name:
                     raise ValueError(f"task {name!r}: inputs_from names the task itself")
         task_order(self.tasks)  # raises on cycles
+        self._known_monitor()
         self._model_fits_tasks()
         return self
+
+    def _known_monitor(self) -> None:
+        from polytask.metrics import valid_monitors
+
+        monitors = valid_monitors(self.tasks)
+        m = self.training.monitor
+        if m not in monitors:
+            raise ValueError(
+                f"training.monitor: unknown monitor {m!r}; expected one of {monitors}"
+                f"{closest(m, monitors)}"
+            )
 
     def _model_fits_tasks(self) -> None:
         """A model that constrains the tasks (ESMM) checks them here, before any data is read."""

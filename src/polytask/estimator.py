@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from polytask._atomic import atomic_dir
+from polytask._atomic import atomic_dir, set_aside
 from polytask._version import __version__
 from polytask.config import (
     EstimatorConfig,
@@ -42,7 +42,7 @@ from polytask.errors import (
     NotFittedError,
     closest,
 )
-from polytask.metrics import sigmoid, softmax, valid_monitors
+from polytask.metrics import sigmoid, softmax
 from polytask.models import MODELS, Head, MultiTaskNet
 from polytask.nn import FeatureInput
 from polytask.training import (
@@ -53,7 +53,12 @@ from polytask.training import (
     gate_statistics,
     predict_outputs,
 )
-from polytask.training.checkpoint import TrainingParts, data_fingerprint, open_checkpoints
+from polytask.training.checkpoint import (
+    TrainingParts,
+    _strip,
+    data_fingerprint,
+    open_checkpoints,
+)
 from polytask.training.distributed import (
     DistributedTraining,
     is_main_process,
@@ -69,17 +74,18 @@ FORMAT_VERSION = 1
 READABLE_FORMATS = (1,)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, setting: str = "training.device") -> torch.device:
+    """The device ``name`` means; errors name ``setting``, the option it came from."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(
-            f"training.device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', found {name!r}"
+            f"{setting}: expected 'cpu', 'cuda', 'cuda:N' or 'auto', found {name!r}"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"training.device: {name!r} requested but CUDA is not available")
+        raise ConfigError(f"{setting}: {name!r} requested but CUDA is not available")
     return device
 
 
@@ -158,13 +164,6 @@ class MultiTaskModel:
         self.config: EstimatorConfig = validate(
             EstimatorConfig, _plain(raw), what="MultiTaskModel settings"
         )
-        monitors = valid_monitors(self.config.tasks)
-        if self.config.training.monitor not in monitors:
-            m = self.config.training.monitor
-            raise ConfigError(
-                f"training.monitor: unknown monitor {m!r}; expected one of {monitors}"
-                f"{closest(m, monitors)}"
-            )
 
     @classmethod
     def from_config(cls, config: EstimatorConfig) -> MultiTaskModel:
@@ -197,7 +196,8 @@ class MultiTaskModel:
         its task). With ``training.schedule: alternate`` each step trains one task on a batch
         of its own dataset; with ``joint`` the datasets are stacked and each row's missing
         labels are masked. ``epochs``, ``batch_size`` and ``checkpoint_every`` override the
-        ``training`` section for this call. Returns ``self``.
+        ``training`` section for this call. Returns ``self``. With ``training.stream``,
+        ``train`` must be the path of a Parquet file, read chunk by chunk (never whole).
 
         With ``checkpoint_dir``, a checkpoint is written there every
         ``training.checkpoint_every`` steps (default: once per epoch) and the newest two are
@@ -235,22 +235,32 @@ class MultiTaskModel:
         if group is not None:
             device = group.device
 
+        if tcfg.stream is not None and not isinstance(train, str | os.PathLike):
+            raise ConfigError(
+                "training.stream reads the training set from a Parquet file: pass its path "
+                f"(fit('train.parquet', ...)); found {_kind(train)}"
+            )
         if tcfg.schedule == "alternate":
             if not isinstance(train, Mapping):
                 raise ConfigError(
                     "training.schedule: alternate needs one dataset per task: pass "
                     "fit({task: table, ...}); found a single table"
                 )
-            if type(build_weighting(cfg)).single is Weighting.single:
+            # The class tells; building it would run its constructor (RLW seeds its
+            # generator from the global seed, which is set only below).
+            if WEIGHTINGS[cfg.loss.weighting].build.single is Weighting.single:
                 raise ConfigError(
                     f"loss.weighting {cfg.loss.weighting!r} combines tasks within a step and "
                     "cannot be used with training.schedule: alternate; use sum, weighted or "
                     "uncertainty"
                 )
         preprocessor = Preprocessor(features=cfg.features, tasks=cfg.tasks)
+        # Alternate training reads each task's table on its own (per_task); joint training
+        # one table (train_data), stacked when one is given per task. Never both: the
+        # training set is held once.
         per_task: dict[str, EncodedData] | None = None
         streamed: StreamingBatches | None = None
-        train_data: EncodedData | StreamingBatches
+        train_data: EncodedData | StreamingBatches | None = None
         if isinstance(train, Mapping):
             frames = self._task_tables(train, "training set")
             features = pd.concat(
@@ -258,11 +268,15 @@ class MultiTaskModel:
                 ignore_index=True,
             )
             preprocessor.fit(features, label_frames=frames)
-            per_task = {
+            encoded = {
                 t: preprocessor.transform(f, labels=True, only=t, what=f"training set of {t!r}")
                 for t, f in frames.items()
             }
-            train_data = EncodedData.concat(list(per_task.values()))
+            if tcfg.schedule == "alternate":
+                per_task = encoded
+            else:
+                train_data = EncodedData.concat(list(encoded.values()))
+            del encoded
             train_columns = set().union(*(set(f.columns) for f in frames.values()))
         elif tcfg.stream is not None:  # out-of-core: train is a Parquet path (data/stream.py)
             if group is not None:
@@ -278,7 +292,16 @@ class MultiTaskModel:
         if validation is not None:
             valid_data = self._encode_validation(validation, preprocessor, train_columns)
             valid_data = valid_data.to(device)
-        train_data = streamed if streamed is not None else train_data.to(device)
+        if per_task is not None:
+            per_task = {t: d.to(device) for t, d in per_task.items()}
+            n_train = sum(len(d) for d in per_task.values())
+        elif streamed is not None:
+            train_data = streamed
+            n_train = len(streamed)
+        else:
+            assert isinstance(train_data, EncodedData)
+            train_data = train_data.to(device)
+            n_train = len(train_data)
 
         torch.manual_seed(tcfg.seed)
         network = build_network(cfg, preprocessor).to(device)
@@ -292,25 +315,29 @@ class MultiTaskModel:
         parallel = None
         trained = training_network(network, tcfg)  # bf16/compile wrap it (precision.py)
         if group is not None:
-            assert isinstance(train_data, EncodedData)  # streaming is refused above
+            if per_task is not None:
+                training_sets = list(per_task.values())
+            else:
+                assert isinstance(train_data, EncodedData)  # streaming is refused above
+                training_sets = [train_data]
             parallel = DistributedTraining(
                 group,
                 network=trained,
                 weighting=weighting,
                 tasks=cfg.tasks,
                 training=tcfg,
-                data=[train_data, valid_data],
+                data=[*training_sets, valid_data],
             )
         train_source: JointBatches | AlternateBatches
-        if tcfg.schedule == "alternate":
-            assert per_task is not None
+        if per_task is not None:  # training.schedule: alternate
             train_source = AlternateBatches(
-                {t: d.to(device) for t, d in per_task.items()},
+                per_task,
                 batch_size=tcfg.batch_size,
                 sampling=tcfg.task_sampling,
                 generator=torch.Generator().manual_seed(tcfg.seed),
             )
         else:
+            assert train_data is not None
             train_source = JointBatches(
                 train_data,
                 batch_size=tcfg.batch_size,
@@ -319,7 +346,7 @@ class MultiTaskModel:
         checkpoints, start = None, None
         if checkpoint_dir is not None:
             splits: dict[str, EncodedData] = {}
-            if tcfg.schedule == "alternate" and per_task is not None:
+            if per_task is not None:
                 splits = dict(per_task)
             elif isinstance(train_data, EncodedData):
                 splits["train"] = train_data
@@ -360,7 +387,7 @@ class MultiTaskModel:
         self.optimizer_ = optimizer
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
-        self.n_train_ = len(train_data)
+        self.n_train_ = n_train
         self.skipped_batches_ = result.skipped_batches
         self.resumed_from_ = None if checkpoints is None else checkpoints.resumed_from
         return self
@@ -418,11 +445,20 @@ class MultiTaskModel:
         df = read_table(data, what=what)
         return self.preprocessor_.transform(df, labels=labels, what=what).to(self._device())
 
+    def _encoded(self, data: Any, *, labels: bool | None, what: str) -> EncodedData:
+        """``data`` encoded on the model's device; already-encoded data is used as it is."""
+        if isinstance(data, EncodedData):
+            self._check_fitted()
+            return data.to(self._device())
+        return self.encode(data, labels=labels, what=what)
+
     def evaluate(self, data: Any) -> dict[str, dict[str, float]]:
         """Exact per-task metrics over the whole table: ``{task: {metric: value}}``.
 
-        Label columns absent from the table give tasks with ``count`` 0 and no metrics."""
-        encoded = self.encode(data, labels=None, what="evaluation data")
+        Label columns absent from the table give tasks with ``count`` 0 and no metrics.
+        ``data`` may also be `encode`'s output (``labels=None``), so a table used for several
+        reports is encoded once."""
+        encoded = self._encoded(data, labels=None, what="evaluation data")
         return evaluate_split(
             self.network_, self.config.tasks, encoded, self.config.training.eval_batch_size
         )
@@ -484,8 +520,9 @@ class MultiTaskModel:
 
     def gate_statistics(self, data: Any) -> dict[str, dict[str, list[float] | float]]:
         """Mean gate weight per expert for each gate over ``data``, with its entropy (nats);
-        empty for models without gates. Shows expert collapse."""
-        encoded = self.encode(data, labels=False, what="gate statistics data")
+        empty for models without gates. Shows expert collapse. ``data`` may also be
+        `encode`'s output."""
+        encoded = self._encoded(data, labels=False, what="gate statistics data")
         return gate_statistics(self.network_, encoded, self.config.training.eval_batch_size)
 
     # ------------------------------------------------------------------------------ files
@@ -519,7 +556,7 @@ class MultiTaskModel:
             (tmp / "preprocessor.json").write_text(
                 json.dumps(self.preprocessor_.state_dict(), ensure_ascii=False)
             )
-            (tmp / "history.json").write_text(json.dumps(_jsonable(self.history_), indent=1))
+            (tmp / "history.json").write_text(json.dumps(jsonable(self.history_), indent=1))
             save_file(tensors, str(tmp / "weights.safetensors"))
         return target
 
@@ -528,9 +565,16 @@ class MultiTaskModel:
         """Load a model folder written by `save`. Never executes code from the folder."""
         folder = Path(path)
         if not folder.is_dir():
+            old = set_aside(folder)
+            hint = (
+                f"; a save interrupted by a crash left the previous model in {str(old)!r}: "
+                "rename it back, or save again (which restores it first)"
+                if old.is_dir()
+                else ""
+            )
             raise ModelFileError(
                 f"model folder {str(folder)!r} does not exist (or is not a folder); expected "
-                "the folder written by MultiTaskModel.save or `polytask train`"
+                f"the folder written by MultiTaskModel.save or `polytask train`{hint}"
             )
         meta = _read_json(folder / "polytask.json")
         if not isinstance(meta, dict):
@@ -590,7 +634,7 @@ class MultiTaskModel:
             raise ModelFileError(
                 f"{weights_file}: weights do not fit the saved config: {err}"
             ) from None
-        dev = resolve_device(device)
+        dev = resolve_device(device, "device")
         model.preprocessor_ = pre
         model.network_ = network.to(dev).eval()
         model.weighting_ = weighting.to(dev)
@@ -622,8 +666,10 @@ class _UnavailableWeighting(Weighting):
         raise MissingExtraError(str(self.error))
 
 
-def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+def _kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping {task: table}"
+    return f"a {type(value).__name__}"
 
 
 def _pickle_hint(path: Path) -> str:
@@ -651,11 +697,7 @@ def _read_json(path: Path) -> Any:
 def _plain(value: Any) -> Any:
     """Pydantic objects to plain data so every entry point validates the same way."""
     if hasattr(value, "model_dump"):
-        dumped = value.model_dump(mode="python")
-        extra = getattr(value, "model_extra", None)
-        if extra:
-            dumped.update(extra)
-        return dumped
+        return value.model_dump(mode="python")  # extra="allow" keys included
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -663,11 +705,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON can hold it: string keys, lists, plain numbers, NaN/inf as null."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, float) and (np.isnan(value) or np.isinf(value)):
         return None
     if isinstance(value, np.generic):

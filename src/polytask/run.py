@@ -16,16 +16,18 @@ import pandas as pd
 import yaml
 
 from polytask._atomic import atomic_write_text
-from polytask.config import DataConfig, RunConfig
+from polytask.config import DataConfig, RunConfig, SplitConfig
 from polytask.data import read_table
 from polytask.errors import ConfigError
-from polytask.estimator import MultiTaskModel, _jsonable
+from polytask.estimator import MultiTaskModel, jsonable
 from polytask.training.distributed import barrier, is_main_process
 
 
 @dataclass
 class Splits:
-    train: pd.DataFrame
+    train: pd.DataFrame | Path
+    """The training table; with ``training.stream``, the Parquet file's path (``fit`` reads
+    it chunk by chunk)."""
     validation: pd.DataFrame | None
     test: pd.DataFrame | None
 
@@ -48,18 +50,27 @@ def _read(data: DataConfig, base: Path, path: str, what: str) -> pd.DataFrame:
     return read_table(resolved, what=what)
 
 
-def load_splits(data: DataConfig, base: Path) -> Splits:
+def load_splits(data: DataConfig, base: Path, *, stream: bool = False) -> Splits:
     """The train / validation / test tables a data section describes. Relative paths are
-    resolved against ``base`` (the run file's folder)."""
+    resolved against ``base`` (the run file's folder). With ``stream`` (``training.stream``)
+    the training file is not read: ``train`` is its path."""
+    if stream and data.path is not None:
+        raise ConfigError(
+            "training.stream reads the training set chunk by chunk and cannot split data.path: "
+            "data.train must name a Parquet file (validation and test tables as data.validation "
+            "and data.test)"
+        )
+    if stream and data.loader not in ("auto", "parquet"):
+        raise ConfigError(
+            f"training.stream reads data.train as Parquet; data.loader {data.loader!r} cannot "
+            "be streamed (use 'auto' or 'parquet')"
+        )
     if data.path is not None:
         from polytask.datasets import split_frame
 
         frame = _read(data, base, data.path, "data.path")
-        split = data.split or _default_split()
-        fractions = [split.train, split.validation, split.test]
-        total = sum(fractions)
-        if abs(total - 1.0) > 1e-6:
-            raise ConfigError(f"data.split: fractions must sum to 1, found {total:g}")
+        split = data.split or SplitConfig()
+        fractions = [split.train, split.validation, split.test]  # sum to 1 (SplitConfig)
         nonzero = [f for f in fractions if f > 0]
         parts = list(split_frame(frame, fractions=nonzero, seed=data.split_seed))
         out: list[pd.DataFrame | None] = []
@@ -69,18 +80,12 @@ def load_splits(data: DataConfig, base: Path) -> Splits:
         return Splits(out[0], out[1], out[2])
     assert data.train is not None
     return Splits(
-        train=_read(data, base, data.train, "data.train"),
+        train=_resolve(base, data.train) if stream else _read(data, base, data.train, "data.train"),
         validation=_read(data, base, data.validation, "data.validation")
         if data.validation
         else None,
         test=_read(data, base, data.test, "data.test") if data.test else None,
     )
-
-
-def _default_split() -> Any:
-    from polytask.config import SplitConfig
-
-    return SplitConfig()
 
 
 def train_samples_per_s(history: list[dict[str, Any]]) -> float:
@@ -97,7 +102,7 @@ def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False)
 
     With ``training.checkpoint_every`` checkpoints go to ``out/checkpoints/``; ``resume``
     continues from the newest readable one there."""
-    splits = load_splits(cfg.data, base)
+    splits = load_splits(cfg.data, base, stream=cfg.training.stream is not None)
     checkpoint_dir = out / "checkpoints" if cfg.training.checkpoint_every or resume else None
     model = MultiTaskModel.from_config(cfg).fit(
         splits.train, validation=splits.validation, checkpoint_dir=checkpoint_dir, resume=resume
@@ -105,28 +110,32 @@ def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False)
     if not is_main_process():
         barrier()  # distributed training: rank 0 holds the same model, evaluates and writes
         return {}
-    metrics: dict[str, Any] = {}
-    if splits.test is not None:
-        metrics["test"] = model.evaluate(splits.test)
+    # Each table is encoded once, for its metrics and the gate statistics.
+    test = None if splits.test is None else model.encode(splits.test, what="test set")
+    valid = None
     if splits.validation is not None:
-        metrics["validation"] = model.evaluate(splits.validation)
+        valid = model.encode(splits.validation, what="validation set")
+    metrics: dict[str, Any] = {}
+    if test is not None:
+        metrics["test"] = model.evaluate(test)
+    if valid is not None:
+        metrics["validation"] = model.evaluate(valid)
     metrics["train_samples_per_s"] = train_samples_per_s(model.history_)
     metrics["best_epoch"] = model.best_epoch_
     metrics["epochs_run"] = len(model.history_)
     metrics["skipped_batches"] = model.skipped_batches_
     metrics["rows"] = {
-        "train": len(splits.train),
-        "validation": 0 if splits.validation is None else len(splits.validation),
-        "test": 0 if splits.test is None else len(splits.test),
+        "train": model.n_train_,
+        "validation": 0 if valid is None else len(valid),
+        "test": 0 if test is None else len(test),
     }
-    gates_on = splits.test if splits.test is not None else splits.validation
+    gates_on = test if test is not None else valid
     if gates_on is not None:
         gates = model.gate_statistics(gates_on)
         if gates:
             metrics["gates"] = gates
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "model")
-    atomic_write_text(out / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
+    model.save(out / "model")  # creates out/, as atomic_write_text would
+    atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics), indent=2))
     atomic_write_text(
         out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     )
