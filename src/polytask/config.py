@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -348,7 +348,7 @@ class EstimatorConfig(_Strict):
                     )
                 if src == name:
                     raise ValueError(f"task {name!r}: inputs_from names the task itself")
-        task_order(self.tasks)  # raises on cycles
+        task_order({n: t.inputs_from for n, t in self.tasks.items()})  # raises on cycles
         self._known_monitor()
         self._model_fits_tasks()
         return self
@@ -387,8 +387,9 @@ class RunConfig(EstimatorConfig):
     data: DataConfig
 
 
-def task_order(tasks: Mapping[str, TaskConfig]) -> list[str]:
-    """Tasks in an order where every ``inputs_from`` source comes before its target."""
+def task_order(sources: Mapping[str, Sequence[str]]) -> list[str]:
+    """Task names in an order where every source comes before its target; ``sources`` maps a
+    task to its ``inputs_from``. A cycle is a ValueError that spells it out."""
     order: list[str] = []
     state: dict[str, int] = {}
 
@@ -399,12 +400,12 @@ def task_order(tasks: Mapping[str, TaskConfig]) -> list[str]:
             cycle = " -> ".join([*path[path.index(name) :], name])
             raise ValueError(f"tasks' inputs_from form a cycle: {cycle}")
         state[name] = 1
-        for src in tasks[name].inputs_from:
+        for src in sources[name]:
             visit(src, [*path, name])
         state[name] = 2
         order.append(name)
 
-    for name in tasks:
+    for name in sources:
         visit(name, [])
     return order
 

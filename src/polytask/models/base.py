@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from polytask.config import task_order
 from polytask.nn import Activation, FeatureInput, Norm, mlp
 
 
@@ -60,23 +61,8 @@ def estimate(head: Head, output: Tensor) -> Tensor:
 
 
 def topological(heads: Sequence[Head]) -> list[str]:
-    by_name = {h.name: h for h in heads}
-    order: list[str] = []
-    seen: set[str] = set()
-
-    def visit(name: str, stack: tuple[str, ...]) -> None:
-        if name in seen:
-            return
-        if name in stack:
-            raise ValueError(f"tasks' inputs_from form a cycle through {name!r}")
-        for src in by_name[name].inputs_from:
-            visit(src, (*stack, name))
-        seen.add(name)
-        order.append(name)
-
-    for h in heads:
-        visit(h.name, ())
-    return order
+    """Head names with every ``inputs_from`` source before its target (`task_order`)."""
+    return task_order({h.name: h.inputs_from for h in heads})
 
 
 @dataclass
