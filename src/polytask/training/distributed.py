@@ -139,12 +139,36 @@ def _digest(datasets: Sequence[EncodedData | None]) -> str:
 
 
 def _buffer_sync(enabled: bool) -> dict[str, Any]:
-    """DDP's switch for broadcasting rank 0's buffers at every forward. Only batch-norm
-    running statistics need it (each rank computes its own on CPU); every other buffer is a
-    constant or computed from reduced values. Renamed in recent PyTorch releases."""
+    """DDP's switch for broadcasting rank 0's buffers at every forward (`_synced_buffers` says
+    which need it). Renamed in recent PyTorch releases."""
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
         return {"forward_sync_buffers": enabled}
     return {"broadcast_buffers": enabled}
+
+
+def _synced_buffers(network: nn.Module) -> list[Tensor]:
+    """The buffers that can differ between ranks and follow rank 0: batch-norm running
+    statistics (each rank updates them with its own share on CPU). Every other buffer is a
+    constant or computed from reduced values."""
+    return [
+        b
+        for m in network.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for b in m.buffers(recurse=False)
+    ]
+
+
+@torch.no_grad()
+def _broadcast(tensors: list[Tensor]) -> None:
+    """Rank 0's values of ``tensors`` on every rank, in place: one broadcast per dtype."""
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.broadcast(flat, src=0)
+        for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
+            t.copy_(part.view_as(t))
 
 
 class _Objective(nn.Module):
@@ -210,12 +234,11 @@ class DistributedTraining:
         self.network, self.weighting, self.tasks = network, weighting, tasks
         self.names = list(tasks)
         self.module = _Objective(network, weighting, tasks)
-        has_batch_norm = any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules()
-        )
+        has_batch_norm = bool(_synced_buffers(network))
         if has_batch_norm and self.device.type == "cuda":
             # Statistics over the global batch, as one process would compute them.
             nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
+        self._synced = _synced_buffers(network)
         self.ddp = DistributedDataParallel(
             self.module,
             device_ids=[self.device] if self.device.type == "cuda" else None,
@@ -228,6 +251,14 @@ class DistributedTraining:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def sync_buffers(self) -> None:
+        """Rank 0's batch-norm running statistics on every rank (a collective; nothing to do
+        without batch norm). DDP does this at the start of each of its forwards, but the last
+        one of an epoch leaves every rank with statistics updated by its own share, and the
+        gradient-weighting step runs the network without DDP."""
+        if self._synced:
+            _broadcast(self._synced)
 
     # ------------------------------------------------------------------------------ steps
     def _shard(self, batch: Batch) -> tuple[Batch, Tensor]:
@@ -309,6 +340,7 @@ class DistributedTraining:
         its hooks stay idle when the forward did not go through DDP."""
         weighting = self.weighting
         assert isinstance(weighting, GradientWeighting)
+        self.sync_buffers()  # as DDP's forward would
         local, scale = self._shard(batch)
         outputs = self.network(local)
         scaled = task_losses(self.tasks, outputs, batch_labels(local, self.tasks)) * scale
@@ -362,6 +394,7 @@ class DistributedTraining:
     ) -> dict[str, dict[str, float]]:
         """`evaluate_split` with each rank predicting a block of rows: exact metrics over all
         rows in their original order, the same dict on every rank."""
+        self.sync_buffers()  # every rank predicts its block with the same model
         n = len(data)
         if n < self.world_size:
             outputs = predict_outputs(model, data, batch_size)

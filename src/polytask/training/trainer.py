@@ -273,6 +273,8 @@ def fit_loop(
                 and state.bad_epochs > cfg.patience
             ):
                 break
+    if distributed is not None:
+        distributed.sync_buffers()  # the last steps left each rank its own batch-norm statistics
     if state.best_state is not None and result.best_epoch != len(result.history):
         model.load_state_dict(state.best_state)
     return result
