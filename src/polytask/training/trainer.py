@@ -235,9 +235,12 @@ def fit_loop(
                 record["validation"] = metrics
                 value = monitor_value(metrics, cfg.monitor)
                 record["monitor"] = {cfg.monitor: value}
-                improved = result.best_value is None or (
+                best = result.best_value
+                # The first epoch is the best so far whatever its value; a NaN best (e.g. an
+                # AUC over one class) is no best: any later finite value improves on it.
+                improved = best is None or (
                     not math.isnan(value)
-                    and (value > result.best_value if mode == "max" else value < result.best_value)
+                    and (math.isnan(best) or (value > best if mode == "max" else value < best))
                 )
                 if improved:
                     result.best_value, result.best_epoch, state.bad_epochs = value, epoch, 0
