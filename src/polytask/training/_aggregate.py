@@ -26,7 +26,7 @@ from polytask.config import TaskConfig
 from polytask.data import Batch
 from polytask.losses import task_losses
 from polytask.models import MultiTaskNet
-from polytask.training.loops import batch_labels, nonfinite_update
+from polytask.training.loops import NonFiniteLossError, batch_labels, nonfinite_update
 from polytask.weighting import GradientWeighting, Weighting
 
 
@@ -52,7 +52,8 @@ def aggregate_step(
     batch: Batch,
 ) -> Tensor:
     """One optimizer step combining per-task gradients; returns the detached task losses
-    ``[K]``. As in `joint_step`, a non-finite loss (or update) skips the update."""
+    ``[K]``. As in `joint_step`, a non-finite loss (or update) skips the update and raises
+    `NonFiniteLossError` (`NonFiniteUpdateError`)."""
     if not isinstance(weighting, GradientWeighting):
         raise TypeError(
             f"aggregate_step needs a GradientWeighting, received {type(weighting).__name__}; "
@@ -61,16 +62,17 @@ def aggregate_step(
     outputs = model(batch)
     losses = task_losses(tasks, outputs, batch_labels(batch, tasks))
     optimizer.zero_grad(set_to_none=True)
-    if not bool(torch.isfinite(losses).all()):
-        return losses.detach()
+    if not bool(torch.isfinite(losses).all()):  # before the Jacobian, which would be NaN
+        raise NonFiniteLossError(losses.detach())
 
     params = jacobian_parameters(model, weighting)
     update = weighting.combine(losses, task_jacobian(losses, params))
-    if not bool(torch.isfinite(update.direction).all()):
-        raise nonfinite_update(
-            f"the update direction ({type(weighting).__name__})", update.direction, losses
-        )
-    if not bool(torch.isfinite(update.objective)):
+    direction_ok = torch.isfinite(update.direction).all()
+    if not bool(direction_ok & torch.isfinite(update.objective)):  # one host read
+        if not bool(direction_ok):
+            raise nonfinite_update(
+                f"the update direction ({type(weighting).__name__})", update.direction, losses
+            )
         raise nonfinite_update(
             f"the objective ({type(weighting).__name__})", update.objective, losses
         )

@@ -54,7 +54,12 @@ from polytask.losses import masked_loss, task_losses
 from polytask.metrics import all_metrics
 from polytask.models import MultiTaskNet
 from polytask.training._aggregate import jacobian_parameters, task_jacobian
-from polytask.training.loops import batch_labels, nonfinite_update, predict_outputs
+from polytask.training.loops import (
+    NonFiniteLossError,
+    batch_labels,
+    nonfinite_update,
+    predict_outputs,
+)
 from polytask.weighting import GradientWeighting, Weighting
 
 
@@ -290,20 +295,24 @@ class DistributedTraining:
     ) -> Tensor:
         """`joint_step` (or `aggregate_step` for a gradient weighting) on this rank's share of
         a global batch; returns the global batch's task losses ``[K]``, the same on every
-        rank, so every rank skips (or stops on) a non-finite loss together."""
+        rank, so every rank skips (or stops on) a non-finite loss together (`NonFiniteLossError`
+        or `NonFiniteUpdateError`, as in one process)."""
         if weighting.needs_gradients:
             return self._gradient_step(optimizer, batch)
         local, scale = self._shard(batch)
         objective, losses = self.ddp(local, scale)
         reduced = self._mean(torch.cat([losses.detach(), objective.detach().reshape(1)]))
         optimizer.zero_grad(set_to_none=True)
-        if bool(torch.isfinite(reduced).all()):
-            objective.backward()
-            optimizer.step()
-        elif bool(torch.isfinite(reduced[:-1]).all()):  # the same decision on every rank
-            raise nonfinite_update(
-                f"the weighted total ({type(self.weighting).__name__})", reduced[-1:], reduced[:-1]
-            )
+        if not bool(torch.isfinite(reduced).all()):  # the same decision on every rank
+            if bool(torch.isfinite(reduced[:-1]).all()):
+                raise nonfinite_update(
+                    f"the weighted total ({type(self.weighting).__name__})",
+                    reduced[-1:],
+                    reduced[:-1],
+                )
+            raise NonFiniteLossError(reduced[:-1])
+        objective.backward()
+        optimizer.step()
         return reduced[:-1]
 
     def alternate_step(
@@ -328,7 +337,7 @@ class DistributedTraining:
                     reduced[-1:],
                     losses,
                 )
-            return losses
+            raise NonFiniteLossError(losses)
         objective.backward()
         optimizer.step()
         return losses
@@ -347,7 +356,7 @@ class DistributedTraining:
         global_losses = self._mean(scaled)
         optimizer.zero_grad(set_to_none=True)
         if not bool(torch.isfinite(global_losses).all()):
-            return global_losses
+            raise NonFiniteLossError(global_losses)
         # Values of the global losses (what GradNorm's loss ratios read), gradients of this
         # rank's scaled losses (whose mean over ranks is the global gradient).
         losses = (scaled - scaled.detach()) + global_losses
@@ -371,9 +380,10 @@ class DistributedTraining:
         flat = self._mean(
             torch.cat([*(g.reshape(-1) for _, g in grads), update.objective.reshape(1)])
         )
-        if not (bool(torch.isfinite(direction).all()) and bool(torch.isfinite(flat).all())):
+        direction_ok = torch.isfinite(direction).all()
+        if not bool(direction_ok & torch.isfinite(flat).all()):  # one host read
             optimizer.zero_grad(set_to_none=True)
-            bad = direction if not bool(torch.isfinite(direction).all()) else flat
+            bad = direction if not bool(direction_ok) else flat
             raise nonfinite_update(f"the update ({type(weighting).__name__})", bad, global_losses)
         sizes = [p.numel() for p, _ in grads]
         for (p, _), g in zip(grads, flat[:-1].split(sizes), strict=True):

@@ -2,6 +2,10 @@
 
 The hot path moves tensors only: batches are contiguous slices of pre-encoded column tensors,
 task losses stay on the device and are summed there; the host reads them once per epoch.
+Each step reads the device once, to decide whether its losses and update are finite (an
+aggregator step twice: once more before the Jacobian); a step that is not applied raises
+`NonFiniteLossError` or `NonFiniteUpdateError`, so what a step returns is always finite and
+the loop never reads it again.
 """
 
 from __future__ import annotations
@@ -22,6 +26,18 @@ from polytask.weighting import Weighting
 
 def batch_labels(batch: Batch, tasks: Mapping[str, TaskConfig]) -> dict[str, Tensor]:
     return {name: batch[LABEL_PREFIX + name] for name in tasks}
+
+
+class NonFiniteLossError(TrainingError):
+    """A task loss of a step was NaN or inf, so the step left the weights unchanged.
+
+    Raised by the step functions with the step's task losses ``[K]`` (``losses``) and handled
+    by the training loop: with ``training.on_nan: skip`` the batch is counted as skipped,
+    otherwise the loop raises a `TrainingError` naming the task and where."""
+
+    def __init__(self, losses: Tensor) -> None:
+        super().__init__("a task loss is not finite; the update was not applied")
+        self.losses = losses
 
 
 def nonfinite_update(what: str, value: Tensor, losses: Tensor) -> NonFiniteUpdateError:
@@ -46,19 +62,20 @@ def joint_step(
 ) -> Tensor:
     """One optimizer step on all tasks; returns the detached task losses ``[K]``.
 
-    A non-finite loss skips the update (the caller decides whether to stop), so one bad batch
-    never writes NaN into the weights. A non-finite weighted total from finite losses also
-    skips it, and raises `NonFiniteUpdateError` so the loop counts or reports it."""
+    A non-finite loss skips the update and raises `NonFiniteLossError` (the caller decides
+    whether to stop), so one bad batch never writes NaN into the weights. A non-finite
+    weighted total from finite losses also skips it, and raises `NonFiniteUpdateError`."""
     outputs = model(batch)
     losses = task_losses(tasks, outputs, batch_labels(batch, tasks))
     total = weighting(losses)
     optimizer.zero_grad(set_to_none=True)
-    if not bool(torch.isfinite(total)):
+    checked = torch.cat([losses.detach(), total.detach().reshape(1)])
+    if not bool(torch.isfinite(checked).all()):  # the step's one host read
         if bool(torch.isfinite(losses).all()):
             raise nonfinite_update(
                 f"the weighted total ({type(weighting).__name__})", total, losses
             )
-        return losses.detach()
+        raise NonFiniteLossError(losses.detach())
     total.backward()
     optimizer.step()
     return losses.detach()

@@ -24,7 +24,7 @@ from polytask.config import TaskConfig
 from polytask.data import LABEL_PREFIX, Batch, EncodedData
 from polytask.losses import masked_loss
 from polytask.models import MultiTaskNet
-from polytask.training.loops import nonfinite_update
+from polytask.training.loops import NonFiniteLossError, nonfinite_update
 from polytask.weighting import Weighting
 
 Sampling = Literal["uniform", "proportional", "round_robin"]
@@ -201,7 +201,8 @@ def alternate_step(
     batch: Batch,
     task: str,
 ) -> Tensor:
-    """One optimizer step on ``task`` alone; returns ``[K]`` losses (0 for other tasks)."""
+    """One optimizer step on ``task`` alone; returns ``[K]`` losses (0 for other tasks).
+    Non-finite losses or updates skip the step as in `joint_step`."""
     names = list(tasks)
     k = names.index(task)
     outputs = model(batch, tasks=[task])
@@ -210,12 +211,13 @@ def alternate_step(
     optimizer.zero_grad(set_to_none=True)
     losses = torch.zeros(len(names), device=loss.device)
     losses[k] = loss.detach()
-    if not bool(torch.isfinite(objective)):
+    checked = torch.cat([loss.detach().reshape(1), objective.detach().reshape(1)])
+    if not bool(torch.isfinite(checked).all()):  # the step's one host read
         if bool(torch.isfinite(loss)):
             raise nonfinite_update(
                 f"the weighted loss of {task!r} ({type(weighting).__name__})", objective, loss
             )
-        return losses
+        raise NonFiniteLossError(losses)
     objective.backward()
     optimizer.step()
     return losses

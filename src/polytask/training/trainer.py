@@ -24,7 +24,7 @@ from polytask.errors import NonFiniteUpdateError, TrainingError
 from polytask.metrics import all_metrics, monitor_mode, monitor_value
 from polytask.models import MultiTaskNet
 from polytask.training._aggregate import aggregate_step
-from polytask.training.loops import check_finite, joint_step, predict_outputs
+from polytask.training.loops import NonFiniteLossError, check_finite, joint_step, predict_outputs
 from polytask.training.optim import group_lrs
 from polytask.training.schedules import JointBatches, alternate_step
 from polytask.weighting import Weighting
@@ -145,6 +145,12 @@ def fit_loop(
     ``cfg.monitor`` picks the best epoch; with ``cfg.restore_best`` the model ends at that
     epoch's weights.
 
+    ``step_fn(model, weighting, tasks, optimizer, batch)`` replaces the joint step (default:
+    `joint_step`, or `aggregate_step` for a gradient weighting). Like them it returns the
+    step's finite task losses ``[K]``, or skips the update and raises `NonFiniteLossError`
+    (`NonFiniteUpdateError` for finite losses and a non-finite update); the loop never reads
+    the losses it returns.
+
     ``checkpoints.save(state)`` runs every ``checkpoints.every`` steps; ``start`` is the state
     a checkpoint restored (the model, optimizer, ... and ``train`` already restored with it).
 
@@ -182,25 +188,19 @@ def fit_loop(
             bar.update(handle, completed=state.position)
             began = time.perf_counter() - state.elapsed
             for task, batch in train.epoch():
-                update_error: NonFiniteUpdateError | None = None
+                # The step decides (one host read) whether its losses and update are finite;
+                # the losses it returns are, so nothing here reads the device.
+                skipped: NonFiniteLossError | NonFiniteUpdateError | None = None
                 try:
                     if task is None:
                         losses = step_fn(model, weighting, tasks, optimizer, batch)
                     else:
                         losses = alternate_fn(model, weighting, tasks, optimizer, batch, task)
-                except NonFiniteUpdateError as err:  # finite losses, non-finite update
-                    update_error = err
+                except (NonFiniteLossError, NonFiniteUpdateError) as err:  # not applied
+                    skipped = err
                 state.step += 1
                 state.position += 1
-                if update_error is not None:
-                    if cfg.on_nan != "skip":
-                        raise TrainingError(
-                            f"{update_error} at step {state.step}"
-                            f"{_where(state, n_batches, checkpoints)}"
-                        ) from None
-                    state.skipped_in_epoch += 1
-                    result.skipped_batches += 1
-                elif bool(torch.isfinite(losses).all()):
+                if skipped is None:
                     sums += losses
                     if task is None:
                         counts += 1
@@ -210,8 +210,14 @@ def fit_loop(
                 elif cfg.on_nan == "skip":
                     state.skipped_in_epoch += 1
                     result.skipped_batches += 1
-                else:
-                    check_finite(losses, names, state.step, _where(state, n_batches, checkpoints))
+                elif isinstance(skipped, NonFiniteLossError):
+                    where = _where(state, n_batches, checkpoints)
+                    check_finite(skipped.losses, names, state.step, where)
+                    raise TrainingError(f"{skipped} at step {state.step}{where}")
+                else:  # finite losses, non-finite update
+                    raise TrainingError(
+                        f"{skipped} at step {state.step}{_where(state, n_batches, checkpoints)}"
+                    )
                 if checkpoints is not None and state.step % checkpoints.every == 0:
                     state.elapsed = time.perf_counter() - began
                     checkpoints.save(state)
