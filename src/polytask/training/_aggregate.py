@@ -37,6 +37,32 @@ def jacobian_parameters(model: MultiTaskNet, weighting: GradientWeighting) -> li
     return model.shared_parameters()
 
 
+def other_parameters(
+    model: nn.Module, weighting: Weighting, params: list[nn.Parameter]
+) -> list[nn.Parameter]:
+    """Every trainable parameter of ``model`` and ``weighting`` outside ``params``: those that
+    get the gradient of the objective."""
+    in_jacobian = {id(p) for p in params}
+    return [
+        p
+        for p in (*model.parameters(), *weighting.parameters())
+        if p.requires_grad and id(p) not in in_jacobian
+    ]
+
+
+def backward_objective(objective: Tensor, others: list[nn.Parameter]) -> None:
+    """The gradient of ``objective`` into ``others``' ``.grad``. Parameters it does not reach
+    keep ``.grad`` None: the optimizer skips them."""
+    if others:
+        torch.autograd.backward(objective, inputs=others)
+
+
+def write_grads(params: list[nn.Parameter], flat: Tensor) -> None:
+    """Each parameter's ``.grad`` = its slice of ``flat`` (in order, in its dtype)."""
+    for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
+        p.grad = g.view_as(p).to(p.dtype)
+
+
 def task_jacobian(losses: Tensor, params: list[nn.Parameter]) -> Tensor:
     """``[K, n]``: row k is the gradient of ``losses[k]`` with respect to ``params``, flattened
     and concatenated in order (zeros where a loss does not reach a parameter). Keeps the graph."""
@@ -77,17 +103,8 @@ def aggregate_step(
             f"the objective ({type(weighting).__name__})", update.objective, losses
         )
 
-    in_jacobian = {id(p) for p in params}
-    others = [
-        p
-        for p in (*model.parameters(), *weighting.parameters())
-        if p.requires_grad and id(p) not in in_jacobian
-    ]
-    if others:
-        # Parameters the objective does not reach keep .grad None: the optimizer skips them.
-        torch.autograd.backward(update.objective, inputs=others)
-    for p, g in zip(params, update.direction.split([p.numel() for p in params]), strict=True):
-        p.grad = g.view_as(p).to(p.dtype)
+    backward_objective(update.objective, other_parameters(model, weighting, params))
+    write_grads(params, update.direction)
     optimizer.step()
     weighting.after_step()
     return losses.detach()

@@ -50,13 +50,21 @@ from torch.nn.parallel import DistributedDataParallel
 from polytask.config import TaskConfig, TrainingConfig
 from polytask.data import LABEL_PREFIX, Batch, EncodedData
 from polytask.errors import ConfigError, DataError
-from polytask.losses import masked_loss, task_losses
+from polytask.losses import task_losses
 from polytask.metrics import all_metrics
 from polytask.models import MultiTaskNet
-from polytask.training._aggregate import jacobian_parameters, task_jacobian
+from polytask.training._aggregate import (
+    backward_objective,
+    jacobian_parameters,
+    other_parameters,
+    task_jacobian,
+    write_grads,
+)
 from polytask.training.loops import (
     NonFiniteLossError,
+    apply_update,
     batch_labels,
+    forward_objective,
     nonfinite_update,
     predict_outputs,
 )
@@ -187,21 +195,11 @@ class _Objective(nn.Module):
         self.network = network
         self.weighting = weighting
         self.tasks = tasks
-        self.names = list(tasks)
 
     def forward(
         self, batch: Batch, scale: Tensor, task: str | None = None
     ) -> tuple[Tensor, Tensor]:
-        if task is None:
-            outputs = self.network(batch)
-            losses = task_losses(self.tasks, outputs, batch_labels(batch, self.tasks)) * scale
-            return self.weighting(losses), losses
-        k = self.names.index(task)
-        outputs = self.network(batch, tasks=[task])
-        loss = masked_loss(self.tasks[task], outputs[task], batch[LABEL_PREFIX + task]) * scale[k]
-        losses = torch.zeros(len(self.names), device=loss.device)
-        losses[k] = loss.detach()
-        return self.weighting.single(k, loss), losses
+        return forward_objective(self.network, self.weighting, self.tasks, batch, task, scale)
 
 
 class DistributedTraining:
@@ -301,18 +299,10 @@ class DistributedTraining:
             return self._gradient_step(optimizer, batch)
         local, scale = self._shard(batch)
         objective, losses = self.ddp(local, scale)
+        # The global batch's values decide: the same decision on every rank.
         reduced = self._mean(torch.cat([losses.detach(), objective.detach().reshape(1)]))
-        optimizer.zero_grad(set_to_none=True)
-        if not bool(torch.isfinite(reduced).all()):  # the same decision on every rank
-            if bool(torch.isfinite(reduced[:-1]).all()):
-                raise nonfinite_update(
-                    f"the weighted total ({type(self.weighting).__name__})",
-                    reduced[-1:],
-                    reduced[:-1],
-                )
-            raise NonFiniteLossError(reduced[:-1])
-        objective.backward()
-        optimizer.step()
+        what = f"the weighted total ({type(self.weighting).__name__})"
+        apply_update(optimizer, objective, reduced, what)
         return reduced[:-1]
 
     def alternate_step(
@@ -328,19 +318,9 @@ class DistributedTraining:
         local, scale = self._shard(batch)
         objective, losses = self.ddp(local, scale, task)
         reduced = self._mean(torch.cat([losses, objective.detach().reshape(1)]))
-        losses = reduced[:-1]
-        optimizer.zero_grad(set_to_none=True)
-        if not bool(torch.isfinite(reduced).all()):
-            if bool(torch.isfinite(losses).all()):
-                raise nonfinite_update(
-                    f"the weighted loss of {task!r} ({type(self.weighting).__name__})",
-                    reduced[-1:],
-                    losses,
-                )
-            raise NonFiniteLossError(losses)
-        objective.backward()
-        optimizer.step()
-        return losses
+        what = f"the weighted loss of {task!r} ({type(self.weighting).__name__})"
+        apply_update(optimizer, objective, reduced, what)
+        return reduced[:-1]
 
     def _gradient_step(self, optimizer: torch.optim.Optimizer, batch: Batch) -> Tensor:
         """`aggregate_step` with the Jacobian all-reduced before aggregation.
@@ -368,14 +348,8 @@ class DistributedTraining:
         direction = update.direction.detach().contiguous().clone()
         dist.broadcast(direction, src=0)
 
-        in_jacobian = {id(p) for p in params}
-        others = [
-            p
-            for p in (*self.network.parameters(), *weighting.parameters())
-            if p.requires_grad and id(p) not in in_jacobian
-        ]
-        if others:
-            torch.autograd.backward(update.objective, inputs=others)
+        others = other_parameters(self.network, weighting, params)
+        backward_objective(update.objective, others)
         grads = [(p, g) for p in others if (g := p.grad) is not None]
         flat = self._mean(
             torch.cat([*(g.reshape(-1) for _, g in grads), update.objective.reshape(1)])
@@ -385,11 +359,8 @@ class DistributedTraining:
             optimizer.zero_grad(set_to_none=True)
             bad = direction if not bool(direction_ok) else flat
             raise nonfinite_update(f"the update ({type(weighting).__name__})", bad, global_losses)
-        sizes = [p.numel() for p, _ in grads]
-        for (p, _), g in zip(grads, flat[:-1].split(sizes), strict=True):
-            p.grad = g.view_as(p).to(p.dtype)
-        for p, g in zip(params, direction.split([p.numel() for p in params]), strict=True):
-            p.grad = g.view_as(p).to(p.dtype)
+        write_grads([p for p, _ in grads], flat[:-1])
+        write_grads(params, direction)
         optimizer.step()
         weighting.after_step()
         return global_losses

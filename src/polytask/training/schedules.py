@@ -21,10 +21,9 @@ import torch
 from torch import Tensor
 
 from polytask.config import TaskConfig
-from polytask.data import LABEL_PREFIX, Batch, EncodedData
-from polytask.losses import masked_loss
+from polytask.data import Batch, EncodedData
 from polytask.models import MultiTaskNet
-from polytask.training.loops import NonFiniteLossError, nonfinite_update
+from polytask.training.loops import apply_update, forward_objective
 from polytask.weighting import Weighting
 
 Sampling = Literal["uniform", "proportional", "round_robin"]
@@ -203,21 +202,9 @@ def alternate_step(
 ) -> Tensor:
     """One optimizer step on ``task`` alone; returns ``[K]`` losses (0 for other tasks).
     Non-finite losses or updates skip the step as in `joint_step`."""
-    names = list(tasks)
-    k = names.index(task)
-    outputs = model(batch, tasks=[task])
-    loss = masked_loss(tasks[task], outputs[task], batch[LABEL_PREFIX + task])
-    objective = weighting.single(k, loss)
-    optimizer.zero_grad(set_to_none=True)
-    losses = torch.zeros(len(names), device=loss.device)
-    losses[k] = loss.detach()
-    checked = torch.cat([loss.detach().reshape(1), objective.detach().reshape(1)])
-    if not bool(torch.isfinite(checked).all()):  # the step's one host read
-        if bool(torch.isfinite(loss)):
-            raise nonfinite_update(
-                f"the weighted loss of {task!r} ({type(weighting).__name__})", objective, loss
-            )
-        raise NonFiniteLossError(losses)
-    objective.backward()
-    optimizer.step()
+    objective, losses = forward_objective(model, weighting, tasks, batch, task)
+    loss = losses[list(tasks).index(task)]
+    checked = torch.cat([loss.reshape(1), objective.detach().reshape(1)])
+    what = f"the weighted loss of {task!r} ({type(weighting).__name__})"
+    apply_update(optimizer, objective, checked, what, losses)
     return losses
