@@ -22,7 +22,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from polytask import ConfigError, MultiTaskModel
+from polytask import ConfigError, DataError, MultiTaskModel
 from polytask.cli import main
 from polytask.training.checkpoint import read_checkpoint
 from polytask.training.distributed import shard_bounds
@@ -160,6 +160,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     for rank in (0, 1):
         message = (tmp_path / f"refused.rank{rank}.txt").read_text()
         assert "training.batch_size is the global batch, shared by the 2 processes" in message
+        message = (tmp_path / f"differ.rank{rank}.txt").read_text()
+        assert "the data encoded on rank(s) [1] differ from rank 0's" in message
         # Resumed from the step-4 checkpoint, each rank ends bit-identical to the
         # uninterrupted run.
         finals = torch.load(tmp_path / f"checkpointed.rank{rank}.pt", weights_only=True)
@@ -307,6 +309,15 @@ def _worker(out: Path) -> None:
         )
     except ConfigError as err:
         (out / f"refused.rank{rank}.txt").write_text(str(err))
+    # Rank 1 reads a table with one value changed: every rank refuses, naming rank 1.
+    changed = table.copy()
+    changed.loc[7, "x"] += rank
+    try:
+        MultiTaskModel(features=FEATURES, tasks=TASKS, model=MMOE, training={"epochs": 1}).fit(
+            changed
+        )
+    except DataError as err:
+        (out / f"differ.rank{rank}.txt").write_text(str(err))
     # Checkpoints: an uninterrupted run, and the same run stopped after epoch 1 and resumed
     # from its mid-epoch checkpoint (step 4 of 6), in fresh folders that only rank 0 writes.
     finals = {}

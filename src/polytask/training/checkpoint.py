@@ -44,7 +44,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -60,9 +60,11 @@ from polytask._version import __version__
 from polytask.data import EncodedData
 from polytask.errors import ConfigError, DataError, ModelFileError
 from polytask.models import MultiTaskNet
-from polytask.training.distributed import ProcessGroup
 from polytask.training.trainer import FitResult, LoopState
 from polytask.weighting import Weighting
+
+if TYPE_CHECKING:  # distributed.py imports data_fingerprint from here
+    from polytask.training.distributed import ProcessGroup
 
 FORMAT_VERSION = 1
 KEEP = 2

@@ -34,7 +34,6 @@ Only rank 0 writes files and progress (`is_main_process`).
 from __future__ import annotations
 
 import atexit
-import hashlib
 import inspect
 import os
 from collections.abc import Sequence
@@ -60,6 +59,7 @@ from polytask.training._aggregate import (
     task_jacobian,
     write_grads,
 )
+from polytask.training.checkpoint import data_fingerprint
 from polytask.training.loops import (
     NonFiniteLossError,
     apply_update,
@@ -138,19 +138,6 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
-def _digest(datasets: Sequence[EncodedData | None]) -> str:
-    h = hashlib.sha256()
-    for data in datasets:
-        if data is None:
-            h.update(b"none")
-            continue
-        columns = [data.categorical, data.numeric, *(data.labels[k] for k in sorted(data.labels))]
-        for t in columns:
-            h.update(repr((t.dtype, tuple(t.shape))).encode())
-            h.update(t.detach().cpu().contiguous().numpy().data)
-    return h.hexdigest()
-
-
 def _buffer_sync(enabled: bool) -> dict[str, Any]:
     """DDP's switch for broadcasting rank 0's buffers at every forward (`_synced_buffers` says
     which need it). Renamed in recent PyTorch releases."""
@@ -227,7 +214,8 @@ class DistributedTraining:
                 f"processes: expected at least {self.world_size}, found {training.batch_size}"
             )
         digests: list[Any] = [None] * self.world_size
-        dist.all_gather_object(digests, _digest(data))
+        present = {str(i): d for i, d in enumerate(data) if d is not None}  # names keep positions
+        dist.all_gather_object(digests, data_fingerprint(present))
         differ = [r for r, d in enumerate(digests) if d != digests[0]]
         if differ:
             raise DataError(
