@@ -236,6 +236,7 @@ def fit_loop(
             }
             if state.skipped_in_epoch:
                 record["skipped_batches"] = state.skipped_in_epoch
+            plateau: float | None = None  # what ReduceLROnPlateau minimises
             if validation is not None:
                 metrics = evaluate(model, tasks, validation, cfg.eval_batch_size)
                 record["validation"] = metrics
@@ -254,14 +255,11 @@ def fit_loop(
                         state.best_state = copy.deepcopy(model.state_dict())
                 else:
                     state.bad_epochs += 1
-                if scheduler is not None:
-                    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                        scheduler.step(value if mode == "min" else -value)
-                    else:
-                        scheduler.step()
-            elif scheduler is not None:
+                plateau = value if mode == "min" else -value
+            if scheduler is not None:
                 if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(float(mean_losses.sum()))
+                    # The monitor, else the summed mean training loss.
+                    scheduler.step(float(mean_losses.sum()) if plateau is None else plateau)
                 else:
                     scheduler.step()
             info = " ".join(f"{k}={v:.4f}" for k, v in record["train_loss"].items())
