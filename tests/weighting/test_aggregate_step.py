@@ -18,6 +18,7 @@ from polytask.data import LABEL_PREFIX
 from polytask.errors import NonFiniteUpdateError
 from polytask.losses import task_losses
 from polytask.models import MultiTaskNet
+from polytask.training import _aggregate as aggregate_module
 from polytask.training import aggregate_step, joint_step
 from polytask.training import trainer as trainer_module
 from polytask.training._aggregate import jacobian_parameters, task_jacobian
@@ -300,3 +301,29 @@ def test_each_step_reads_the_device_once_or_twice_for_gradient_weightings(
     steps = [r for r in reads if r == "__bool__"]
     assert len(steps) == per_step * 2 * 4, reads  # 2 epochs of 4 batches
     assert len(reads) - len(steps) <= 2 * 2, reads  # per epoch: history and report
+
+
+def test_the_parameter_split_is_computed_once_per_fit(
+    make_model: Callable[..., MultiTaskNet],
+    two_tasks: dict[str, TaskConfig],
+    two_task_data: Any,
+    build_weighting: Callable[..., Weighting],
+    train_briefly: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = []
+
+    def spy(*args: Any) -> list[torch.nn.Parameter]:
+        calls.append(1)
+        return jacobian_parameters(*args)
+
+    monkeypatch.setattr(aggregate_module, "jacobian_parameters", spy)
+    model, weighting = make_model("shared_bottom"), build_weighting("gradnorm", two_tasks)
+    train_briefly(model, weighting, two_task_data, epochs=2)  # 8 steps
+    assert len(calls) == 1
+    model.towers["click"].requires_grad_(False)  # a second fit sees what changed since
+    before = {k: v.clone() for k, v in model.towers["click"].state_dict().items()}
+    train_briefly(model, weighting, two_task_data, epochs=1)
+    assert len(calls) == 2
+    for k, v in model.towers["click"].state_dict().items():
+        assert torch.equal(v, before[k]), k

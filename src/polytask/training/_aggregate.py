@@ -18,6 +18,9 @@ shared parameter for the aggregators, the last shared layer for GradNorm):
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torchjd.autojac import jac
@@ -37,17 +40,47 @@ def jacobian_parameters(model: MultiTaskNet, weighting: GradientWeighting) -> li
     return model.shared_parameters()
 
 
-def other_parameters(
-    model: nn.Module, weighting: Weighting, params: list[nn.Parameter]
-) -> list[nn.Parameter]:
-    """Every trainable parameter of ``model`` and ``weighting`` outside ``params``: those that
-    get the gradient of the objective."""
+@dataclass(frozen=True)
+class ParameterSplit:
+    """The parameters of a gradient-weighting step, in a fixed order."""
+
+    jacobian: list[nn.Parameter]
+    """`jacobian_parameters`: their ``.grad`` is the weighting's direction."""
+    others: list[nn.Parameter]
+    """Every other trainable parameter of the model and the weighting: their ``.grad`` is the
+    gradient of the objective."""
+
+
+def parameter_split(model: MultiTaskNet, weighting: GradientWeighting) -> ParameterSplit:
+    params = jacobian_parameters(model, weighting)
     in_jacobian = {id(p) for p in params}
-    return [
+    others = [
         p
         for p in (*model.parameters(), *weighting.parameters())
         if p.requires_grad and id(p) not in in_jacobian
     ]
+    return ParameterSplit(params, others)
+
+
+_splits: weakref.WeakKeyDictionary[
+    Weighting, tuple[weakref.ReferenceType[nn.Module], ParameterSplit]
+] = weakref.WeakKeyDictionary()
+
+
+def _split_of(model: MultiTaskNet, weighting: GradientWeighting) -> ParameterSplit:
+    """`parameter_split`, computed on the first step of a fit (see `forget_split`) and reused
+    while the model is the same."""
+    cached = _splits.get(weighting)
+    if cached is None or cached[0]() is not model:
+        cached = (weakref.ref(model), parameter_split(model, weighting))
+        _splits[weighting] = cached
+    return cached[1]
+
+
+def forget_split(weighting: Weighting) -> None:
+    """Make `aggregate_step` recompute its parameter split: `fit_loop` calls this when it
+    starts, so a parameter frozen or unfrozen between two fits is seen."""
+    _splits.pop(weighting, None)
 
 
 def backward_objective(objective: Tensor, others: list[nn.Parameter]) -> None:
@@ -91,7 +124,8 @@ def aggregate_step(
     if not bool(torch.isfinite(losses).all()):  # before the Jacobian, which would be NaN
         raise NonFiniteLossError(losses.detach())
 
-    params = jacobian_parameters(model, weighting)
+    split = _split_of(model, weighting)
+    params = split.jacobian
     update = weighting.combine(losses, task_jacobian(losses, params))
     direction_ok = torch.isfinite(update.direction).all()
     if not bool(direction_ok & torch.isfinite(update.objective)):  # one host read
@@ -103,7 +137,7 @@ def aggregate_step(
             f"the objective ({type(weighting).__name__})", update.objective, losses
         )
 
-    backward_objective(update.objective, other_parameters(model, weighting, params))
+    backward_objective(update.objective, split.others)
     write_grads(params, update.direction)
     optimizer.step()
     weighting.after_step()

@@ -54,8 +54,7 @@ from polytask.metrics import all_metrics
 from polytask.models import MultiTaskNet
 from polytask.training._aggregate import (
     backward_objective,
-    jacobian_parameters,
-    other_parameters,
+    parameter_split,
     task_jacobian,
     write_grads,
 )
@@ -230,6 +229,11 @@ class DistributedTraining:
             # Statistics over the global batch, as one process would compute them.
             nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
         self._synced = _synced_buffers(network)
+        self._split = (
+            parameter_split(network, weighting)
+            if isinstance(weighting, GradientWeighting)
+            else None
+        )
         self.ddp = DistributedDataParallel(
             self.module,
             device_ids=[self.device] if self.device.type == "cuda" else None,
@@ -315,8 +319,8 @@ class DistributedTraining:
 
         Runs the wrapped modules directly: DDP's reducer only averages summed gradients, and
         its hooks stay idle when the forward did not go through DDP."""
-        weighting = self.weighting
-        assert isinstance(weighting, GradientWeighting)
+        weighting, split = self.weighting, self._split
+        assert isinstance(weighting, GradientWeighting) and split is not None
         self.sync_buffers()  # as DDP's forward would
         local, scale = self._shard(batch)
         outputs = self.network(local)
@@ -329,16 +333,15 @@ class DistributedTraining:
         # rank's scaled losses (whose mean over ranks is the global gradient).
         losses = (scaled - scaled.detach()) + global_losses
 
-        params = jacobian_parameters(self.network, weighting)
+        params = split.jacobian
         jacobian = task_jacobian(losses, params)
         dist.all_reduce(jacobian)
         update = weighting.combine(losses, jacobian / self.world_size)
         direction = update.direction.detach().contiguous().clone()
         dist.broadcast(direction, src=0)
 
-        others = other_parameters(self.network, weighting, params)
-        backward_objective(update.objective, others)
-        grads = [(p, g) for p in others if (g := p.grad) is not None]
+        backward_objective(update.objective, split.others)
+        grads = [(p, g) for p in split.others if (g := p.grad) is not None]
         flat = self._mean(
             torch.cat([*(g.reshape(-1) for _, g in grads), update.objective.reshape(1)])
         )

@@ -73,7 +73,7 @@ def forward_objective(
         if scale is not None:
             losses = losses * scale
         return weighting(losses), losses
-    k = list(tasks).index(task)
+    k = weighting.task_index[task]
     outputs = model(batch, tasks=[task])
     loss = masked_loss(tasks[task], outputs[task], batch[LABEL_PREFIX + task])
     if scale is not None:

@@ -203,7 +203,7 @@ def alternate_step(
     """One optimizer step on ``task`` alone; returns ``[K]`` losses (0 for other tasks).
     Non-finite losses or updates skip the step as in `joint_step`."""
     objective, losses = forward_objective(model, weighting, tasks, batch, task)
-    loss = losses[list(tasks).index(task)]
+    loss = losses[weighting.task_index[task]]
     checked = torch.cat([loss.reshape(1), objective.detach().reshape(1)])
     what = f"the weighted loss of {task!r} ({type(weighting).__name__})"
     apply_update(optimizer, objective, checked, what, losses)

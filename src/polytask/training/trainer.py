@@ -23,7 +23,7 @@ from polytask.data.stream import StreamingBatches
 from polytask.errors import NonFiniteUpdateError, TrainingError
 from polytask.metrics import all_metrics, monitor_mode, monitor_value
 from polytask.models import MultiTaskNet
-from polytask.training._aggregate import aggregate_step
+from polytask.training._aggregate import aggregate_step, forget_split
 from polytask.training.loops import NonFiniteLossError, check_finite, joint_step, predict_outputs
 from polytask.training.optim import group_lrs
 from polytask.training.schedules import JointBatches, alternate_step
@@ -158,6 +158,7 @@ def fit_loop(
     and trains on its share of each; see `polytask.training.distributed`.
     """
     names = list(tasks)
+    index = {name: k for k, name in enumerate(names)}
     if isinstance(train, EncodedData | StreamingBatches):
         generator = torch.Generator().manual_seed(cfg.seed)
         train = JointBatches(train, batch_size=cfg.batch_size, generator=generator)
@@ -166,6 +167,7 @@ def fit_loop(
     mode = monitor_mode(cfg.monitor)
     if step_fn is None:
         step_fn = aggregate_step if weighting.needs_gradients else joint_step
+    forget_split(weighting)  # aggregate_step's parameters: computed once per fit
     alternate_fn, evaluate = alternate_step, evaluate_split
     if distributed is not None:
         step_fn, alternate_fn = distributed.step, distributed.alternate_step
@@ -205,7 +207,7 @@ def fit_loop(
                     if task is None:
                         counts += 1
                     else:
-                        counts[names.index(task)] += 1
+                        counts[index[task]] += 1
                     state.finite_steps += 1
                 elif cfg.on_nan == "skip":
                     state.skipped_in_epoch += 1
