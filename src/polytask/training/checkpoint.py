@@ -173,18 +173,17 @@ def write_checkpoint(
     *,
     config: Any,
     fingerprint: str,
-    rngs: Mapping[str, Tensor] | None = None,
-    world_size: int = 1,
+    rngs: Mapping[str, Tensor],
+    world_size: int,
 ) -> None:
     """Write ``path`` atomically: the folder appears complete or not at all. ``rngs`` are
-    the RNG states from `rng_states` (this process's when None)."""
+    the RNG states from `rng_states`, ``world_size`` the number of processes training."""
     model = {f"network.{k}": v for k, v in parts.network.state_dict().items()}
     model.update({f"weighting.{k}": v for k, v in parts.weighting.state_dict().items()})
     if state.best_state is not None:
         model.update({f"best.{k}": v for k, v in state.best_state.items()})
     assert state.loss_sums is not None and state.loss_counts is not None
-    device = next(parts.network.parameters()).device
-    tensors = dict(rng_states(device) if rngs is None else rngs)
+    tensors = dict(rngs)
     tensors["epoch.loss_sums"] = state.loss_sums
     tensors["epoch.loss_counts"] = state.loss_counts
     tensors.update({f"source.{k}": v for k, v in parts.source.state_dict().items()})

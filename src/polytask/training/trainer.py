@@ -157,6 +157,11 @@ def fit_loop(
     With ``distributed`` (one rank of a torchrun job) every rank walks the same global batches
     and trains on its share of each; see `polytask.training.distributed`.
     """
+    if step_fn is not None and distributed is not None:
+        raise ValueError(
+            "fit_loop: step_fn and distributed cannot be combined: under torchrun the steps are "
+            "distributed.step and distributed.alternate_step"
+        )
     names = list(tasks)
     index = {name: k for k, name in enumerate(names)}
     if isinstance(train, EncodedData | StreamingBatches):
