@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from itertools import pairwise
 from typing import Any
 
 import pandas as pd
@@ -12,6 +13,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from polytask import ConfigError, DataError, MultiTaskModel
+from polytask.training import trainer
 from polytask.training.schedules import alternate_step, task_sequence
 
 
@@ -134,3 +136,29 @@ def test_weightings_that_mix_tasks_within_a_step_are_refused(
     model.config.loss.weighting = weighting
     with pytest.raises(ConfigError, match=f"'{weighting}' combines tasks within a step"):
         model.fit(_split(toy_frame))
+
+
+def test_each_alternate_step_reads_the_device_once(
+    toy_frame: pd.DataFrame, toy_features: Any, toy_tasks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step's finiteness check is the only host read between two steps: the loop does
+    not read the returned losses again."""
+    reads: list[str] = []
+    for name in ("__bool__", "__float__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self: torch.Tensor, *args: Any, _name: str = name, _f: Any = original) -> Any:
+            reads.append(_name)
+            return _f(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    starts: list[int] = []
+
+    def step(*args: Any) -> torch.Tensor:
+        starts.append(len(reads))
+        return alternate_step(*args)
+
+    monkeypatch.setattr(trainer, "alternate_step", step)
+    _model(toy_features, toy_tasks, epochs=1).fit(_split(toy_frame))
+    assert len(starts) == 17  # steps_per_epoch: 10 + 4 + 3 batches of 128
+    assert {b - a for a, b in pairwise(starts)} == {1}

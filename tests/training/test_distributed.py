@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -22,8 +22,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from polytask import ConfigError, MultiTaskModel
+from polytask import ConfigError, DataError, MultiTaskModel
 from polytask.cli import main
+from polytask.config import TrainingConfig
+from polytask.training import fit_loop, joint_step
 from polytask.training.checkpoint import read_checkpoint
 from polytask.training.distributed import shard_bounds
 
@@ -50,6 +52,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "pcgrad": {"model": MMOE, "loss": "pcgrad", "batch_size": 64},
     "gradnorm": {"model": BOTTOM, "loss": "gradnorm", "batch_size": 63},
 }
+# Batch norm on CPU normalises each rank's share with its own statistics, so these only have
+# to agree across ranks (running statistics included), not with one process.
+BATCH_NORM = {**BOTTOM, "norm": "batch"}
+REPLICA_SCENARIOS: dict[str, dict[str, Any]] = {
+    "batch_norm_sum": {"model": BATCH_NORM, "loss": "sum", "batch_size": 63},
+    "batch_norm_pcgrad": {"model": BATCH_NORM, "loss": "pcgrad", "batch_size": 63},
+}
 
 
 def toy_table(n: int = 400) -> pd.DataFrame:
@@ -70,7 +79,7 @@ def toy_table(n: int = 400) -> pd.DataFrame:
 
 
 def fit_scenario(name: str, table: pd.DataFrame) -> MultiTaskModel:
-    s = SCENARIOS[name]
+    s = {**SCENARIOS, **REPLICA_SCENARIOS}[name]
     train, valid = table.iloc[:320], table.iloc[320:]
     training = {
         "epochs": 2,
@@ -144,6 +153,23 @@ def test_shards_cover_every_row_once() -> None:
         assert max(hi - lo for lo, hi in blocks) - min(hi - lo for lo, hi in blocks) <= 1
 
 
+def test_fit_loop_refuses_a_step_fn_it_would_ignore_under_torchrun() -> None:
+    unused: Any = None
+    with pytest.raises(ValueError, match="step_fn and distributed cannot be combined"):
+        fit_loop(
+            model=unused,
+            weighting=unused,
+            tasks={},
+            optimizer=unused,
+            scheduler=None,
+            train=unused,
+            validation=None,
+            cfg=TrainingConfig(),
+            step_fn=joint_step,
+            distributed=cast(Any, object()),
+        )
+
+
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> None:
     """Joint (sum, uncertainty, DWA), alternate, and gradient weightings (PCGrad, GradNorm)."""
     table = toy_table()
@@ -153,6 +179,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     for rank in (0, 1):
         message = (tmp_path / f"refused.rank{rank}.txt").read_text()
         assert "training.batch_size is the global batch, shared by the 2 processes" in message
+        message = (tmp_path / f"differ.rank{rank}.txt").read_text()
+        assert "the data encoded on rank(s) [1] differ from rank 0's" in message
         # Resumed from the step-4 checkpoint, each rank ends bit-identical to the
         # uninterrupted run.
         finals = torch.load(tmp_path / f"checkpointed.rank{rank}.pt", weights_only=True)
@@ -178,11 +206,15 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
         _checkpointed_model().fit(
             table.iloc[:320], epochs=2, checkpoint_dir=tmp_path / "part", resume=True
         )
-    for name in SCENARIOS:
+    for name in [*REPLICA_SCENARIOS, *SCENARIOS]:
         ranks = [torch.load(tmp_path / f"{name}.rank{r}.pt", weights_only=True) for r in (0, 1)]
-        # The replicas never drift apart.
+        # The replicas never drift apart, batch-norm running statistics included.
+        assert ranks[0]["network"].keys() == ranks[1]["network"].keys()
         for key, value in ranks[0]["network"].items():
             assert torch.equal(value, ranks[1]["network"][key]), (name, key)
+        if name in REPLICA_SCENARIOS:
+            assert any("running_mean" in key for key in ranks[0]["network"])
+            continue
         single = fit_scenario(name, table)
         worst = _assert_close(ranks[0]["network"], single.network_.state_dict())
         print(f"{name}: largest weight difference from one process {worst:.1e}")
@@ -282,7 +314,7 @@ def _worker(out: Path) -> None:
 
     rank = int(os.environ["RANK"])
     table = pd.read_csv(out / "table.csv")
-    for name in SCENARIOS:
+    for name in [*SCENARIOS, *REPLICA_SCENARIOS]:
         model = fit_scenario(name, table)
         state = {
             "network": model.network_.state_dict(),
@@ -296,6 +328,15 @@ def _worker(out: Path) -> None:
         )
     except ConfigError as err:
         (out / f"refused.rank{rank}.txt").write_text(str(err))
+    # Rank 1 reads a table with one value changed: every rank refuses, naming rank 1.
+    changed = table.copy()
+    changed.loc[7, "x"] += rank
+    try:
+        MultiTaskModel(features=FEATURES, tasks=TASKS, model=MMOE, training={"epochs": 1}).fit(
+            changed
+        )
+    except DataError as err:
+        (out / f"differ.rank{rank}.txt").write_text(str(err))
     # Checkpoints: an uninterrupted run, and the same run stopped after epoch 1 and resumed
     # from its mid-epoch checkpoint (step 4 of 6), in fresh folders that only rank 0 writes.
     finals = {}

@@ -17,6 +17,7 @@ from polytask import MultiTaskModel, TrainingError
 from polytask import estimator as estimator_module
 from polytask.config import load_run_file
 from polytask.run import run_training
+from polytask.training import trainer
 from polytask.weighting import Weighting
 
 FEATURES = {"categorical": ["color", "size"], "numeric": ["x", "z"]}
@@ -156,3 +157,15 @@ def test_skip_mode_counts_a_step_whose_total_was_not_finite(
     assert [r.get("skipped_batches") for r in model.history_] == [1, None]
     for record in model.history_:
         assert all(np.isfinite(v) for v in record["train_loss"].values())
+
+
+def test_a_nan_monitor_value_is_never_the_best_and_never_blocks_a_later_one(
+    toy_frame: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # E.g. an AUC over a validation split with one class: NaN in epoch 1 (and 3), finite after.
+    values = iter([float("nan"), 0.5, float("nan"), 0.4])
+    monkeypatch.setattr(trainer, "monitor_value", lambda metrics, monitor: next(values))
+    frame = toy_frame.iloc[:800].drop(columns=["kind"])
+    model = _model(epochs=4, monitor="loss").fit(frame.iloc[:600], validation=frame.iloc[600:])
+    assert [r["monitor"]["loss"] for r in model.history_][1::2] == [0.5, 0.4]
+    assert model.best_epoch_ == 4

@@ -75,3 +75,36 @@ def test_scheduler_changes_the_rate(
     ).fit(toy_frame, epochs=2)
     assert model.history_[0]["lr"]["input"] == 1e-2
     assert model.history_[1]["lr"]["input"] == 5e-3
+
+
+@pytest.mark.parametrize("validation", [True, False])
+def test_plateau_minimises_the_monitor_or_else_the_training_loss(
+    toy_frame: pd.DataFrame,
+    toy_features: Any,
+    toy_tasks: Any,
+    validation: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[float] = []
+    step = torch.optim.lr_scheduler.ReduceLROnPlateau.step
+
+    def recording(self: Any, metrics: float, *args: Any) -> None:
+        seen.append(metrics)
+        step(self, metrics, *args)
+
+    monkeypatch.setattr(torch.optim.lr_scheduler.ReduceLROnPlateau, "step", recording)
+    model = MultiTaskModel(
+        features=toy_features,
+        tasks=toy_tasks,
+        model={"name": "shared_bottom", "shared_units": [8], "tower_units": [4]},
+        optimizer={"scheduler": {"name": "plateau"}},
+        # click.auc is maximised: the scheduler sees -auc.
+        training={"epochs": 2, "batch_size": 256, "monitor": "click.auc", "progress": False},
+    )
+    train, valid = toy_frame.iloc[:1500], toy_frame.iloc[1500:]
+    model.fit(train, validation=valid if validation else None)
+    if validation:
+        assert seen == [-r["monitor"]["click.auc"] for r in model.history_]
+    else:
+        expected = [sum(r["train_loss"].values()) for r in model.history_]
+        assert seen == pytest.approx(expected, rel=1e-6)

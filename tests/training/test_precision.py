@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +40,33 @@ def _model(**training: object) -> MultiTaskModel:
     )
 
 
+@contextlib.contextmanager
+def _linear_output_dtypes() -> Iterator[set[torch.dtype]]:
+    """The dtypes every ``nn.Linear`` returns inside the block."""
+    seen: set[torch.dtype] = set()
+    forward = torch.nn.Linear.forward
+
+    def recording(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        y = forward(self, x)
+        seen.add(y.dtype)
+        return y
+
+    torch.nn.Linear.forward = recording  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        torch.nn.Linear.forward = forward  # type: ignore[method-assign]
+
+
 def test_bf16_trains_and_predicts_close_to_fp32() -> None:
     df = _toy()
-    fp32 = _model().fit(df)
-    bf16 = _model(precision="bf16").fit(df)
+    with _linear_output_dtypes() as seen32:
+        fp32 = _model().fit(df)
+    with _linear_output_dtypes() as seen16:
+        bf16 = _model(precision="bf16").fit(df)
+    # The training forward ran its matmuls in bfloat16 (and only with precision: bf16).
+    assert torch.bfloat16 in seen16
+    assert seen32 == {torch.float32}
     assert all(np.isfinite(list(r["train_loss"].values())).all() for r in bf16.history_)
     p32, p16 = fp32.predict(df), bf16.predict(df)
     assert float((p32 - p16).abs().max().max()) < 0.1
@@ -65,10 +90,19 @@ def test_autocast_wrapper_outputs_float32() -> None:
         assert torch.is_autocast_enabled("cpu")
 
 
+def _graphs_compiled() -> int:
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
 def test_compile_matches_eager_and_saves(tmp_path: Path) -> None:
     df = _toy(1500)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    # No validation: only the training steps run the network before the counts are read.
     eager = _model(epochs=1).fit(df)
+    assert _graphs_compiled() == 0
     compiled = _model(epochs=1, compile=True).fit(df)
+    assert _graphs_compiled() > 0  # the training forward went through torch.compile
     pe, pc = eager.predict(df), compiled.predict(df)
     assert float((pe - pc).abs().max().max()) < 1e-3
     compiled.save(tmp_path / "m")

@@ -18,9 +18,11 @@ from polytask.data import LABEL_PREFIX
 from polytask.errors import NonFiniteUpdateError
 from polytask.losses import task_losses
 from polytask.models import MultiTaskNet
+from polytask.training import _aggregate as aggregate_module
 from polytask.training import aggregate_step, joint_step
 from polytask.training import trainer as trainer_module
 from polytask.training._aggregate import jacobian_parameters, task_jacobian
+from polytask.training.loops import NonFiniteLossError
 from polytask.weighting import Aggregation, GradNorm, GradNormParams, Weighting
 
 MODELS = ["shared_bottom", "moe", "mmoe"]
@@ -178,8 +180,9 @@ def test_non_finite_loss_skips_the_update(
     batch[LABEL_PREFIX + "dwell"][0] = float("inf")
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     weighting = Aggregation(tasks=two_tasks, aggregator=agg.UPGrad())
-    losses = aggregate_step(model, weighting, two_tasks, optimizer, batch)
-    assert not bool(torch.isfinite(losses).all())
+    with pytest.raises(NonFiniteLossError) as err:
+        aggregate_step(model, weighting, two_tasks, optimizer, batch)
+    assert torch.isfinite(err.value.losses).tolist() == [True, False]
     assert not optimizer.state
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -260,3 +263,67 @@ def test_fit_loop_picks_the_step_from_needs_gradients(
         make_model("shared_bottom"), build_weighting(name, two_tasks), two_task_data, epochs=1
     )
     assert len(calls) == expected  # 256 rows in batches of 64
+
+
+def _count_host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every ``bool``, ``float``, ``int``, ``.item()`` and ``.tolist()`` of a tensor from now
+    on: the reads that wait for the device."""
+    reads: list[str] = []
+    for name in ("__bool__", "__float__", "__int__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self: torch.Tensor, *args: Any, _name: str = name, _f: Any = original) -> Any:
+            reads.append(_name)
+            return _f(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return reads
+
+
+@pytest.mark.parametrize(
+    ("name", "per_step"), [("sum", 1), ("uncertainty", 1), ("upgrad", 2), ("gradnorm", 2)]
+)
+def test_each_step_reads_the_device_once_or_twice_for_gradient_weightings(
+    name: str,
+    per_step: int,
+    make_model: Callable[..., MultiTaskNet],
+    two_tasks: dict[str, TaskConfig],
+    two_task_data: Any,
+    build_weighting: Callable[..., Weighting],
+    train_briefly: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A step reads whether its losses and update are finite once (gradient weightings: once
+    more, before the Jacobian); the loop reads the losses once per epoch (two epochs here)."""
+    model, weighting = make_model("shared_bottom"), build_weighting(name, two_tasks)
+    reads = _count_host_reads(monkeypatch)
+    train_briefly(model, weighting, two_task_data, epochs=2)
+    steps = [r for r in reads if r == "__bool__"]
+    assert len(steps) == per_step * 2 * 4, reads  # 2 epochs of 4 batches
+    assert len(reads) - len(steps) <= 2 * 2, reads  # per epoch: history and report
+
+
+def test_the_parameter_split_is_computed_once_per_fit(
+    make_model: Callable[..., MultiTaskNet],
+    two_tasks: dict[str, TaskConfig],
+    two_task_data: Any,
+    build_weighting: Callable[..., Weighting],
+    train_briefly: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = []
+
+    def spy(*args: Any) -> list[torch.nn.Parameter]:
+        calls.append(1)
+        return jacobian_parameters(*args)
+
+    monkeypatch.setattr(aggregate_module, "jacobian_parameters", spy)
+    model, weighting = make_model("shared_bottom"), build_weighting("gradnorm", two_tasks)
+    train_briefly(model, weighting, two_task_data, epochs=2)  # 8 steps
+    assert len(calls) == 1
+    model.towers["click"].requires_grad_(False)  # a second fit sees what changed since
+    before = {k: v.clone() for k, v in model.towers["click"].state_dict().items()}
+    train_briefly(model, weighting, two_task_data, epochs=1)
+    assert len(calls) == 2
+    for k, v in model.towers["click"].state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -78,13 +78,18 @@ def test_report_is_the_epoch_mean_of_the_weights(
     mgda = build_weighting("mgda", TASKS)
     assert mgda.report() == {}
     assert isinstance(mgda, GradientWeighting)
+    # The step calls after_step once the update is applied: only applied steps count.
     mgda.combine(torch.ones(2), ORTHOGONAL)  # w = (16, 9) / 25
+    mgda.after_step()
+    mgda.combine(torch.ones(2), torch.diag(torch.tensor([1.0, 10.0])))  # skipped: no after_step
     mgda.combine(torch.ones(2), torch.eye(2))  # w = (1/2, 1/2)
+    mgda.after_step()
     mgda.epoch_end(torch.ones(2))
     assert mgda.report() == pytest.approx(
         {"weight.a": (16 / 25 + 0.5) / 2, "weight.b": (9 / 25 + 0.5) / 2}
     )
     mgda.combine(torch.ones(2), torch.eye(2))
+    mgda.after_step()
     mgda.epoch_end(torch.ones(2))  # a new epoch starts from scratch
     assert mgda.report() == pytest.approx({"weight.a": 0.5, "weight.b": 0.5})
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 import torch
 
 from polytask import MultiTaskModel
@@ -80,4 +79,4 @@ def test_same_training_seed_same_model(toy_frame: Any, toy_features: dict[str, l
 
     first = fit(0)
     assert fit(0) == first
-    assert fit(1) != pytest.approx(first)
+    assert fit(1) != first

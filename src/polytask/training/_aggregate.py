@@ -18,6 +18,9 @@ shared parameter for the aggregators, the last shared layer for GradNorm):
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torchjd.autojac import jac
@@ -26,7 +29,7 @@ from polytask.config import TaskConfig
 from polytask.data import Batch
 from polytask.losses import task_losses
 from polytask.models import MultiTaskNet
-from polytask.training.loops import batch_labels, nonfinite_update
+from polytask.training.loops import NonFiniteLossError, batch_labels, nonfinite_update
 from polytask.weighting import GradientWeighting, Weighting
 
 
@@ -35,6 +38,62 @@ def jacobian_parameters(model: MultiTaskNet, weighting: GradientWeighting) -> li
     if weighting.jacobian_on == "last_shared":
         return model.last_shared_layer()
     return model.shared_parameters()
+
+
+@dataclass(frozen=True)
+class ParameterSplit:
+    """The parameters of a gradient-weighting step, in a fixed order."""
+
+    jacobian: list[nn.Parameter]
+    """`jacobian_parameters`: their ``.grad`` is the weighting's direction."""
+    others: list[nn.Parameter]
+    """Every other trainable parameter of the model and the weighting: their ``.grad`` is the
+    gradient of the objective."""
+
+
+def parameter_split(model: MultiTaskNet, weighting: GradientWeighting) -> ParameterSplit:
+    params = jacobian_parameters(model, weighting)
+    in_jacobian = {id(p) for p in params}
+    others = [
+        p
+        for p in (*model.parameters(), *weighting.parameters())
+        if p.requires_grad and id(p) not in in_jacobian
+    ]
+    return ParameterSplit(params, others)
+
+
+_splits: weakref.WeakKeyDictionary[
+    Weighting, tuple[weakref.ReferenceType[nn.Module], ParameterSplit]
+] = weakref.WeakKeyDictionary()
+
+
+def _split_of(model: MultiTaskNet, weighting: GradientWeighting) -> ParameterSplit:
+    """`parameter_split`, computed on the first step of a fit (see `forget_split`) and reused
+    while the model is the same."""
+    cached = _splits.get(weighting)
+    if cached is None or cached[0]() is not model:
+        cached = (weakref.ref(model), parameter_split(model, weighting))
+        _splits[weighting] = cached
+    return cached[1]
+
+
+def forget_split(weighting: Weighting) -> None:
+    """Make `aggregate_step` recompute its parameter split: `fit_loop` calls this when it
+    starts, so a parameter frozen or unfrozen between two fits is seen."""
+    _splits.pop(weighting, None)
+
+
+def backward_objective(objective: Tensor, others: list[nn.Parameter]) -> None:
+    """The gradient of ``objective`` into ``others``' ``.grad``. Parameters it does not reach
+    keep ``.grad`` None: the optimizer skips them."""
+    if others:
+        torch.autograd.backward(objective, inputs=others)
+
+
+def write_grads(params: list[nn.Parameter], flat: Tensor) -> None:
+    """Each parameter's ``.grad`` = its slice of ``flat`` (in order, in its dtype)."""
+    for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
+        p.grad = g.view_as(p).to(p.dtype)
 
 
 def task_jacobian(losses: Tensor, params: list[nn.Parameter]) -> Tensor:
@@ -52,7 +111,8 @@ def aggregate_step(
     batch: Batch,
 ) -> Tensor:
     """One optimizer step combining per-task gradients; returns the detached task losses
-    ``[K]``. As in `joint_step`, a non-finite loss (or update) skips the update."""
+    ``[K]``. As in `joint_step`, a non-finite loss (or update) skips the update and raises
+    `NonFiniteLossError` (`NonFiniteUpdateError`)."""
     if not isinstance(weighting, GradientWeighting):
         raise TypeError(
             f"aggregate_step needs a GradientWeighting, received {type(weighting).__name__}; "
@@ -61,31 +121,24 @@ def aggregate_step(
     outputs = model(batch)
     losses = task_losses(tasks, outputs, batch_labels(batch, tasks))
     optimizer.zero_grad(set_to_none=True)
-    if not bool(torch.isfinite(losses).all()):
-        return losses.detach()
+    if not bool(torch.isfinite(losses).all()):  # before the Jacobian, which would be NaN
+        raise NonFiniteLossError(losses.detach())
 
-    params = jacobian_parameters(model, weighting)
+    split = _split_of(model, weighting)
+    params = split.jacobian
     update = weighting.combine(losses, task_jacobian(losses, params))
-    if not bool(torch.isfinite(update.direction).all()):
-        raise nonfinite_update(
-            f"the update direction ({type(weighting).__name__})", update.direction, losses
-        )
-    if not bool(torch.isfinite(update.objective)):
+    direction_ok = torch.isfinite(update.direction).all()
+    if not bool(direction_ok & torch.isfinite(update.objective)):  # one host read
+        if not bool(direction_ok):
+            raise nonfinite_update(
+                f"the update direction ({type(weighting).__name__})", update.direction, losses
+            )
         raise nonfinite_update(
             f"the objective ({type(weighting).__name__})", update.objective, losses
         )
 
-    in_jacobian = {id(p) for p in params}
-    others = [
-        p
-        for p in (*model.parameters(), *weighting.parameters())
-        if p.requires_grad and id(p) not in in_jacobian
-    ]
-    if others:
-        # Parameters the objective does not reach keep .grad None: the optimizer skips them.
-        torch.autograd.backward(update.objective, inputs=others)
-    for p, g in zip(params, update.direction.split([p.numel() for p in params]), strict=True):
-        p.grad = g.view_as(p).to(p.dtype)
+    backward_objective(update.objective, split.others)
+    write_grads(params, update.direction)
     optimizer.step()
     weighting.after_step()
     return losses.detach()

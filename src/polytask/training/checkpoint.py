@@ -44,7 +44,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -60,9 +60,11 @@ from polytask._version import __version__
 from polytask.data import EncodedData
 from polytask.errors import ConfigError, DataError, ModelFileError
 from polytask.models import MultiTaskNet
-from polytask.training.distributed import ProcessGroup
 from polytask.training.trainer import FitResult, LoopState
 from polytask.weighting import Weighting
+
+if TYPE_CHECKING:  # distributed.py imports data_fingerprint from here
+    from polytask.training.distributed import ProcessGroup
 
 FORMAT_VERSION = 1
 KEEP = 2
@@ -171,18 +173,17 @@ def write_checkpoint(
     *,
     config: Any,
     fingerprint: str,
-    rngs: Mapping[str, Tensor] | None = None,
-    world_size: int = 1,
+    rngs: Mapping[str, Tensor],
+    world_size: int,
 ) -> None:
     """Write ``path`` atomically: the folder appears complete or not at all. ``rngs`` are
-    the RNG states from `rng_states` (this process's when None)."""
+    the RNG states from `rng_states`, ``world_size`` the number of processes training."""
     model = {f"network.{k}": v for k, v in parts.network.state_dict().items()}
     model.update({f"weighting.{k}": v for k, v in parts.weighting.state_dict().items()})
     if state.best_state is not None:
         model.update({f"best.{k}": v for k, v in state.best_state.items()})
     assert state.loss_sums is not None and state.loss_counts is not None
-    device = next(parts.network.parameters()).device
-    tensors = dict(rng_states(device) if rngs is None else rngs)
+    tensors = dict(rngs)
     tensors["epoch.loss_sums"] = state.loss_sums
     tensors["epoch.loss_counts"] = state.loss_counts
     tensors.update({f"source.{k}": v for k, v in parts.source.state_dict().items()})

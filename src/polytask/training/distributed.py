@@ -34,7 +34,6 @@ Only rank 0 writes files and progress (`is_main_process`).
 from __future__ import annotations
 
 import atexit
-import hashlib
 import inspect
 import os
 from collections.abc import Sequence
@@ -50,11 +49,24 @@ from torch.nn.parallel import DistributedDataParallel
 from polytask.config import TaskConfig, TrainingConfig
 from polytask.data import LABEL_PREFIX, Batch, EncodedData
 from polytask.errors import ConfigError, DataError
-from polytask.losses import masked_loss, task_losses
+from polytask.losses import task_losses
 from polytask.metrics import all_metrics
 from polytask.models import MultiTaskNet
-from polytask.training._aggregate import jacobian_parameters, task_jacobian
-from polytask.training.loops import batch_labels, nonfinite_update, predict_outputs
+from polytask.training._aggregate import (
+    backward_objective,
+    parameter_split,
+    task_jacobian,
+    write_grads,
+)
+from polytask.training.checkpoint import data_fingerprint
+from polytask.training.loops import (
+    NonFiniteLossError,
+    apply_update,
+    batch_labels,
+    forward_objective,
+    nonfinite_update,
+    predict_outputs,
+)
 from polytask.weighting import GradientWeighting, Weighting
 
 
@@ -125,26 +137,37 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
-def _digest(datasets: Sequence[EncodedData | None]) -> str:
-    h = hashlib.sha256()
-    for data in datasets:
-        if data is None:
-            h.update(b"none")
-            continue
-        columns = [data.categorical, data.numeric, *(data.labels[k] for k in sorted(data.labels))]
-        for t in columns:
-            h.update(repr((t.dtype, tuple(t.shape))).encode())
-            h.update(t.detach().cpu().contiguous().numpy().data)
-    return h.hexdigest()
-
-
 def _buffer_sync(enabled: bool) -> dict[str, Any]:
-    """DDP's switch for broadcasting rank 0's buffers at every forward. Only batch-norm
-    running statistics need it (each rank computes its own on CPU); every other buffer is a
-    constant or computed from reduced values. Renamed in recent PyTorch releases."""
+    """DDP's switch for broadcasting rank 0's buffers at every forward (`_synced_buffers` says
+    which need it). Renamed in recent PyTorch releases."""
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
         return {"forward_sync_buffers": enabled}
     return {"broadcast_buffers": enabled}
+
+
+def _synced_buffers(network: nn.Module) -> list[Tensor]:
+    """The buffers that can differ between ranks and follow rank 0: batch-norm running
+    statistics (each rank updates them with its own share on CPU). Every other buffer is a
+    constant or computed from reduced values."""
+    return [
+        b
+        for m in network.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for b in m.buffers(recurse=False)
+    ]
+
+
+@torch.no_grad()
+def _broadcast(tensors: list[Tensor]) -> None:
+    """Rank 0's values of ``tensors`` on every rank, in place: one broadcast per dtype."""
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.broadcast(flat, src=0)
+        for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
+            t.copy_(part.view_as(t))
 
 
 class _Objective(nn.Module):
@@ -158,21 +181,11 @@ class _Objective(nn.Module):
         self.network = network
         self.weighting = weighting
         self.tasks = tasks
-        self.names = list(tasks)
 
     def forward(
         self, batch: Batch, scale: Tensor, task: str | None = None
     ) -> tuple[Tensor, Tensor]:
-        if task is None:
-            outputs = self.network(batch)
-            losses = task_losses(self.tasks, outputs, batch_labels(batch, self.tasks)) * scale
-            return self.weighting(losses), losses
-        k = self.names.index(task)
-        outputs = self.network(batch, tasks=[task])
-        loss = masked_loss(self.tasks[task], outputs[task], batch[LABEL_PREFIX + task]) * scale[k]
-        losses = torch.zeros(len(self.names), device=loss.device)
-        losses[k] = loss.detach()
-        return self.weighting.single(k, loss), losses
+        return forward_objective(self.network, self.weighting, self.tasks, batch, task, scale)
 
 
 class DistributedTraining:
@@ -200,7 +213,8 @@ class DistributedTraining:
                 f"processes: expected at least {self.world_size}, found {training.batch_size}"
             )
         digests: list[Any] = [None] * self.world_size
-        dist.all_gather_object(digests, _digest(data))
+        present = {str(i): d for i, d in enumerate(data) if d is not None}  # names keep positions
+        dist.all_gather_object(digests, data_fingerprint(present))
         differ = [r for r, d in enumerate(digests) if d != digests[0]]
         if differ:
             raise DataError(
@@ -210,12 +224,16 @@ class DistributedTraining:
         self.network, self.weighting, self.tasks = network, weighting, tasks
         self.names = list(tasks)
         self.module = _Objective(network, weighting, tasks)
-        has_batch_norm = any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules()
-        )
+        has_batch_norm = bool(_synced_buffers(network))
         if has_batch_norm and self.device.type == "cuda":
             # Statistics over the global batch, as one process would compute them.
             nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
+        self._synced = _synced_buffers(network)
+        self._split = (
+            parameter_split(network, weighting)
+            if isinstance(weighting, GradientWeighting)
+            else None
+        )
         self.ddp = DistributedDataParallel(
             self.module,
             device_ids=[self.device] if self.device.type == "cuda" else None,
@@ -228,6 +246,14 @@ class DistributedTraining:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def sync_buffers(self) -> None:
+        """Rank 0's batch-norm running statistics on every rank (a collective; nothing to do
+        without batch norm). DDP does this at the start of each of its forwards, but the last
+        one of an epoch leaves every rank with statistics updated by its own share, and the
+        gradient-weighting step runs the network without DDP."""
+        if self._synced:
+            _broadcast(self._synced)
 
     # ------------------------------------------------------------------------------ steps
     def _shard(self, batch: Batch) -> tuple[Batch, Tensor]:
@@ -259,20 +285,16 @@ class DistributedTraining:
     ) -> Tensor:
         """`joint_step` (or `aggregate_step` for a gradient weighting) on this rank's share of
         a global batch; returns the global batch's task losses ``[K]``, the same on every
-        rank, so every rank skips (or stops on) a non-finite loss together."""
+        rank, so every rank skips (or stops on) a non-finite loss together (`NonFiniteLossError`
+        or `NonFiniteUpdateError`, as in one process)."""
         if weighting.needs_gradients:
             return self._gradient_step(optimizer, batch)
         local, scale = self._shard(batch)
         objective, losses = self.ddp(local, scale)
+        # The global batch's values decide: the same decision on every rank.
         reduced = self._mean(torch.cat([losses.detach(), objective.detach().reshape(1)]))
-        optimizer.zero_grad(set_to_none=True)
-        if bool(torch.isfinite(reduced).all()):
-            objective.backward()
-            optimizer.step()
-        elif bool(torch.isfinite(reduced[:-1]).all()):  # the same decision on every rank
-            raise nonfinite_update(
-                f"the weighted total ({type(self.weighting).__name__})", reduced[-1:], reduced[:-1]
-            )
+        what = f"the weighted total ({type(self.weighting).__name__})"
+        apply_update(optimizer, objective, reduced, what)
         return reduced[:-1]
 
     def alternate_step(
@@ -288,66 +310,48 @@ class DistributedTraining:
         local, scale = self._shard(batch)
         objective, losses = self.ddp(local, scale, task)
         reduced = self._mean(torch.cat([losses, objective.detach().reshape(1)]))
-        losses = reduced[:-1]
-        optimizer.zero_grad(set_to_none=True)
-        if not bool(torch.isfinite(reduced).all()):
-            if bool(torch.isfinite(losses).all()):
-                raise nonfinite_update(
-                    f"the weighted loss of {task!r} ({type(self.weighting).__name__})",
-                    reduced[-1:],
-                    losses,
-                )
-            return losses
-        objective.backward()
-        optimizer.step()
-        return losses
+        what = f"the weighted loss of {task!r} ({type(self.weighting).__name__})"
+        apply_update(optimizer, objective, reduced, what)
+        return reduced[:-1]
 
     def _gradient_step(self, optimizer: torch.optim.Optimizer, batch: Batch) -> Tensor:
         """`aggregate_step` with the Jacobian all-reduced before aggregation.
 
         Runs the wrapped modules directly: DDP's reducer only averages summed gradients, and
         its hooks stay idle when the forward did not go through DDP."""
-        weighting = self.weighting
-        assert isinstance(weighting, GradientWeighting)
+        weighting, split = self.weighting, self._split
+        assert isinstance(weighting, GradientWeighting) and split is not None
+        self.sync_buffers()  # as DDP's forward would
         local, scale = self._shard(batch)
         outputs = self.network(local)
         scaled = task_losses(self.tasks, outputs, batch_labels(local, self.tasks)) * scale
         global_losses = self._mean(scaled)
         optimizer.zero_grad(set_to_none=True)
         if not bool(torch.isfinite(global_losses).all()):
-            return global_losses
+            raise NonFiniteLossError(global_losses)
         # Values of the global losses (what GradNorm's loss ratios read), gradients of this
         # rank's scaled losses (whose mean over ranks is the global gradient).
         losses = (scaled - scaled.detach()) + global_losses
 
-        params = jacobian_parameters(self.network, weighting)
+        params = split.jacobian
         jacobian = task_jacobian(losses, params)
         dist.all_reduce(jacobian)
         update = weighting.combine(losses, jacobian / self.world_size)
         direction = update.direction.detach().contiguous().clone()
         dist.broadcast(direction, src=0)
 
-        in_jacobian = {id(p) for p in params}
-        others = [
-            p
-            for p in (*self.network.parameters(), *weighting.parameters())
-            if p.requires_grad and id(p) not in in_jacobian
-        ]
-        if others:
-            torch.autograd.backward(update.objective, inputs=others)
-        grads = [(p, g) for p in others if (g := p.grad) is not None]
+        backward_objective(update.objective, split.others)
+        grads = [(p, g) for p in split.others if (g := p.grad) is not None]
         flat = self._mean(
             torch.cat([*(g.reshape(-1) for _, g in grads), update.objective.reshape(1)])
         )
-        if not (bool(torch.isfinite(direction).all()) and bool(torch.isfinite(flat).all())):
+        direction_ok = torch.isfinite(direction).all()
+        if not bool(direction_ok & torch.isfinite(flat).all()):  # one host read
             optimizer.zero_grad(set_to_none=True)
-            bad = direction if not bool(torch.isfinite(direction).all()) else flat
+            bad = direction if not bool(direction_ok) else flat
             raise nonfinite_update(f"the update ({type(weighting).__name__})", bad, global_losses)
-        sizes = [p.numel() for p, _ in grads]
-        for (p, _), g in zip(grads, flat[:-1].split(sizes), strict=True):
-            p.grad = g.view_as(p).to(p.dtype)
-        for p, g in zip(params, direction.split([p.numel() for p in params]), strict=True):
-            p.grad = g.view_as(p).to(p.dtype)
+        write_grads([p for p, _ in grads], flat[:-1])
+        write_grads(params, direction)
         optimizer.step()
         weighting.after_step()
         return global_losses
@@ -362,6 +366,7 @@ class DistributedTraining:
     ) -> dict[str, dict[str, float]]:
         """`evaluate_split` with each rank predicting a block of rows: exact metrics over all
         rows in their original order, the same dict on every rank."""
+        self.sync_buffers()  # every rank predicts its block with the same model
         n = len(data)
         if n < self.world_size:
             outputs = predict_outputs(model, data, batch_size)

@@ -2,26 +2,43 @@
 
 The hot path moves tensors only: batches are contiguous slices of pre-encoded column tensors,
 task losses stay on the device and are summed there; the host reads them once per epoch.
+Each step reads the device once, to decide whether its losses and update are finite (an
+aggregator step twice: once more before the Jacobian); a step that is not applied raises
+`NonFiniteLossError` or `NonFiniteUpdateError`, so what a step returns is always finite and
+the loop never reads it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from polytask.config import TaskConfig
 from polytask.data import LABEL_PREFIX, Batch, EncodedData
 from polytask.errors import NonFiniteUpdateError, TrainingError
-from polytask.losses import task_losses
+from polytask.losses import masked_loss, task_losses
 from polytask.models import MultiTaskNet
 from polytask.weighting import Weighting
 
 
 def batch_labels(batch: Batch, tasks: Mapping[str, TaskConfig]) -> dict[str, Tensor]:
     return {name: batch[LABEL_PREFIX + name] for name in tasks}
+
+
+class NonFiniteLossError(TrainingError):
+    """A task loss of a step was NaN or inf, so the step left the weights unchanged.
+
+    Raised by the step functions with the step's task losses ``[K]`` (``losses``) and handled
+    by the training loop: with ``training.on_nan: skip`` the batch is counted as skipped,
+    otherwise the loop raises a `TrainingError` naming the task and where."""
+
+    def __init__(self, losses: Tensor) -> None:
+        super().__init__("a task loss is not finite; the update was not applied")
+        self.losses = losses
 
 
 def nonfinite_update(what: str, value: Tensor, losses: Tensor) -> NonFiniteUpdateError:
@@ -37,6 +54,57 @@ def nonfinite_update(what: str, value: Tensor, losses: Tensor) -> NonFiniteUpdat
     )
 
 
+def forward_objective(
+    model: nn.Module,
+    weighting: Weighting,
+    tasks: dict[str, TaskConfig],
+    batch: Batch,
+    task: str | None = None,
+    scale: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The forward pass of a step: ``(objective, losses [K])``.
+
+    For every task (``task`` None) the objective is ``weighting(losses)`` and the losses stay
+    attached. For ``task`` alone only its part of the model runs, the objective is
+    `Weighting.single` of its loss and the losses are detached, 0 for the other tasks.
+    ``scale [K]`` multiplies the task losses first (a torchrun rank's share)."""
+    if task is None:
+        losses = task_losses(tasks, model(batch), batch_labels(batch, tasks))
+        if scale is not None:
+            losses = losses * scale
+        return weighting(losses), losses
+    k = weighting.task_index[task]
+    outputs = model(batch, tasks=[task])
+    loss = masked_loss(tasks[task], outputs[task], batch[LABEL_PREFIX + task])
+    if scale is not None:
+        loss = loss * scale[k]
+    losses = torch.zeros(len(tasks), device=loss.device)
+    losses[k] = loss.detach()
+    return weighting.single(k, loss), losses
+
+
+def apply_update(
+    optimizer: torch.optim.Optimizer,
+    objective: Tensor,
+    checked: Tensor,
+    what: str,
+    losses: Tensor | None = None,
+) -> None:
+    """Zero the gradients, then step along ``objective``'s gradient if every entry of
+    ``checked`` (the task losses, then the objective, detached; the global batch's under
+    torchrun) is finite: the step's one host read.
+
+    Otherwise the update is skipped: `NonFiniteLossError` with ``losses`` (default: the checked
+    losses) if a checked loss is not finite, else `NonFiniteUpdateError` naming ``what``."""
+    optimizer.zero_grad(set_to_none=True)
+    if not bool(torch.isfinite(checked).all()):
+        if bool(torch.isfinite(checked[:-1]).all()):
+            raise nonfinite_update(what, checked[-1:], checked[:-1])
+        raise NonFiniteLossError(checked[:-1] if losses is None else losses)
+    objective.backward()
+    optimizer.step()
+
+
 def joint_step(
     model: MultiTaskNet,
     weighting: Weighting,
@@ -46,22 +114,14 @@ def joint_step(
 ) -> Tensor:
     """One optimizer step on all tasks; returns the detached task losses ``[K]``.
 
-    A non-finite loss skips the update (the caller decides whether to stop), so one bad batch
-    never writes NaN into the weights. A non-finite weighted total from finite losses also
-    skips it, and raises `NonFiniteUpdateError` so the loop counts or reports it."""
-    outputs = model(batch)
-    losses = task_losses(tasks, outputs, batch_labels(batch, tasks))
-    total = weighting(losses)
-    optimizer.zero_grad(set_to_none=True)
-    if not bool(torch.isfinite(total)):
-        if bool(torch.isfinite(losses).all()):
-            raise nonfinite_update(
-                f"the weighted total ({type(weighting).__name__})", total, losses
-            )
-        return losses.detach()
-    total.backward()
-    optimizer.step()
-    return losses.detach()
+    A non-finite loss skips the update and raises `NonFiniteLossError` (the caller decides
+    whether to stop), so one bad batch never writes NaN into the weights. A non-finite
+    weighted total from finite losses also skips it, and raises `NonFiniteUpdateError`."""
+    total, losses = forward_objective(model, weighting, tasks, batch)
+    losses = losses.detach()
+    checked = torch.cat([losses, total.detach().reshape(1)])
+    apply_update(optimizer, total, checked, f"the weighted total ({type(weighting).__name__})")
+    return losses
 
 
 def check_finite(losses: Tensor, task_names: list[str], step: int, where: str) -> None:
@@ -74,20 +134,30 @@ def check_finite(losses: Tensor, task_names: list[str], step: int, where: str) -
         )
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in evaluation mode inside the block; its previous mode after it, also when
+    the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.inference_mode()
 def predict_outputs(
     model: MultiTaskNet, data: EncodedData, batch_size: int
 ) -> dict[str, np.ndarray]:
     """Raw outputs for every row, in row order, as float32 numpy arrays: one per task and
     one per auxiliary output of the model."""
-    was_training = model.training
-    model.eval()
     names = [*model.task_names, *model.auxiliary_outputs]
     chunks: dict[str, list[Tensor]] = {name: [] for name in names}
-    for batch in data.batches(batch_size):
-        for name, out in model(batch, auxiliary=True).items():
-            chunks[name].append(out.float())
-    model.train(was_training)
+    with evaluating(model):
+        for batch in data.batches(batch_size):
+            for name, out in model(batch, auxiliary=True).items():
+                chunks[name].append(out.float())
     return {
         name: torch.cat(parts).cpu().numpy() if parts else np.zeros((0,), np.float32)
         for name, parts in chunks.items()
@@ -102,14 +172,12 @@ def gate_statistics(
 
     A collapsed gate (all weight on one expert) has entropy near 0; a uniform one log(E).
     """
-    was_training = model.training
-    model.eval()
     sums: dict[str, Tensor] = {}
-    for batch in data.batches(batch_size):
-        for name, g in model.gate_weights(batch).items():
-            part = g.float().sum(0)
-            sums[name] = sums[name] + part if name in sums else part
-    model.train(was_training)
+    with evaluating(model):
+        for batch in data.batches(batch_size):
+            for name, g in model.gate_weights(batch).items():
+                part = g.float().sum(0)
+                sums[name] = sums[name] + part if name in sums else part
     out: dict[str, dict[str, list[float] | float]] = {}
     for name, total in sums.items():
         mean = total / max(len(data), 1)

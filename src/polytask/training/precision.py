@@ -105,8 +105,3 @@ def training_network(net: MultiTaskNet, cfg: TrainingConfig) -> MultiTaskNet:
     if cfg.precision == "fp32" and not cfg.compile:
         return net
     return cast(MultiTaskNet, TrainNet(net, precision=cfg.precision, compile=cfg.compile))
-
-
-def maybe_compile(net: MultiTaskNet, cfg: TrainingConfig) -> MultiTaskNet:
-    """Alias of `training_network` (compile and precision are applied together)."""
-    return training_network(net, cfg)

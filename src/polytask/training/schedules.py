@@ -21,10 +21,9 @@ import torch
 from torch import Tensor
 
 from polytask.config import TaskConfig
-from polytask.data import LABEL_PREFIX, Batch, EncodedData
-from polytask.losses import masked_loss
+from polytask.data import Batch, EncodedData
 from polytask.models import MultiTaskNet
-from polytask.training.loops import nonfinite_update
+from polytask.training.loops import apply_update, forward_objective
 from polytask.weighting import Weighting
 
 Sampling = Literal["uniform", "proportional", "round_robin"]
@@ -201,21 +200,11 @@ def alternate_step(
     batch: Batch,
     task: str,
 ) -> Tensor:
-    """One optimizer step on ``task`` alone; returns ``[K]`` losses (0 for other tasks)."""
-    names = list(tasks)
-    k = names.index(task)
-    outputs = model(batch, tasks=[task])
-    loss = masked_loss(tasks[task], outputs[task], batch[LABEL_PREFIX + task])
-    objective = weighting.single(k, loss)
-    optimizer.zero_grad(set_to_none=True)
-    losses = torch.zeros(len(names), device=loss.device)
-    losses[k] = loss.detach()
-    if not bool(torch.isfinite(objective)):
-        if bool(torch.isfinite(loss)):
-            raise nonfinite_update(
-                f"the weighted loss of {task!r} ({type(weighting).__name__})", objective, loss
-            )
-        return losses
-    objective.backward()
-    optimizer.step()
+    """One optimizer step on ``task`` alone; returns ``[K]`` losses (0 for other tasks).
+    Non-finite losses or updates skip the step as in `joint_step`."""
+    objective, losses = forward_objective(model, weighting, tasks, batch, task)
+    loss = losses[weighting.task_index[task]]
+    checked = torch.cat([loss.reshape(1), objective.detach().reshape(1)])
+    what = f"the weighted loss of {task!r} ({type(weighting).__name__})"
+    apply_update(optimizer, objective, checked, what, losses)
     return losses

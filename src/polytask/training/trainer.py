@@ -23,8 +23,8 @@ from polytask.data.stream import StreamingBatches
 from polytask.errors import NonFiniteUpdateError, TrainingError
 from polytask.metrics import all_metrics, monitor_mode, monitor_value
 from polytask.models import MultiTaskNet
-from polytask.training._aggregate import aggregate_step
-from polytask.training.loops import check_finite, joint_step, predict_outputs
+from polytask.training._aggregate import aggregate_step, forget_split
+from polytask.training.loops import NonFiniteLossError, check_finite, joint_step, predict_outputs
 from polytask.training.optim import group_lrs
 from polytask.training.schedules import JointBatches, alternate_step
 from polytask.weighting import Weighting
@@ -145,13 +145,25 @@ def fit_loop(
     ``cfg.monitor`` picks the best epoch; with ``cfg.restore_best`` the model ends at that
     epoch's weights.
 
+    ``step_fn(model, weighting, tasks, optimizer, batch)`` replaces the joint step (default:
+    `joint_step`, or `aggregate_step` for a gradient weighting). Like them it returns the
+    step's finite task losses ``[K]``, or skips the update and raises `NonFiniteLossError`
+    (`NonFiniteUpdateError` for finite losses and a non-finite update); the loop never reads
+    the losses it returns.
+
     ``checkpoints.save(state)`` runs every ``checkpoints.every`` steps; ``start`` is the state
     a checkpoint restored (the model, optimizer, ... and ``train`` already restored with it).
 
     With ``distributed`` (one rank of a torchrun job) every rank walks the same global batches
     and trains on its share of each; see `polytask.training.distributed`.
     """
+    if step_fn is not None and distributed is not None:
+        raise ValueError(
+            "fit_loop: step_fn and distributed cannot be combined: under torchrun the steps are "
+            "distributed.step and distributed.alternate_step"
+        )
     names = list(tasks)
+    index = {name: k for k, name in enumerate(names)}
     if isinstance(train, EncodedData | StreamingBatches):
         generator = torch.Generator().manual_seed(cfg.seed)
         train = JointBatches(train, batch_size=cfg.batch_size, generator=generator)
@@ -160,6 +172,7 @@ def fit_loop(
     mode = monitor_mode(cfg.monitor)
     if step_fn is None:
         step_fn = aggregate_step if weighting.needs_gradients else joint_step
+    forget_split(weighting)  # aggregate_step's parameters: computed once per fit
     alternate_fn, evaluate = alternate_step, evaluate_split
     if distributed is not None:
         step_fn, alternate_fn = distributed.step, distributed.alternate_step
@@ -182,36 +195,36 @@ def fit_loop(
             bar.update(handle, completed=state.position)
             began = time.perf_counter() - state.elapsed
             for task, batch in train.epoch():
-                update_error: NonFiniteUpdateError | None = None
+                # The step decides (one host read) whether its losses and update are finite;
+                # the losses it returns are, so nothing here reads the device.
+                skipped: NonFiniteLossError | NonFiniteUpdateError | None = None
                 try:
                     if task is None:
                         losses = step_fn(model, weighting, tasks, optimizer, batch)
                     else:
                         losses = alternate_fn(model, weighting, tasks, optimizer, batch, task)
-                except NonFiniteUpdateError as err:  # finite losses, non-finite update
-                    update_error = err
+                except (NonFiniteLossError, NonFiniteUpdateError) as err:  # not applied
+                    skipped = err
                 state.step += 1
                 state.position += 1
-                if update_error is not None:
-                    if cfg.on_nan != "skip":
-                        raise TrainingError(
-                            f"{update_error} at step {state.step}"
-                            f"{_where(state, n_batches, checkpoints)}"
-                        ) from None
-                    state.skipped_in_epoch += 1
-                    result.skipped_batches += 1
-                elif bool(torch.isfinite(losses).all()):
+                if skipped is None:
                     sums += losses
                     if task is None:
                         counts += 1
                     else:
-                        counts[names.index(task)] += 1
+                        counts[index[task]] += 1
                     state.finite_steps += 1
                 elif cfg.on_nan == "skip":
                     state.skipped_in_epoch += 1
                     result.skipped_batches += 1
-                else:
-                    check_finite(losses, names, state.step, _where(state, n_batches, checkpoints))
+                elif isinstance(skipped, NonFiniteLossError):
+                    where = _where(state, n_batches, checkpoints)
+                    check_finite(skipped.losses, names, state.step, where)
+                    raise TrainingError(f"{skipped} at step {state.step}{where}")
+                else:  # finite losses, non-finite update
+                    raise TrainingError(
+                        f"{skipped} at step {state.step}{_where(state, n_batches, checkpoints)}"
+                    )
                 if checkpoints is not None and state.step % checkpoints.every == 0:
                     state.elapsed = time.perf_counter() - began
                     checkpoints.save(state)
@@ -230,14 +243,18 @@ def fit_loop(
             }
             if state.skipped_in_epoch:
                 record["skipped_batches"] = state.skipped_in_epoch
+            plateau: float | None = None  # what ReduceLROnPlateau minimises
             if validation is not None:
                 metrics = evaluate(model, tasks, validation, cfg.eval_batch_size)
                 record["validation"] = metrics
                 value = monitor_value(metrics, cfg.monitor)
                 record["monitor"] = {cfg.monitor: value}
-                improved = result.best_value is None or (
+                best = result.best_value
+                # The first epoch is the best so far whatever its value; a NaN best (e.g. an
+                # AUC over one class) is no best: any later finite value improves on it.
+                improved = best is None or (
                     not math.isnan(value)
-                    and (value > result.best_value if mode == "max" else value < result.best_value)
+                    and (math.isnan(best) or (value > best if mode == "max" else value < best))
                 )
                 if improved:
                     result.best_value, result.best_epoch, state.bad_epochs = value, epoch, 0
@@ -245,14 +262,11 @@ def fit_loop(
                         state.best_state = copy.deepcopy(model.state_dict())
                 else:
                     state.bad_epochs += 1
-                if scheduler is not None:
-                    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                        scheduler.step(value if mode == "min" else -value)
-                    else:
-                        scheduler.step()
-            elif scheduler is not None:
+                plateau = value if mode == "min" else -value
+            if scheduler is not None:
                 if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(float(mean_losses.sum()))
+                    # The monitor, else the summed mean training loss.
+                    scheduler.step(float(mean_losses.sum()) if plateau is None else plateau)
                 else:
                     scheduler.step()
             info = " ".join(f"{k}={v:.4f}" for k, v in record["train_loss"].items())
@@ -273,6 +287,8 @@ def fit_loop(
                 and state.bad_epochs > cfg.patience
             ):
                 break
+    if distributed is not None:
+        distributed.sync_buffers()  # the last steps left each rank its own batch-norm statistics
     if state.best_state is not None and result.best_epoch != len(result.history):
         model.load_state_dict(state.best_state)
     return result

@@ -74,20 +74,26 @@ class Aggregation(GradientWeighting):
         self.aggregator: agg.Aggregator
         self._weight_sum: Tensor | None = None
         self._weight_steps = 0
+        self._step_weights: Tensor | None = None
         self._epoch_weights: list[float] | None = None
         if isinstance(aggregator, agg.WeightedAggregator):
             # The torchjd way to read the weights (as `jac_to_grad` does): a hook on the weighting.
             aggregator.weighting.register_forward_hook(self._record_weights)
 
     def _record_weights(self, _module: Any, _inputs: Any, weights: Tensor) -> None:
-        w = weights.detach()
-        if not bool(torch.isfinite(w).all()):
-            return
-        self._weight_sum = w if self._weight_sum is None else self._weight_sum.to(w.device) + w
-        self._weight_steps += 1
+        # Kept for `after_step`, which adds them up: only steps that were applied (whose
+        # update was finite) count, and nothing reads the device here.
+        self._step_weights = weights.detach()
 
     def combine(self, losses: Tensor, jacobian: Tensor) -> GradientUpdate:
         return GradientUpdate(direction=self.aggregator(jacobian), objective=losses.sum())
+
+    def after_step(self) -> None:
+        w, self._step_weights = self._step_weights, None
+        if w is not None:
+            total = self._weight_sum
+            self._weight_sum = w if total is None else total.to(w.device) + w
+            self._weight_steps += 1
 
     def epoch_end(self, mean_losses: Tensor) -> None:
         if self._weight_sum is not None:

@@ -45,7 +45,7 @@ class RLW(Weighting):
 
     def forward(self, losses: Tensor) -> Tensor:
         z = torch.randn(losses.shape[0], generator=self.generator)
-        weights = torch.softmax(z, dim=0).to(device=losses.device, dtype=losses.dtype)
+        weights = torch.softmax(z, dim=0).to(losses.device, losses.dtype, non_blocking=True)
         return (weights * losses).sum()
 
     def state_for_checkpoint(self) -> dict[str, Any]:

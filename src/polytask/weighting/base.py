@@ -30,6 +30,8 @@ class Weighting(nn.Module):
     def __init__(self, *, tasks: Mapping[str, TaskConfig]) -> None:
         super().__init__()
         self.task_names = list(tasks)
+        self.task_index = {name: k for k, name in enumerate(self.task_names)}
+        """Each task's position ``k`` (in `single`, and in the losses ``[K]``)."""
 
     def forward(self, losses: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
