@@ -46,7 +46,7 @@ def test_evaluate_and_predict_on_raw_rows(
     run_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    main(["train", str(run_file), "--out", str(out)])
+    assert main(["train", str(run_file), "--out", str(out)]) == 0
     capsys.readouterr()
     table = tmp_path / "table.csv"
     assert main(["evaluate", str(out / "model"), str(table), "--json"]) == 0

@@ -49,6 +49,8 @@ def test_sizes_are_within_one_row_of_the_fractions() -> None:
 def test_one_fraction_returns_a_shuffled_copy(frame: pd.DataFrame) -> None:
     (whole,) = split_frame(frame, fractions=(1.0,))
     assert sorted(whole.index) == list(frame.index)
+    assert whole is not frame and not whole.index.equals(frame.index)  # copied and shuffled
+    assert whole.equals(frame.loc[whole.index])
 
 
 @pytest.mark.parametrize(

@@ -20,11 +20,15 @@ def test_lookup_matches_per_column_embeddings_and_is_deterministic() -> None:
     torch.testing.assert_close(out, want, rtol=0, atol=0)
     assert f(cat[:0], num[:0]).shape == (0, 9)
 
-    torch.set_num_threads(2)
-    idx = torch.randint(0, 3, (4096, 3))
-    grads = []
-    for _ in range(5):
-        f.zero_grad()
-        f(idx, torch.zeros(4096, 2)).pow(2).sum().backward()
-        grads.append(f.embeddings[0].weight.grad.clone())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # determinism with a parallel backward; restored after
+    try:
+        idx = torch.randint(0, 3, (4096, 3))
+        grads = []
+        for _ in range(5):
+            f.zero_grad()
+            f(idx, torch.zeros(4096, 2)).pow(2).sum().backward()
+            grads.append(f.embeddings[0].weight.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
     assert all(torch.equal(grads[0], g) for g in grads)
