@@ -136,7 +136,7 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
     column is maximised: at least as good in all and better in one). NaN rows are never on
     the front."""
     p = np.asarray(points, dtype=np.float64)
-    valid: np.ndarray = ~np.isnan(p).any(axis=1)
+    valid = np.asarray(~np.isnan(p).any(axis=1), dtype=bool)
     front = np.array(valid, dtype=bool)
     others = p[valid]
     for i in np.flatnonzero(valid):
