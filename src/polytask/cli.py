@@ -69,6 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from polytask.config import load_run_file
     from polytask.run import run_training
     from polytask.training.distributed import is_main_process
+    from polytask.training.progress import printed_to_stdout
 
     cfg, base = load_run_file(args.run_file, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.run_file).stem
@@ -78,7 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"training [bold]{cfg.model.name}[/] on tasks {list(cfg.tasks)} "
         f"({cfg.loss.weighting} weighting) -> {out}"
     )
-    with warnings.catch_warnings():
+    # A line per epoch on stdout, so `polytask train RUN > log` keeps them.
+    with warnings.catch_warnings(), printed_to_stdout():
         warnings.showwarning = _show_warning
         metrics = run_training(cfg, base, out, resume=args.resume)
     if not main_process:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ from polytask.training.distributed import (
     join_process_group,
 )
 from polytask.training.precision import training_network
+from polytask.training.progress import EpochCallback
 from polytask.training.schedules import AlternateBatches, JointBatches
 from polytask.weighting import WEIGHTINGS, Weighting
 
@@ -188,6 +189,7 @@ class MultiTaskModel:
         checkpoint_dir: str | os.PathLike[str] | None = None,
         checkpoint_every: int | None = None,
         resume: bool = False,
+        callbacks: Sequence[EpochCallback] = (),
     ) -> MultiTaskModel:
         """Fit the preprocessor on ``train`` and train the network.
 
@@ -209,6 +211,11 @@ class MultiTaskModel:
         ``batch_size`` is the global batch (docs/distributed.md). Checkpoints work there
         too: rank 0 writes them, every rank resumes from the same one (with the same number
         of processes).
+
+        Each of ``callbacks`` is called with every epoch's record once the epoch is complete
+        (the dict that ends in ``history_``; see `polytask.training.progress.EpochRecord`),
+        on rank 0 only under torchrun: the place for loggers. With ``training.progress`` each
+        epoch also writes one line to the ``polytask`` logger.
         """
         # Overrides apply to this call only; self.config keeps the settings as constructed.
         cfg = self.config.model_copy(deep=True)
@@ -380,6 +387,7 @@ class MultiTaskModel:
             checkpoints=checkpoints,
             start=start,
             distributed=parallel,
+            callbacks=callbacks,
         )
         self.preprocessor_ = preprocessor
         self.network_ = network

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from polytask.config import TaskConfig, TrainingConfig
 from polytask.data import Batch, EncodedData
@@ -26,6 +24,7 @@ from polytask.models import MultiTaskNet
 from polytask.training._aggregate import aggregate_step, forget_split
 from polytask.training.loops import NonFiniteLossError, check_finite, joint_step, predict_outputs
 from polytask.training.optim import group_lrs
+from polytask.training.progress import EpochCallback, batch_bar, ensure_visible, epoch_line, logger
 from polytask.training.schedules import JointBatches, alternate_step
 from polytask.weighting import Weighting
 
@@ -97,18 +96,6 @@ def evaluate_split(
     return all_metrics(tasks, outputs, labels)
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} batches"),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
-
-
 def _where(state: LoopState, n_batches: int, checkpoints: Checkpoints | None) -> str:
     """The position and the way back, for a non-finite loss's error message."""
     where = f" (epoch {state.epoch}, batch {state.position} of {n_batches})"
@@ -129,8 +116,8 @@ def fit_loop(
     train: EncodedData | StreamingBatches | BatchSource,
     validation: EncodedData | None,
     cfg: TrainingConfig,
-    step_fn: Callable[..., torch.Tensor] | None = None,
-    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    step_fn: Any = None,
+    callbacks: Sequence[EpochCallback] = (),
     checkpoints: Checkpoints | None = None,
     start: LoopState | None = None,
     distributed: DistributedTraining | None = None,
@@ -150,6 +137,9 @@ def fit_loop(
     step's finite task losses ``[K]``, or skips the update and raises `NonFiniteLossError`
     (`NonFiniteUpdateError` for finite losses and a non-finite update); the loop never reads
     the losses it returns.
+
+    Each epoch's record goes to ``callbacks`` (rank 0 only under torchrun) and, with
+    ``cfg.progress``, to the ``polytask`` logger as one line (`polytask.training.progress`).
 
     ``checkpoints.save(state)`` runs every ``checkpoints.every`` steps; ``start`` is the state
     a checkpoint restored (the model, optimizer, ... and ``train`` already restored with it).
@@ -177,22 +167,23 @@ def fit_loop(
     if distributed is not None:
         step_fn, alternate_fn = distributed.step, distributed.alternate_step
         evaluate = distributed.evaluate
-    enabled = cfg.progress and sys.stderr.isatty() and (distributed is None or distributed.is_main)
+    main = distributed is None or distributed.is_main
+    shown = cfg.progress and main
+    if shown:
+        ensure_visible()
     n_batches, n_rows = train.steps, train.rows_per_epoch
     device = next(model.parameters()).device
 
-    with _progress(enabled) as bar:
-        while state.epoch <= cfg.epochs:
-            epoch = state.epoch
-            model.train()
-            handle = bar.add_task(f"epoch {epoch}/{cfg.epochs}", total=n_batches, info="")
+    while state.epoch <= cfg.epochs:
+        epoch = state.epoch
+        model.train()
+        with batch_bar(shown, f"epoch {epoch}/{cfg.epochs}", n_batches, state.position) as bar:
             if state.position == 0 or state.loss_sums is None or state.loss_counts is None:
                 state.loss_sums = torch.zeros(len(names), device=device)
                 state.loss_counts = torch.zeros(len(names), device=device)
                 state.finite_steps = state.skipped_in_epoch = 0
                 state.elapsed = 0.0
             sums, counts = state.loss_sums, state.loss_counts
-            bar.update(handle, completed=state.position)
             began = time.perf_counter() - state.elapsed
             for task, batch in train.epoch():
                 # The step decides (one host read) whether its losses and update are finite;
@@ -228,65 +219,60 @@ def fit_loop(
                 if checkpoints is not None and state.step % checkpoints.every == 0:
                     state.elapsed = time.perf_counter() - began
                     checkpoints.save(state)
-                if enabled and state.position % 20 == 0:
-                    bar.update(handle, completed=state.position)
+                if shown and state.position % 20 == 0:
+                    bar.advance(state.position)
             elapsed = time.perf_counter() - began
-            bar.update(handle, completed=n_batches)
-            mean_losses = sums / counts.clamp(min=1)
-            weighting.epoch_end(mean_losses)
-            record: dict[str, Any] = {
-                "epoch": epoch,
-                "train_loss": dict(zip(names, mean_losses.tolist(), strict=True)),
-                "train_samples_per_s": n_rows / elapsed if elapsed > 0 else math.inf,
-                "lr": group_lrs(optimizer),
-                **weighting.report(),
-            }
-            if state.skipped_in_epoch:
-                record["skipped_batches"] = state.skipped_in_epoch
-            plateau: float | None = None  # what ReduceLROnPlateau minimises
-            if validation is not None:
-                metrics = evaluate(model, tasks, validation, cfg.eval_batch_size)
-                record["validation"] = metrics
-                value = monitor_value(metrics, cfg.monitor)
-                record["monitor"] = {cfg.monitor: value}
-                best = result.best_value
-                # The first epoch is the best so far whatever its value; a NaN best (e.g. an
-                # AUC over one class) is no best: any later finite value improves on it.
-                improved = best is None or (
-                    not math.isnan(value)
-                    and (math.isnan(best) or (value > best if mode == "max" else value < best))
-                )
-                if improved:
-                    result.best_value, result.best_epoch, state.bad_epochs = value, epoch, 0
-                    if cfg.restore_best:
-                        state.best_state = copy.deepcopy(model.state_dict())
-                else:
-                    state.bad_epochs += 1
-                plateau = value if mode == "min" else -value
-            if scheduler is not None:
-                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    # The monitor, else the summed mean training loss.
-                    scheduler.step(float(mean_losses.sum()) if plateau is None else plateau)
-                else:
-                    scheduler.step()
-            info = " ".join(f"{k}={v:.4f}" for k, v in record["train_loss"].items())
-            if validation is not None:
-                info += f" val {cfg.monitor}={record['monitor'][cfg.monitor]:.4f}"
-            bar.update(handle, info=info)
-            result.history.append(record)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-            if state.finite_steps == 0:
-                raise TrainingError(
-                    f"epoch {epoch}: every batch had a non-finite loss or update and was skipped"
-                )
-            state.epoch, state.position = epoch + 1, 0
-            if (
-                cfg.patience is not None
-                and validation is not None
-                and state.bad_epochs > cfg.patience
-            ):
-                break
+        mean_losses = sums / counts.clamp(min=1)
+        weighting.epoch_end(mean_losses)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": dict(zip(names, mean_losses.tolist(), strict=True)),
+            "train_samples_per_s": n_rows / elapsed if elapsed > 0 else math.inf,
+            "lr": group_lrs(optimizer),
+            **weighting.report(),
+        }
+        if state.skipped_in_epoch:
+            record["skipped_batches"] = state.skipped_in_epoch
+        plateau: float | None = None  # what ReduceLROnPlateau minimises
+        if validation is not None:
+            metrics = evaluate(model, tasks, validation, cfg.eval_batch_size)
+            record["validation"] = metrics
+            value = monitor_value(metrics, cfg.monitor)
+            record["monitor"] = {cfg.monitor: value}
+            best = result.best_value
+            # The first epoch is the best so far whatever its value; a NaN best (e.g. an
+            # AUC over one class) is no best: any later finite value improves on it.
+            improved = best is None or (
+                not math.isnan(value)
+                and (math.isnan(best) or (value > best if mode == "max" else value < best))
+            )
+            if improved:
+                result.best_value, result.best_epoch, state.bad_epochs = value, epoch, 0
+                if cfg.restore_best:
+                    state.best_state = copy.deepcopy(model.state_dict())
+            else:
+                state.bad_epochs += 1
+            plateau = value if mode == "min" else -value
+        if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                # The monitor, else the summed mean training loss.
+                scheduler.step(float(mean_losses.sum()) if plateau is None else plateau)
+            else:
+                scheduler.step()
+        record["seconds"] = time.perf_counter() - began
+        result.history.append(record)
+        if shown:
+            logger.info(epoch_line(record, cfg.epochs))
+        if main:
+            for callback in callbacks:
+                callback(record)
+        if state.finite_steps == 0:
+            raise TrainingError(
+                f"epoch {epoch}: every batch had a non-finite loss or update and was skipped"
+            )
+        state.epoch, state.position = epoch + 1, 0
+        if cfg.patience is not None and validation is not None and state.bad_epochs > cfg.patience:
+            break
     if distributed is not None:
         distributed.sync_buffers()  # the last steps left each rank its own batch-norm statistics
     if state.best_state is not None and result.best_epoch != len(result.history):
