@@ -190,6 +190,7 @@ class MultiTaskModel:
         checkpoint_every: int | None = None,
         resume: bool = False,
         callbacks: Sequence[EpochCallback] = (),
+        preprocessor: Preprocessor | None = None,
     ) -> MultiTaskModel:
         """Fit the preprocessor on ``train`` and train the network.
 
@@ -216,6 +217,10 @@ class MultiTaskModel:
         (the dict that ends in ``history_``; see `polytask.training.progress.EpochRecord`),
         on rank 0 only under torchrun: the place for loggers. With ``training.progress`` each
         epoch also writes one line to the ``polytask`` logger.
+
+        ``train`` and ``validation`` may also be `EncodedData` encoded by ``preprocessor``, a
+        fitted `Preprocessor` of the same features and tasks (which the model keeps): several
+        models then train on one encoded copy of the data (``polytask compare`` does so).
         """
         # Overrides apply to this call only; self.config keeps the settings as constructed.
         cfg = self.config.model_copy(deep=True)
@@ -261,7 +266,10 @@ class MultiTaskModel:
                     "cannot be used with training.schedule: alternate; use sum, weighted or "
                     "uncertainty"
                 )
-        preprocessor = Preprocessor(features=cfg.features, tasks=cfg.tasks)
+        if isinstance(train, EncodedData):
+            preprocessor = _encoded_by(preprocessor, cfg)
+        else:
+            preprocessor = Preprocessor(features=cfg.features, tasks=cfg.tasks)
         # Alternate training reads each task's table on its own (per_task); joint training
         # one table (train_data), stacked when one is given per task. Never both: the
         # training set is held once.
@@ -290,6 +298,9 @@ class MultiTaskModel:
                 raise ConfigError("training.stream is not supported with distributed training")
             fit_preprocessor_streaming(preprocessor, train, chunk_rows=tcfg.stream.chunk_rows)
             streamed = StreamingBatches.from_config(train, preprocessor, tcfg.stream, device)
+            train_columns = set(preprocessor.train_columns_)
+        elif isinstance(train, EncodedData):  # encoded by the given preprocessor
+            train_data = train
             train_columns = set(preprocessor.train_columns_)
         else:
             train_df = read_table(train, what="training set")
@@ -417,7 +428,9 @@ class MultiTaskModel:
         self, validation: Any, preprocessor: Preprocessor, train_columns: set[Any]
     ) -> EncodedData:
         what = "validation set"
-        if isinstance(validation, Mapping):
+        if isinstance(validation, EncodedData):
+            data = validation
+        elif isinstance(validation, Mapping):
             frames = self._task_tables(validation, what)
             parts = [
                 preprocessor.transform(f, labels=True, only=t, what=f"{what} of task {t!r}")
@@ -672,6 +685,22 @@ class _UnavailableWeighting(Weighting):
 
     def forward(self, losses: torch.Tensor) -> torch.Tensor:
         raise MissingExtraError(str(self.error))
+
+
+def _encoded_by(preprocessor: Preprocessor | None, cfg: EstimatorConfig) -> Preprocessor:
+    """The preprocessor that encoded a training set passed as `EncodedData`, checked to
+    be fitted on the model's features and tasks."""
+    if preprocessor is None or not preprocessor.fitted:
+        raise ConfigError(
+            "fit: an encoded training set needs the fitted Preprocessor that encoded it: "
+            "fit(encoded, preprocessor=...)"
+        )
+    if preprocessor.features != cfg.features or preprocessor.tasks != cfg.tasks:
+        raise ConfigError(
+            "fit: the preprocessor was built for other features or tasks "
+            f"({sorted(preprocessor.tasks)}) than the model's ({sorted(cfg.tasks)})"
+        )
+    return preprocessor
 
 
 def _kind(value: Any) -> str:
