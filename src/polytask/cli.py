@@ -180,6 +180,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Each model over several seeds next to single-task baselines (polytask.compare)."""
+    from polytask.compare import compare, write_outputs
+    from polytask.config import load_run_file
+
+    cfg, base = load_run_file(args.run_file, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.run_file).stem}_compare"
+    console = _console()
+    console.print(
+        f"comparing {args.models} on tasks {list(cfg.tasks)} over {args.seeds} seed(s) -> {out}"
+    )
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        result = compare(cfg, base, args.models, seeds=args.seeds, log=console.print)
+        written = write_outputs(result, out, title=str(args.run_file))
+    console.print((out / "compare.md").read_text(encoding="utf-8").split("\n## ")[0].rstrip())
+    console.print(f"wrote {', '.join(str(p) for p in written)}")
+    if result.failures:
+        console.print(f"{len(result.failures)} run(s) failed; see {out / 'compare.md'}")
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polytask", description="Multi-task learning for tabular data."
@@ -216,6 +239,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser(
+        "compare", help="models over several seeds vs single-task baselines (negative transfer)"
+    )
+    p.add_argument("run_file", help="YAML run file (its data, features, tasks and training)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["single_task", "shared_bottom", "mmoe", "cgc"],
+        help="models to train: single_task (one model per task) and model names "
+        "(default: single_task shared_bottom mmoe cgc)",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds per model (default 3)")
+    p.add_argument("--out", help="output folder (default runs/<run file name>_compare)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run file")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("demo", help="shared-bottom vs MMoE on built-in synthetic data")
     p.add_argument("--rows", type=int, default=15_000)
     p.add_argument("--epochs", type=int, default=8)
@@ -229,8 +268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come before or after --out: collect every leftover key=value.
     args, extra = parser.parse_known_args(argv)
+    if args.command == "compare":  # --models NAME ... swallows the overrides after it
+        extra += [m for m in args.models if "=" in m]
+        args.models = [m for m in args.models if "=" not in m]
     if extra:
-        if args.command != "train" or not all("=" in x and not x.startswith("-") for x in extra):
+        if args.command not in ("train", "compare") or not all(
+            "=" in x and not x.startswith("-") for x in extra
+        ):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:
