@@ -59,13 +59,13 @@ def _starts(sorted_codes: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
 
 
-def gauc(groups: np.ndarray, score: np.ndarray, label: np.ndarray) -> dict[str, float]:
+def _gauc(codes_in: np.ndarray, score: np.ndarray, label: np.ndarray) -> dict[str, float]:
     """Group AUC weighted by each group's labelled rows; see the module docstring.
 
     Returns ``{"gauc": value, "gauc_groups": counted, "gauc_skipped_groups": skipped}``;
     ``gauc`` is NaN when no group holds both classes.
     """
-    codes, s, y = _labelled(group_codes(groups), score, label)
+    codes, s, y = _labelled(codes_in, score, label)
     if y.size and not np.isin(y, (0.0, 1.0)).all():
         raise ValueError("GAUC needs 0/1 labels")
     order = np.lexsort((s, codes))  # by group, then score ascending
@@ -107,18 +107,17 @@ def _positions(g: np.ndarray) -> np.ndarray:
 
 
 def _ranked(codes: np.ndarray, key: np.ndarray) -> np.ndarray:
-    """Row order: by group, then key descending, ties in row order (stable)."""
-    by_key = np.argsort(-key, kind="stable")
-    return by_key[np.argsort(codes[by_key], kind="stable")]
+    """Row order: by group, then key descending, ties in row order (lexsort is stable)."""
+    return np.lexsort((-key, codes))
 
 
-def ndcg_at_k(
-    groups: np.ndarray, score: np.ndarray, label: np.ndarray, k: int = 10
+def _ndcg_at_k(
+    codes_in: np.ndarray, score: np.ndarray, label: np.ndarray, k: int = 10
 ) -> dict[str, float]:
     """Mean NDCG@k over groups with a positive ideal DCG; gains are the labels (>= 0)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, received {k}")
-    codes, s, y = _labelled(group_codes(groups), score, label)
+    codes, s, y = _labelled(codes_in, score, label)
     if (y < 0).any():
         raise ValueError("NDCG gains are the labels and must be >= 0; found a negative label")
     name = f"ndcg@{k}"
@@ -145,13 +144,13 @@ def ndcg_at_k(
     }
 
 
-def recall_at_k(
-    groups: np.ndarray, score: np.ndarray, label: np.ndarray, k: int = 10
+def _recall_at_k(
+    codes_in: np.ndarray, score: np.ndarray, label: np.ndarray, k: int = 10
 ) -> dict[str, float]:
     """Mean recall@k (0/1 labels) over groups holding at least one positive."""
     if k < 1:
         raise ValueError(f"k must be >= 1, received {k}")
-    codes, s, y = _labelled(group_codes(groups), score, label)
+    codes, s, y = _labelled(codes_in, score, label)
     if y.size and not np.isin(y, (0.0, 1.0)).all():
         raise ValueError("recall@k needs 0/1 labels")
     name = f"recall@{k}"
@@ -179,10 +178,32 @@ def grouped_metrics(
     codes = group_codes(groups)
     if kind == "binary":
         return {
-            **gauc(codes, score, label),
-            **ndcg_at_k(codes, score, label, k),
-            **recall_at_k(codes, score, label, k),
+            **_gauc(codes, score, label),
+            **_ndcg_at_k(codes, score, label, k),
+            **_recall_at_k(codes, score, label, k),
         }
     if kind == "graded":
-        return ndcg_at_k(codes, score, label, k)
+        return _ndcg_at_k(codes, score, label, k)
     raise ValueError(f"unknown grouped-metric kind {kind!r}; expected 'binary' or 'graded'")
+
+
+def gauc(groups: np.ndarray, score: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """Group AUC weighted by each group's labelled rows; NaN when no group has both classes.
+
+    Returns ``{"gauc", "gauc_groups", "gauc_skipped_groups"}`` (the last: single-class groups).
+    """
+    return _gauc(group_codes(groups), score, label)
+
+
+def ndcg_at_k(
+    groups: np.ndarray, score: np.ndarray, label: np.ndarray, k: int = 10
+) -> dict[str, float]:
+    """Mean NDCG@k over groups with a positive ideal DCG; gains are the labels (>= 0)."""
+    return _ndcg_at_k(group_codes(groups), score, label, k)
+
+
+def recall_at_k(
+    groups: np.ndarray, score: np.ndarray, label: np.ndarray, k: int = 10
+) -> dict[str, float]:
+    """Mean recall@k (0/1 labels) over groups holding at least one positive."""
+    return _recall_at_k(group_codes(groups), score, label, k)
