@@ -83,3 +83,12 @@ def task_losses(
         return parts[0] if len(parts) == 1 else torch.cat(parts)
     inverse = sorted(range(len(order)), key=order.__getitem__)
     return torch.stack([per_task[i] for i in inverse])
+
+
+def add_terms(losses: Tensor, names: list[str], terms: dict[str, Tensor]) -> Tensor:
+    """``losses [K]`` (tasks ``names``) plus a model's loss terms, ``{task name: scalar}``
+    (`MultiTaskNet.training_forward`), each added to its task's entry. No terms: ``losses``."""
+    if not terms:
+        return losses
+    zero = losses.new_zeros(())
+    return losses + torch.stack([terms.get(name, zero) for name in names])

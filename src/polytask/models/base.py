@@ -73,6 +73,9 @@ class Representation:
     shared: Tensor | None = None
     per_task: Tensor | list[Tensor] | None = None
     gates: dict[str, Tensor] = field(default_factory=dict)
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    """Loss terms of the body, a scalar per task name (DSelect-k's regulariser on a task's
+    gate), added to that task's loss in training (`MultiTaskNet.training_forward`)."""
 
 
 class MultiTaskNet(nn.Module):
@@ -138,6 +141,32 @@ class MultiTaskNet(nn.Module):
         every other tower and gate with no gradient at all."""
         outputs, _ = self._run(batch, tasks, auxiliary=auxiliary)
         return outputs
+
+    def training_forward(
+        self,
+        batch: dict[str, Tensor],
+        labels: dict[str, Tensor],
+        tasks: Sequence[str] | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """What a training step needs: the outputs of `forward` (auxiliary ones included) and
+        the architecture's own loss terms, ``{task name: scalar}``, each to be added to that
+        task's loss (so it is weighted, reported and, in alternate training, stepped with that
+        task). The terms are the body's (`Representation.losses`) plus `auxiliary_losses`;
+        only tasks this call computes have one. Most models have none."""
+        outputs, rep = self._run(batch, tasks, auxiliary=True)
+        terms = dict(rep.losses)
+        for name, term in self.auxiliary_losses(outputs, labels).items():
+            terms[name] = terms[name] + term if name in terms else term
+        return outputs, {name: t for name, t in terms.items() if name in outputs}
+
+    def auxiliary_losses(
+        self, outputs: dict[str, Tensor], labels: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Loss terms computed from the outputs (AITM's calibrator, ESCM2's counterfactual
+        CVR risk), ``{task name: scalar}``; see `training_forward`. ``outputs`` are the step's
+        (only the tasks it computes, plus auxiliary outputs), ``labels`` every task's label
+        (NaN where missing). Default: none."""
+        return {}
 
     def gate_weights(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Gate weights per gate name (``[B, num_experts]`` each); empty for gateless models.

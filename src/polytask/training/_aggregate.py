@@ -27,7 +27,7 @@ from torchjd.autojac import jac
 
 from polytask.config import TaskConfig
 from polytask.data import Batch
-from polytask.losses import task_losses
+from polytask.losses import add_terms, task_losses
 from polytask.models import MultiTaskNet
 from polytask.training.loops import NonFiniteLossError, batch_labels, nonfinite_update
 from polytask.weighting import GradientWeighting, Weighting
@@ -118,8 +118,9 @@ def aggregate_step(
             f"aggregate_step needs a GradientWeighting, received {type(weighting).__name__}; "
             "use joint_step for weightings of the losses alone"
         )
-    outputs = model(batch)
-    losses = task_losses(tasks, outputs, batch_labels(batch, tasks))
+    labels = batch_labels(batch, tasks)
+    outputs, terms = model.training_forward(batch, labels)
+    losses = add_terms(task_losses(tasks, outputs, labels), list(tasks), terms)
     optimizer.zero_grad(set_to_none=True)
     if not bool(torch.isfinite(losses).all()):  # before the Jacobian, which would be NaN
         raise NonFiniteLossError(losses.detach())

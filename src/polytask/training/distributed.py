@@ -49,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 from polytask.config import TaskConfig, TrainingConfig
 from polytask.data import LABEL_PREFIX, Batch, EncodedData
 from polytask.errors import ConfigError, DataError
-from polytask.losses import task_losses
+from polytask.losses import add_terms, task_losses
 from polytask.metrics import all_metrics
 from polytask.models import MultiTaskNet
 from polytask.training._aggregate import (
@@ -323,8 +323,9 @@ class DistributedTraining:
         assert isinstance(weighting, GradientWeighting) and split is not None
         self.sync_buffers()  # as DDP's forward would
         local, scale = self._shard(batch)
-        outputs = self.network(local)
-        scaled = task_losses(self.tasks, outputs, batch_labels(local, self.tasks)) * scale
+        labels = batch_labels(local, self.tasks)
+        outputs, terms = self.network.training_forward(local, labels)
+        scaled = add_terms(task_losses(self.tasks, outputs, labels), self.names, terms) * scale
         global_losses = self._mean(scaled)
         optimizer.zero_grad(set_to_none=True)
         if not bool(torch.isfinite(global_losses).all()):

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from polytask.config import TaskConfig
 from polytask.data import LABEL_PREFIX, Batch, EncodedData
 from polytask.errors import NonFiniteUpdateError, TrainingError
-from polytask.losses import masked_loss, task_losses
+from polytask.losses import add_terms, masked_loss, task_losses
 from polytask.models import MultiTaskNet
 from polytask.weighting import Weighting
 
@@ -55,7 +55,7 @@ def nonfinite_update(what: str, value: Tensor, losses: Tensor) -> NonFiniteUpdat
 
 
 def forward_objective(
-    model: nn.Module,
+    model: MultiTaskNet,
     weighting: Weighting,
     tasks: dict[str, TaskConfig],
     batch: Batch,
@@ -67,15 +67,22 @@ def forward_objective(
     For every task (``task`` None) the objective is ``weighting(losses)`` and the losses stay
     attached. For ``task`` alone only its part of the model runs, the objective is
     `Weighting.single` of its loss and the losses are detached, 0 for the other tasks.
-    ``scale [K]`` multiplies the task losses first (a torchrun rank's share)."""
+    ``scale [K]`` multiplies the task losses first (a torchrun rank's share). A model's own
+    loss terms (`MultiTaskNet.training_forward`) are part of their task's loss."""
     if task is None:
-        losses = task_losses(tasks, model(batch), batch_labels(batch, tasks))
+        labels = batch_labels(batch, tasks)
+        outputs, terms = model.training_forward(batch, labels)
+        losses = add_terms(task_losses(tasks, outputs, labels), list(tasks), terms)
         if scale is not None:
             losses = losses * scale
         return weighting(losses), losses
     k = weighting.task_index[task]
-    outputs = model(batch, tasks=[task])
-    loss = masked_loss(tasks[task], outputs[task], batch[LABEL_PREFIX + task])
+    # A task's own dataset (alternate training) may lack the other tasks' labels.
+    labels = {n: batch[LABEL_PREFIX + n] for n in tasks if LABEL_PREFIX + n in batch}
+    outputs, terms = model.training_forward(batch, labels, [task])
+    loss = masked_loss(tasks[task], outputs[task], labels[task])
+    if task in terms:
+        loss = loss + terms[task]
     if scale is not None:
         loss = loss * scale[k]
     losses = torch.zeros(len(tasks), device=loss.device)

@@ -59,10 +59,14 @@ class TrainNet(nn.Module):
         self.compiled = compile
         self._autocast = autocast_context(precision, next(net.parameters()).device)
         impl: Callable[..., dict[str, Tensor]] = net
-        if compile:
+        train_impl: Callable[..., tuple[dict[str, Tensor], dict[str, Tensor]]]
+        train_impl = net.training_forward
+        if compile:  # each compiled on its first call
             impl = cast(Callable[..., dict[str, Tensor]], torch.compile(net))
+            train_impl = cast(Any, torch.compile(net.training_forward))
         # Not a submodule: the compiled wrapper shares the network's parameters.
         object.__setattr__(self, "_impl", impl)
+        object.__setattr__(self, "_train_impl", train_impl)
 
     def forward(self, batch: Mapping[str, Tensor], *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         with self._autocast(), _compile_errors(self.compiled):
@@ -70,6 +74,16 @@ class TrainNet(nn.Module):
         if self.precision == "fp32":
             return cast(dict[str, Tensor], out)
         return {k: v.float() for k, v in out.items()}
+
+    def training_forward(
+        self, batch: Mapping[str, Tensor], *args: Any, **kwargs: Any
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """`MultiTaskNet.training_forward` under the same autocast and compilation."""
+        with self._autocast(), _compile_errors(self.compiled):
+            out, terms = self._train_impl(batch, *args, **kwargs)
+        if self.precision == "fp32":
+            return out, terms
+        return {k: v.float() for k, v in out.items()}, {k: v.float() for k, v in terms.items()}
 
     def __getattr__(self, name: str) -> Any:
         try:
