@@ -100,6 +100,7 @@ def build_network(cfg: EstimatorConfig, preprocessor: Preprocessor) -> MultiTask
         embedding_dims=dims,
         numeric_width=preprocessor.numeric_width,
         numeric_dim=numeric_dim,
+        names=[c.name for c in f.categorical],
     )
     heads = [
         Head(

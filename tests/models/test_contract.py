@@ -25,6 +25,9 @@ SMALL: dict[str, dict[str, Any]] = {
     "shared_bottom": {"shared_units": [16]},
     "moe": {"num_experts": 3, "expert_units": [16]},
     "mmoe": {"num_experts": 3, "expert_units": [16]},
+    "adatt": {"expert_units": [16]},
+    "stem": {"expert_units": [16]},
+    "pepnet": {"gate_units": 8},
 }
 
 

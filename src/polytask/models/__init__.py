@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from polytask.models._adatt import AdaTT, AdaTTParams
 from polytask.models._esmm import ESMM, ESMMParams, check_esmm_heads, ctcvr_logit
 from polytask.models._moe import MMoE, MoE, MoEParams
+from polytask.models._pepnet import PEPNet, PEPNetParams
 from polytask.models._ple import PLE, CGCParams, PLEParams, cgc
 from polytask.models._shared_bottom import SharedBottom, SharedBottomParams
+from polytask.models._stem import STEM, STEMParams
 from polytask.models.base import Head, ModelEntry, MultiTaskNet, Representation, TowerParams
 
 MODELS: dict[str, ModelEntry] = {
@@ -15,12 +18,18 @@ MODELS: dict[str, ModelEntry] = {
     "ple": ModelEntry(PLEParams, PLE),
     "cgc": ModelEntry(CGCParams, cgc),
     "esmm": ModelEntry(ESMMParams, ESMM, check_heads=check_esmm_heads),
+    "adatt": ModelEntry(AdaTTParams, AdaTT),
+    "stem": ModelEntry(STEMParams, STEM),
+    "pepnet": ModelEntry(PEPNetParams, PEPNet),
 }
 
 __all__ = [
     "ESMM",
     "MODELS",
     "PLE",
+    "STEM",
+    "AdaTT",
+    "AdaTTParams",
     "CGCParams",
     "ESMMParams",
     "Head",
@@ -29,8 +38,11 @@ __all__ = [
     "MoEParams",
     "ModelEntry",
     "MultiTaskNet",
+    "PEPNet",
+    "PEPNetParams",
     "PLEParams",
     "Representation",
+    "STEMParams",
     "SharedBottom",
     "SharedBottomParams",
     "TowerParams",

@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,6 +76,9 @@ class Representation:
     losses: dict[str, Tensor] = field(default_factory=dict)
     """Loss terms of the body, a scalar per task name (DSelect-k's regulariser on a task's
     gate), added to that task's loss in training (`MultiTaskNet.training_forward`)."""
+    context: dict[str, Any] = field(default_factory=dict)
+    """Whatever else a model's own `MultiTaskNet.tower` reads (PEPNet's per-task tower
+    gates)."""
 
 
 class MultiTaskNet(nn.Module):
@@ -126,6 +129,17 @@ class MultiTaskNet(nn.Module):
     def last_shared_layer(self) -> list[nn.Parameter]:
         """Parameters of the last layer shared by every task (GradNorm's ``W``)."""
 
+    # ------------------------------------------------------------------ may override
+    def embed(self, batch: dict[str, Tensor]) -> Tensor:
+        """The body's input ``[B, D]`` from a batch: the feature input's output. A model with
+        more than one embedding of each feature (STEM) returns them side by side."""
+        return self.inputs(batch["categorical"], batch["numeric"])
+
+    def tower(self, name: str, h: Tensor, rep: Representation) -> Tensor:
+        """Task ``name``'s raw output ``[B, out_dim]`` from its tower input ``h`` (the body's
+        representation plus any linked estimates); ``rep`` is the whole representation."""
+        return cast(Tensor, self.towers[name](h))
+
     # ------------------------------------------------------------------ shared logic
     def forward(
         self,
@@ -172,7 +186,7 @@ class MultiTaskNet(nn.Module):
         """Gate weights per gate name (``[B, num_experts]`` each); empty for gateless models.
 
         Runs the body for every task, but no tower: the gates are the body's."""
-        x = self.inputs(batch["categorical"], batch["numeric"])
+        x = self.embed(batch)
         return self.represent(x, list(range(len(self.heads)))).gates
 
     def required_tasks(self, tasks: Sequence[str] | None) -> list[str]:
@@ -198,7 +212,7 @@ class MultiTaskNet(nn.Module):
         run = self.required_tasks(tasks)
         active = sorted(self.task_index[n] for n in run)
         slot = {k: j for j, k in enumerate(active)}
-        x = self.inputs(batch["categorical"], batch["numeric"])
+        x = self.embed(batch)
         rep = self.represent(x, active)
         outputs: dict[str, Tensor] = {}
         for name in run:
@@ -214,7 +228,7 @@ class MultiTaskNet(nn.Module):
                     est = estimate(self.head_by_name[src], outputs[src])
                     feats.append(est.detach() if head.detach else est)
                 h = torch.cat([h, *feats], dim=1)
-            out = self.towers[name](h)
+            out = self.tower(name, h, rep)
             outputs[name] = out.squeeze(1) if head.out_dim == 1 else out
         return {name: outputs[name] for name in self.task_names if name in outputs}, rep
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,12 @@ class FeatureInput(nn.Module):
     Categorical columns with the same embedding dimension share one table with per-column
     offsets, so the lookup is one ``embedding`` call per distinct dimension rather than a
     Python loop over columns; each column still has its own rows (its own embedding).
+
+    ``fields`` says where each input sits in the output: ``(name, start, width)`` per
+    categorical column (``names``, default ``cat0, cat1, ...``) and, last, ``numeric`` for
+    the projection of every numeric column. Models that gate or select inputs by feature
+    (PEPNet) read it; `like` builds another input of the same shape with its own parameters
+    (STEM's per-task embeddings).
     """
 
     def __init__(
@@ -38,6 +44,7 @@ class FeatureInput(nn.Module):
         embedding_dims: Sequence[int],
         numeric_width: int,
         numeric_dim: int,
+        names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if len(cardinalities) != len(embedding_dims):
@@ -45,6 +52,21 @@ class FeatureInput(nn.Module):
                 f"expected one embedding dim per categorical column ({len(cardinalities)}), "
                 f"received {len(embedding_dims)}"
             )
+        names = list(names) if names is not None else [f"cat{j}" for j in range(len(cardinalities))]
+        if len(names) != len(cardinalities):
+            raise ValueError(
+                f"expected one name per categorical column ({len(cardinalities)}), "
+                f"received {len(names)}"
+            )
+        self.names = names
+        """The categorical columns' names, in input order."""
+        self._spec: dict[str, Any] = {
+            "cardinalities": list(cardinalities),
+            "embedding_dims": list(embedding_dims),
+            "numeric_width": numeric_width,
+            "numeric_dim": numeric_dim,
+            "names": names,
+        }
         self.embeddings = nn.ModuleList()
         self._groups: list[list[int]] = []
         for dim in sorted(set(embedding_dims)):
@@ -61,6 +83,19 @@ class FeatureInput(nn.Module):
             self._groups.append(cols)
         self.numeric = nn.Linear(numeric_width, numeric_dim) if numeric_width > 0 else None
         self.out_dim = sum(embedding_dims) + (numeric_dim if numeric_width > 0 else 0)
+        # The output is the groups in order, each its columns in order, then the numeric part.
+        self.fields: list[tuple[str, int, int]] = []
+        start = 0
+        for cols in self._groups:
+            for j in cols:
+                self.fields.append((names[j], start, embedding_dims[j]))
+                start += embedding_dims[j]
+        if self.numeric is not None:
+            self.fields.append(("numeric", start, numeric_dim))
+
+    def like(self) -> FeatureInput:
+        """A new input of the same shape (columns, dimensions, names), freshly initialised."""
+        return FeatureInput(**self._spec)
 
     def forward(self, categorical: Tensor, numeric: Tensor) -> Tensor:
         parts = []

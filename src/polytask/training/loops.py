@@ -178,6 +178,9 @@ def gate_statistics(
     """Mean gate weight per expert per gate over ``data``, and the entropy of that mean (nats).
 
     A collapsed gate (all weight on one expert) has entropy near 0; a uniform one log(E).
+    For a gate whose weights do not sum to 1 (PEPNet's scales in ``(0, 2)``) the entropy is
+    that of the mean rescaled to sum to 1: how evenly the gate spreads its weight; for a
+    softmax gate the rescaling changes nothing.
     """
     sums: dict[str, Tensor] = {}
     with evaluating(model):
@@ -188,6 +191,7 @@ def gate_statistics(
     out: dict[str, dict[str, list[float] | float]] = {}
     for name, total in sums.items():
         mean = total / max(len(data), 1)
-        entropy = float(-(mean * mean.clamp_min(1e-12).log()).sum())
+        share = mean / mean.sum().clamp_min(1e-12)
+        entropy = float(-(share * share.clamp_min(1e-12).log()).sum())
         out[name] = {"mean_weight": mean.tolist(), "entropy": entropy}
     return out

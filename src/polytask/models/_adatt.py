@@ -1,0 +1,237 @@
+"""Adaptive Task-to-Task Fusion Network (AdaTT).
+
+Li, Wang, Guo, Zheng, Wu, Ma, Chen, Gong, Xu, Wang, Zhao, Weissman (Meta), "AdaTT: Adaptive
+Task-to-Task Fusion Network for Multitask Learning in Recommendations", KDD 2023. Each level
+has task-specific experts per task and (optionally) shared experts. Task k's fusion unit
+mixes **every** expert of the level, its own, the other tasks' and the shared ones, with a
+softmax gate on its own input (``AllExpertGF``), and adds a learned linear combination of
+its own experts (``NativeExpertLF``, the residual the reference code calls
+``self_exp_res_connect``; with one expert per task and per shared unit the weights are fixed
+to 1, a plain residual). At inner levels a shared fusion unit does the same for the shared
+experts; each task's fusion output is that task's input at the next level.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import cast
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
+from polytask.nn import ExpertBank, FeatureInput, Gates, mix
+
+
+class AdaTTParams(TowerParams):
+    num_levels: int = Field(default=2, ge=1)
+    num_task_experts: int = Field(default=2, ge=1)
+    num_shared_experts: int = Field(default=1, ge=0)
+    expert_units: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
+    native_residual: bool = True
+    gate_temperature: float = Field(default=1.0, gt=0)
+
+
+class _Level(nn.Module):
+    """The experts, fusion gates and native-expert weights of one level.
+
+    ``task_experts[k]``, ``task_gates.weight[k]`` and ``native[k]`` belong to task k;
+    ``shared_gate`` and ``shared_native`` exist at inner levels when there are shared
+    experts. ``native[k]`` holds the weights of task k's own experts in its fusion (learned
+    when ``learned_native``, else fixed ones); empty without ``native_residual``.
+    """
+
+    def __init__(self, *, in_dim: int, num_tasks: int, params: AdaTTParams, inner: bool) -> None:
+        super().__init__()
+        nt, ns = params.num_task_experts, params.num_shared_experts
+        total = num_tasks * nt + ns
+
+        def bank(num: int) -> ExpertBank:
+            return ExpertBank(
+                in_dim=in_dim,
+                num_experts=num,
+                units=params.expert_units,
+                activation=params.activation,
+                dropout=params.dropout,
+            )
+
+        self.task_experts = nn.ModuleList(bank(nt) for _ in range(num_tasks))
+        self.shared_experts = bank(ns) if ns else None
+
+        def gates(num: int) -> Gates:
+            return Gates(
+                in_dim=in_dim,
+                num_gates=num,
+                num_experts=total,
+                temperature=params.gate_temperature,
+            )
+
+        self.task_gates = gates(num_tasks)
+        self.shared_gate = gates(1) if inner and ns else None
+        # The reference learns native weights unless every unit has exactly one expert, in
+        # which case it adds the expert itself (a weight fixed at 1).
+        self.learned_native = params.native_residual and (nt != 1 or ns not in (0, 1))
+        self.residual = params.native_residual
+
+        def native(num: int) -> nn.Parameter:
+            bound = math.sqrt(1.0 / num)
+            return nn.Parameter(torch.empty(num).uniform_(-bound, bound))
+
+        self.native = nn.ParameterList(
+            native(nt) for _ in range(num_tasks if self.learned_native else 0)
+        )
+        self.shared_native = nn.ParameterList(
+            [native(ns)] if self.learned_native and self.shared_gate is not None else []
+        )
+
+    def banks(self) -> list[ExpertBank]:
+        """Every task's bank in task order, then the shared one: the stacked op's order."""
+        banks = [cast(ExpertBank, b) for b in self.task_experts]
+        return banks + ([self.shared_experts] if self.shared_experts is not None else [])
+
+    def native_weights(self, unit: int | None, num_tasks: int, nt: int) -> Tensor | None:
+        """Weights ``[E]`` over every expert of the level that a unit's fusion adds to its
+        gate: its own experts' native weights, zero elsewhere. ``unit`` is a task index or
+        None for the shared unit; None without ``native_residual``."""
+        if not self.residual:
+            return None
+        ns = self.shared_experts.num_experts if self.shared_experts is not None else 0
+        total = num_tasks * nt + ns
+        own = (unit * nt, nt) if unit is not None else (num_tasks * nt, ns)
+        if self.learned_native:
+            values = self.native[unit] if unit is not None else self.shared_native[0]
+        else:
+            values = torch.ones(own[1], device=self.task_gates.weight[0].device)
+        parts = [values.new_zeros(own[0]), values, values.new_zeros(total - own[0] - own[1])]
+        return torch.cat(parts)
+
+
+class AdaTT(MultiTaskNet):
+    """AdaTT (Li et al., KDD 2023), the shared-expert form (``AdaTTWSharedExps``);
+    ``num_shared_experts: 0`` is AdaTT-sp.
+
+    Per level, every expert runs in one batched op (`ExpertBank.stacked`): level 1's read
+    the feature input, later levels' task experts read their task's fusion output and the
+    shared experts the shared unit's. Task k's fusion is
+    ``sum_j (g_k(h_k)_j + v_kj) E_j`` over all ``K * num_task_experts + num_shared_experts``
+    experts, ``g_k = softmax(W_k h_k / T)`` and ``v_k`` the native weights, non-zero on task
+    k's own experts only. At inner levels the shared unit fuses the same way with its own
+    gate and native weights on the shared experts.
+
+    Every task's experts feed every task's fusion, so a loss on task A reaches task B's
+    experts at every level: that is AdaTT's task-to-task transfer. It does not reach B's
+    last-level gate and native weights, nor B's tower.
+
+    Parameter groups: ``input``; ``experts`` (shared experts, all levels); ``experts.<task>``;
+    ``gates`` (the shared units' gates and native weights; absent without inner levels or
+    shared experts); ``gates.<task>`` (task k's gates and native weights, every level);
+    ``towers.<task>``.
+
+    Gate weights: ``<task>`` for the last level's task gates, ``level<l>.<task>`` and
+    ``level<l>.shared`` at inner level ``l``; each over every expert of the level, task
+    experts in task order then the shared ones. They are the softmax part alone: the native
+    weights are parameters, reported in the state dict.
+    """
+
+    def __init__(self, *, inputs: FeatureInput, heads: Sequence[Head], params: AdaTTParams) -> None:
+        super().__init__(
+            inputs=inputs, heads=heads, body_dim=params.expert_units[-1], params=params
+        )
+        self.num_task_experts = params.num_task_experts
+        self.num_shared_experts = params.num_shared_experts
+        self.levels = nn.ModuleList(
+            _Level(
+                in_dim=inputs.out_dim if i == 0 else params.expert_units[-1],
+                num_tasks=len(self.heads),
+                params=params,
+                inner=i < params.num_levels - 1,
+            )
+            for i in range(params.num_levels)
+        )
+
+    def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
+        num_tasks = len(self.heads)
+        every = list(range(num_tasks))
+        last = len(self.levels) - 1
+        nt, ns = self.num_task_experts, self.num_shared_experts
+        h_task: dict[int, Tensor] = dict.fromkeys(every, x)
+        h_shared = x
+        gates: dict[str, Tensor] = {}
+        for i, level in enumerate(self.levels):
+            assert isinstance(level, _Level)
+            if i == 0:
+                experts = ExpertBank.stacked(level.banks(), x)
+            else:
+                per_expert = [h_task[k].expand(nt, -1, -1) for k in every]
+                if ns:
+                    per_expert.append(h_shared.expand(ns, -1, -1))
+                experts = ExpertBank.stacked(level.banks(), torch.cat(per_expert))
+            # Inner levels feed every task's next experts; the last only the active towers.
+            units = list(active) if i == last else every
+            if i == 0:
+                g = level.task_gates(x, units)  # every task reads x: one call for all gates
+            else:
+                g = torch.cat([level.task_gates(h_task[k], [k]) for k in units], dim=1)
+            for j, k in enumerate(units):
+                name = self.task_names[k]
+                gates[name if i == last else f"level{i + 1}.{name}"] = g[:, j]
+            weights = g
+            native = [level.native_weights(k, num_tasks, nt) for k in units]
+            if native[0] is not None:
+                weights = g + torch.stack(cast(list[Tensor], native))  # [B, G, E] + [G, E]
+            fused = mix(weights, experts)  # [len(units), B, D]
+            if level.shared_gate is not None:
+                gs = level.shared_gate(h_shared)
+                gates[f"level{i + 1}.shared"] = gs[:, 0]
+                own = level.native_weights(None, num_tasks, nt)
+                h_shared = mix(gs if own is None else gs + own, experts)[0]
+            h_task = {k: fused[j] for j, k in enumerate(units)}
+        return Representation(per_task=[h_task[k] for k in active], gates=gates)
+
+    def body_groups(self) -> dict[str, list[nn.Parameter]]:
+        levels = [lv for lv in self.levels if isinstance(lv, _Level)]
+        groups: dict[str, list[nn.Parameter]] = {
+            "experts": [
+                p
+                for lv in levels
+                if lv.shared_experts is not None
+                for p in lv.shared_experts.parameters()
+            ]
+        }
+        for k, name in enumerate(self.task_names):
+            groups[f"experts.{name}"] = [
+                p for lv in levels for p in lv.task_experts[k].parameters()
+            ]
+        groups["gates"] = [
+            p
+            for lv in levels
+            if lv.shared_gate is not None
+            for p in [*lv.shared_gate.parameters(), *lv.shared_native]
+        ]
+        for k, name in enumerate(self.task_names):
+            groups[f"gates.{name}"] = [
+                p
+                for lv in levels
+                for p in (
+                    lv.task_gates.weight[k],
+                    lv.task_gates.bias[k],
+                    *([lv.native[k]] if lv.learned_native else []),
+                )
+            ]
+        return groups
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """The last level's shared experts' last layer; without shared experts, every
+        task's last-level experts' (each task's fusion reads them all)."""
+        level = self.levels[-1]
+        assert isinstance(level, _Level)
+        banks = [level.shared_experts] if level.shared_experts is not None else level.banks()
+        return [p for b in banks for p in (b.weights[-1], b.biases[-1])]
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, levels={len(self.levels)}, "
+            f"experts per task={self.num_task_experts}, shared experts={self.num_shared_experts}"
+        )
