@@ -181,7 +181,7 @@ def test_weights_for_an_unknown_task(toy_frame):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("training.epochs", "override 'training.epochs': expected key.sub=value"),
+        ("training.epochs", "override 'training.epochs' needs key=value (e.g. training.epochs=3)"),
         ("=3", "override '=3': empty key segment in ''"),
         ("training..epochs=3", "empty key segment in 'training..epochs'"),
         ("features.numeric.x=1", "override 'features.numeric.x=1': 'numeric' is not a section"),
@@ -255,8 +255,11 @@ def test_run_file_problems_name_the_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_run_file(path, ["model.name=mmeo"])
     header, *lines = str(info.value).splitlines()
-    assert header == f"invalid run file {str(path)!r}:"
-    assert sorted(x.split(":")[0] for x in lines) == ["model", "training.epcohs"]
+    assert header == f"invalid run file {str(path)!r} with its overrides:"
+    assert sorted(x.split(": ")[0] for x in lines) == [
+        "override 'model.name=mmeo'",  # the command line's mistake names the override
+        "training.epcohs",  # the file's does not
+    ]
 
 
 RUN_BASE = settings()

@@ -2,6 +2,10 @@
 
 Errors a user can fix print one ``error: ...`` line (or one per problem for a config) and
 exit with status 2; anything else is a bug and keeps its traceback.
+
+Only the standard library is imported at module level: torch, pandas, pydantic and rich are
+imported inside the command that needs them, so ``polytask --version`` and ``--help`` are
+fast.
 """
 
 from __future__ import annotations
@@ -9,24 +13,44 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-
+from polytask._defaults import CHUNK_ROWS
 from polytask._version import __version__
-from polytask.data.chunks import CHUNK_ROWS
-from polytask.errors import PolytaskError
+from polytask.errors import DataError, PolytaskError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+CONFIG_DOC = "docs/config.md"
+OVERRIDE_HELP = (
+    "KEY=VALUE overrides of run-file keys, after the run file or after --out; VALUE is YAML: "
+    "training.epochs=3, 'optimizer.group_lr={towers.*: 3e-3}', 'model={name: mmoe}'. "
+    f"Every key and its default: {CONFIG_DOC}"
+)
+
+
+def _width() -> int:
+    """The terminal's width; 80 when output is not a terminal (a log, a pipe)."""
+    if sys.stdout.isatty():
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    try:
+        return max(40, int(os.environ.get("COLUMNS", "80")))
+    except ValueError:
+        return 80
 
 
 def _console(quiet: bool = False) -> Console:
-    # Wide enough for a gate table of 8+ experts when output is not a terminal.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 140, quiet=quiet)
+    from rich.console import Console
+
+    return Console(highlight=False, width=_width(), quiet=quiet)
 
 
 def _fmt(v: Any) -> str:
@@ -35,30 +59,79 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def metrics_table(title: str, metrics: Mapping[str, Mapping[str, float]]) -> Table:
-    table = Table(title=title)
-    table.add_column("task")
+def fitted_tables(
+    title: str,
+    first: str,
+    columns: Sequence[str],
+    rows: Sequence[tuple[str, Sequence[str]]],
+    width: int,
+) -> list[Table]:
+    """One or more tables of the same rows that each fit ``width`` columns: when the value
+    columns do not fit side by side they are wrapped into further tables (each repeating the
+    first column), so no cell is ever cut or abbreviated."""
+    from rich.table import Table
+
+    def cell_width(j: int) -> int:
+        return max([len(columns[j]), *(len(values[j]) for _, values in rows)]) + 3  # pad + rule
+
+    first_width = max([len(first), *(len(name) for name, _ in rows)]) + 4
+    groups: list[list[int]] = [[]]
+    used = first_width
+    for j in range(len(columns)):
+        w = cell_width(j)
+        if groups[-1] and used + w > width:
+            groups.append([])
+            used = first_width
+        groups[-1].append(j)
+        used += w
+    tables = []
+    for k, group in enumerate(groups):
+        part = f" ({k + 1}/{len(groups)})" if len(groups) > 1 else ""
+        table = Table(title=f"{title}{part}")
+        table.add_column(first, no_wrap=True)
+        for j in group:
+            table.add_column(columns[j], justify="right", no_wrap=True)
+        for name, values in rows:
+            table.add_row(name, *[values[j] for j in group])
+        tables.append(table)
+    return tables
+
+
+def metrics_table(
+    title: str, metrics: Mapping[str, Mapping[str, float]], width: int = 80
+) -> list[Table]:
+    """Per-task metrics, one row per task, wrapped to ``width`` columns."""
     cols: list[str] = []
     for m in metrics.values():
         cols += [k for k in m if k not in cols and k != "count"]
-    for c in cols:
-        table.add_column(c, justify="right")
-    table.add_column("rows", justify="right")
-    for task, m in metrics.items():
-        table.add_row(task, *[_fmt(m.get(c, "")) for c in cols], str(int(m.get("count", 0))))
-    return table
+    rows = [
+        (task, [*(_fmt(m.get(c, "")) for c in cols), str(int(m.get("count", 0)))])
+        for task, m in metrics.items()
+    ]
+    return fitted_tables(title, "task", [*cols, "rows"], rows, width)
 
 
-def gates_table(gates: Mapping[str, Mapping[str, Any]]) -> Table:
-    table = Table(title="mean gate weight per expert (entropy in nats; log E = uniform)")
-    table.add_column("gate")
+def gates_table(gates: Mapping[str, Mapping[str, Any]], width: int = 80) -> list[Table]:
+    """Mean gate weight per expert and the entropy, one row per gate, wrapped to ``width``."""
     n = max(len(g["mean_weight"]) for g in gates.values())
-    for e in range(n):
-        table.add_column(f"e{e}", justify="right")
-    table.add_column("entropy", justify="right")
-    for name, g in gates.items():
-        table.add_row(name, *[f"{w:.3f}" for w in g["mean_weight"]], f"{g['entropy']:.3f}")
-    return table
+    rows = [
+        (
+            name,
+            [
+                *(f"{w:.3f}" for w in g["mean_weight"]),
+                *([""] * (n - len(g["mean_weight"]))),
+                f"{g['entropy']:.3f}",
+            ],
+        )
+        for name, g in gates.items()
+    ]
+    title = "mean gate weight per expert (entropy in nats; log E = uniform)"
+    return fitted_tables(title, "gate", [*(f"e{e}" for e in range(n)), "entropy"], rows, width)
+
+
+def _print_tables(console: Console, tables: Sequence[Table]) -> None:
+    for table in tables:
+        console.print(table)
 
 
 def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
@@ -85,12 +158,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         metrics = run_training(cfg, base, out, resume=args.resume)
     if not main_process:
         return 0
+    width = console.width
     if "validation" in metrics:
-        console.print(metrics_table("validation", metrics["validation"]))
+        _print_tables(console, metrics_table("validation", metrics["validation"], width))
     if "test" in metrics:
-        console.print(metrics_table("test", metrics["test"]))
+        _print_tables(console, metrics_table("test", metrics["test"], width))
     if "gates" in metrics:
-        console.print(gates_table(metrics["gates"]))
+        _print_tables(console, gates_table(metrics["gates"], width))
     if metrics.get("skipped_batches"):
         console.print(
             f"skipped {metrics['skipped_batches']} batch(es) with a non-finite loss "
@@ -103,15 +177,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table_of(args: argparse.Namespace) -> tuple[Any, str]:
+    """The table ``evaluate``/``predict`` read: the DATA file, or with ``--split`` that split
+    of the run that trained the model (its ``config.yaml`` names the data)."""
+    if args.split is None:
+        if args.data is None:
+            raise DataError("give a DATA file, or --split train|validation|test")
+        if args.run is not None:
+            raise DataError("--run picks the run whose --split to read; it needs --split")
+        return args.data, str(args.data)
+    if args.data is not None:
+        raise DataError(f"give a DATA file or --split, not both (found {args.data!r})")
+    from polytask.run import load_run_split
+
+    run = Path(args.run) if args.run is not None else Path(args.model_dir).resolve().parent
+    return load_run_split(run, args.split), f"{args.split} split of {run}"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from polytask.estimator import MultiTaskModel
 
     model = MultiTaskModel.load(args.model_dir)
-    metrics = model.evaluate(args.data)
+    table, name = _table_of(args)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        metrics = model.evaluate(table)
+    # A task whose label column is absent has no metrics (evaluate warned, naming it).
+    scored = {t: m for t, m in metrics.items() if set(m) != {"count"} or m["count"] > 0}
+    if not scored:
+        raise DataError(f"{name}: no task has its label column, so there is nothing to evaluate")
     if args.json:
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps(scored, indent=2))
     else:
-        _console().print(metrics_table(f"{args.data}", metrics))
+        console = _console()
+        _print_tables(console, metrics_table(name, scored, console.width))
     return 0
 
 
@@ -121,12 +220,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from polytask.estimator import MultiTaskModel
 
     model = MultiTaskModel.load(args.model_dir)
-    if args.chunk_rows is not None or is_parquet(args.data):
+    streamed = args.chunk_rows is not None or (args.data is not None and is_parquet(args.data))
+    if args.split is None and args.data is not None and streamed:
         chunk_rows = CHUNK_ROWS if args.chunk_rows is None else args.chunk_rows
         rows = model.predict_to(args.data, args.output, chunk_rows=chunk_rows)
         print(f"wrote {rows} rows to {args.output} (streamed, {chunk_rows} rows at a time)")
         return 0
-    predictions = model.predict(args.data)
+    table, _ = _table_of(args)
+    predictions = model.predict(table)
     write_table(predictions, args.output)
     print(f"wrote {len(predictions)} rows x {predictions.shape[1]} columns to {args.output}")
     return 0
@@ -134,6 +235,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Shared-bottom vs MMoE on the MMoE paper's synthetic data with weakly related tasks."""
+    from rich.table import Table
+
     from polytask.datasets import mmoe_synthetic, split_frame
     from polytask.estimator import MultiTaskModel
 
@@ -203,39 +306,97 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_table_source(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument(
+        "data",
+        nargs="?",
+        help=f"CSV or Parquet file to {verb} (or give --split instead; default: none)",
+    )
+    p.add_argument(
+        "--split",
+        choices=["train", "validation", "test"],
+        help=f"{verb} this split of the run that trained the model, read as its run file "
+        "reads it (default: none, DATA is read)",
+    )
+    p.add_argument(
+        "--run",
+        metavar="RUN_DIR",
+        help="with --split: the run folder (written by 'polytask train --out RUN_DIR') whose "
+        "config.yaml names the data (default: the model folder's parent, e.g. runs/census "
+        "for runs/census/model)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="polytask", description="Multi-task learning for tabular data."
+        prog="polytask",
+        description="Multi-task learning for tabular data. 'polytask COMMAND --help' describes "
+        f"each command; {CONFIG_DOC} lists every run-file key.",
     )
     parser.add_argument("--version", action="version", version=f"polytask {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train from a run file, evaluate on its test split")
-    p.add_argument("run_file", help="YAML run file")
-    p.add_argument("--out", help="output folder (default runs/<run file name>)")
+    p = sub.add_parser(
+        "train",
+        help="train from a run file, evaluate on its test split",
+        description="Train from a YAML run file, evaluate on its validation and test splits, "
+        "write OUT/model/, OUT/metrics.json and OUT/config.yaml. Every run-file key and its "
+        f"default: {CONFIG_DOC}.",
+        epilog="example: polytask train examples/census_mmoe.yaml --out runs/census "
+        "training.epochs=3 'model={name: mmoe, num_experts: 4}'",
+    )
+    p.add_argument("run_file", help="YAML run file (keys: docs/config.md)")
+    p.add_argument(
+        "--out",
+        help="output folder (default: runs/<run file name without .yaml>)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the newest readable checkpoint in OUT/checkpoints",
+        help="continue from the newest readable checkpoint in OUT/checkpoints (default: off, "
+        "start from scratch)",
     )
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics of a saved model on a labelled table")
-    p.add_argument("model_dir")
-    p.add_argument("data", help="CSV or Parquet file")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics of a saved model on a labelled table",
+        description="Per-task metrics of a saved model on a labelled table: a file, or a split "
+        "of the run that trained it (--split). A task whose label column is absent is left out "
+        "with a warning.",
+        epilog="examples: polytask evaluate runs/census/model --split test; "
+        "polytask evaluate runs/census/model census.parquet",
+    )
+    p.add_argument("model_dir", metavar="MODEL", help="a saved model folder (e.g. runs/x/model)")
+    _add_table_source(p, "evaluate")
+    p.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table (default: a table)"
+    )
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="predictions of a saved model for a table")
-    p.add_argument("model_dir")
-    p.add_argument("data", help="CSV or Parquet file")
-    p.add_argument("-o", "--output", required=True, help="OUT.csv or OUT.parquet")
+    p = sub.add_parser(
+        "predict",
+        help="predictions of a saved model for a table",
+        description="Predictions of a saved model, one column per task, rows in input order. "
+        "Parquet input streams chunk by chunk, so memory stays flat in the number of rows.",
+        epilog="examples: polytask predict runs/census/model --split test -o pred.parquet; "
+        "polytask predict runs/census/model census.parquet -o scores.parquet",
+    )
+    p.add_argument("model_dir", metavar="MODEL", help="a saved model folder (e.g. runs/x/model)")
+    _add_table_source(p, "predict")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="OUT.csv or OUT.parquet (required; written atomically)",
+    )
     p.add_argument(
         "--chunk-rows",
         type=int,
         help="stream the file this many rows at a time, so memory stays flat in the number "
-        f"of rows (Parquet input streams by default, {CHUNK_ROWS} rows at a time)",
+        f"of rows (default: Parquet input streams {CHUNK_ROWS} rows at a time, CSV is read "
+        "whole)",
     )
     p.set_defaults(func=cmd_predict)
 
@@ -252,29 +413,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds per model (default 3)")
     p.add_argument("--out", help="output folder (default runs/<run file name>_compare)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("demo", help="shared-bottom vs MMoE on built-in synthetic data")
-    p.add_argument("--rows", type=int, default=15_000)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--correlation", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        "demo",
+        help="shared-bottom vs MMoE on built-in synthetic data",
+        description="Shared-bottom vs MMoE on the MMoE paper's synthetic data (two regression "
+        "tasks of a chosen correlation); prints each model's test RMSE.",
+    )
+    p.add_argument("--rows", type=int, default=15_000, help="rows generated (default: 15000)")
+    p.add_argument("--epochs", type=int, default=8, help="epochs per model (default: 8)")
+    p.add_argument(
+        "--correlation",
+        type=float,
+        default=0.5,
+        help="correlation of the two tasks, in [-1, 1] (default: 0.5)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="data, split and training seed (default: 0)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # Overrides may come before or after --out: collect every leftover key=value.
+    # Overrides may come before or after --out: collect every leftover that is not an option
+    # (apply_overrides says "needs key=value" of one without '=').
     args, extra = parser.parse_known_args(argv)
     if args.command == "compare":  # --models NAME ... swallows the overrides after it
         extra += [m for m in args.models if "=" in m]
         args.models = [m for m in args.models if "=" not in m]
     if extra:
-        if args.command not in ("train", "compare") or not all(
-            "=" in x and not x.startswith("-") for x in extra
-        ):
+        if args.command not in ("train", "compare") or any(x.startswith("-") for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:

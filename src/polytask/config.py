@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -443,34 +443,72 @@ def _unwrap_model(annotation: Any) -> Any:
     return annotation
 
 
-def format_validation_error(err: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
-    """One line per problem: ``key.path: what was wrong (found ...)``."""
+def format_validation_error(
+    err: ValidationError,
+    root: type[BaseModel],
+    prefix: str = "",
+    blame: Callable[[str, str], str | None] | None = None,
+) -> str:
+    """One line per problem: ``key.path: what was wrong (found ...)``. ``blame(key, line)``
+    may name where the value came from (a command-line override); it leads that line."""
     lines = []
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
         key = f"{prefix}{'.'.join(str(x) for x in loc)}"
+        msg = e["msg"].removeprefix("Value error, ")
+        found = e.get("input")
         if e["type"] == "extra_forbidden":
             valid = _field_names(root, loc[:-1])
             hint = closest(str(loc[-1]), valid)
-            lines.append(f"{key}: unknown key; valid keys here are {sorted(valid)}{hint}")
-            continue
-        msg = e["msg"].removeprefix("Value error, ")
-        found = e.get("input")
-        if not key:  # a check across sections (e.g. tasks vs features) names its keys itself
-            lines.append(msg)
+            line = f"{key}: unknown key; valid keys here are {sorted(valid)}{hint}"
+        elif not key:  # a check across sections (e.g. tasks vs features) names its keys itself
+            line = msg
         elif e["type"] in {"missing"}:
-            lines.append(f"{key}: required key is missing")
+            line = f"{key}: required key is missing"
         elif not loc:
-            lines.append(msg)
+            line = msg
         elif isinstance(found, dict | list) or e["type"].startswith("value_error"):
-            lines.append(f"{key}: {msg}")
+            line = f"{key}: {msg}"
         else:
-            lines.append(f"{key}: {msg} (found {found!r})")
+            line = f"{key}: {msg} (found {found!r})"
+        source = blame(key, line) if blame is not None else None
+        lines.append(f"{source}: {line}" if source else line)
     return "\n".join(lines)
 
 
-def validate(model: type[BaseModel], raw: Mapping[str, Any], *, what: str = "config") -> Any:
-    """Validate ``raw`` against ``model``; every problem goes in one `ConfigError`."""
+def _override_blame(overrides: Sequence[str]) -> Callable[[str, str], str | None]:
+    """``blame`` for `format_validation_error`: the override that set the key of a problem
+    (the last one, as it is the one that took effect), or None when the run file did."""
+    keys = [
+        (item.partition("=")[0].strip(), item.partition("=")[2].strip(), item) for item in overrides
+    ]
+
+    def blame(key: str, line: str) -> str | None:
+        for okey, value, item in reversed(keys):
+            if key and (key == okey or key.startswith(okey + ".")):
+                return f"override {item!r}"
+            if key and okey.startswith(key + "."):
+                # A parameter checked by its section (model, loss): the line names the
+                # parameter or quotes the value.
+                rest = okey[len(key) + 1 :].split(".")[0]
+                if re.search(rf"\b{re.escape(rest)}\b", line) or f"'{value}'" in line:
+                    return f"override {item!r}"
+            if not key and line.startswith(okey + ":"):
+                return f"override {item!r}"
+        return None
+
+    return blame
+
+
+def validate(
+    model: type[BaseModel],
+    raw: Mapping[str, Any],
+    *,
+    what: str = "config",
+    overrides: Sequence[str] = (),
+) -> Any:
+    """Validate ``raw`` against ``model``; every problem goes in one `ConfigError`. A problem
+    whose value came from one of ``overrides`` names that override."""
     if not isinstance(raw, Mapping):
         raise ConfigError(
             f"invalid {what}: expected a mapping of sections, found {type(raw).__name__}"
@@ -478,7 +516,14 @@ def validate(model: type[BaseModel], raw: Mapping[str, Any], *, what: str = "con
     try:
         return model.model_validate(dict(raw))
     except ValidationError as err:
-        raise ConfigError(f"invalid {what}:\n{format_validation_error(err, model)}") from None
+        blame = _override_blame(overrides) if overrides else None
+        text = format_validation_error(err, model, blame=blame)
+        lines = text.splitlines()
+        if overrides and all(line.startswith("override '") for line in lines):
+            what = f"override(s) of {what}"
+        elif any(line.startswith("override '") for line in lines):
+            what = f"{what} with its overrides"
+        raise ConfigError(f"invalid {what}:\n{text}") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -486,7 +531,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     out = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key.sub=value")
+            raise ConfigError(
+                f"override {item!r} needs key=value (e.g. {item.strip() or 'training.epochs'}=3)"
+            )
         key, _, text = item.partition("=")
         parts = key.strip().split(".")
         if not all(parts):
@@ -533,4 +580,24 @@ def load_run_file(path: str | Path, overrides: list[str] | None = None) -> tuple
     if not isinstance(raw, dict):
         raise ConfigError(f"run file {str(p)!r}: expected a mapping of sections, found {raw!r}")
     raw = apply_overrides(raw, overrides or [])
-    return validate(RunConfig, raw, what=f"run file {str(p)!r}"), p.resolve().parent
+    base = p.resolve().parent
+    _cwd_paths(raw, overrides or [], base)
+    what = f"run file {str(p)!r}"
+    return validate(RunConfig, raw, what=what, overrides=overrides or []), base
+
+
+def _cwd_paths(raw: dict[str, Any], overrides: Sequence[str], base: Path) -> None:
+    """A relative data path given as an override is resolved against the run file's folder
+    ``base``, like one in the file; when no such file exists there but one does relative to
+    the current folder (where the command was typed), that one is meant: it is made absolute."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    keys = {item.partition("=")[0].strip() for item in overrides}
+    for name in ("path", "train", "validation", "test"):
+        value = data.get(name)
+        if not ({"data", f"data.{name}"} & keys) or not isinstance(value, str):
+            continue
+        path = Path(value).expanduser()
+        if not path.is_absolute() and not (base / path).exists() and path.exists():
+            data[name] = str(path.resolve())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -477,9 +478,20 @@ class MultiTaskModel:
     def evaluate(self, data: Any) -> dict[str, dict[str, float]]:
         """Exact per-task metrics over the whole table: ``{task: {metric: value}}``.
 
-        Label columns absent from the table give tasks with ``count`` 0 and no metrics.
-        ``data`` may also be `encode`'s output (``labels=None``), so a table used for several
-        reports is encoded once."""
+        Label columns absent from the table give tasks with ``count`` 0 and no metrics, and a
+        warning naming each such task. ``data`` may also be `encode`'s output
+        (``labels=None``), so a table used for several reports is encoded once."""
+        if not isinstance(data, EncodedData):
+            self._check_fitted()
+            data = read_table(data, what="evaluation data")
+            for name in self.config.tasks:
+                column = self.preprocessor_.label_column(name)
+                if column not in data.columns:
+                    warnings.warn(
+                        f"evaluation data: task {name!r} has no metrics: its label column "
+                        f"{column!r} is not in the table",
+                        stacklevel=2,
+                    )
         encoded = self._encoded(data, labels=None, what="evaluation data")
         return evaluate_split(
             self.network_, self.config.tasks, encoded, self.config.training.eval_batch_size

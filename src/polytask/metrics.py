@@ -13,7 +13,6 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from polytask.config import TaskConfig
 
@@ -56,6 +55,8 @@ def task_metrics(task: TaskConfig, output: np.ndarray, label: np.ndarray) -> dic
         result["loss"] = result["logloss"] = float(np.mean(np.logaddexp(0.0, out) - y * out))
         p = sigmoid(out)
         if 0 < y.sum() < y.size:
+            from sklearn.metrics import roc_auc_score  # imported here: a second at startup
+
             result["auc"] = float(roc_auc_score(y, p))
         else:
             result["auc"] = math.nan  # AUC is undefined with one class present

@@ -18,7 +18,7 @@ import yaml
 from polytask._atomic import atomic_write_text
 from polytask.config import DataConfig, RunConfig, SplitConfig
 from polytask.data import read_table
-from polytask.errors import ConfigError
+from polytask.errors import ConfigError, DataError
 from polytask.estimator import MultiTaskModel, jsonable
 from polytask.training.distributed import barrier, is_main_process
 
@@ -39,6 +39,11 @@ def _resolve(base: Path, path: str) -> Path:
 
 def _read(data: DataConfig, base: Path, path: str, what: str) -> pd.DataFrame:
     resolved = _resolve(base, path)
+    if not resolved.exists() and not Path(path).expanduser().is_absolute():
+        raise DataError(
+            f"{what}: file {path!r} not found: relative paths are resolved against the run "
+            f"file's folder {str(base)!r}, and {str(resolved)!r} does not exist"
+        )
     if data.loader == "census_income":
         from polytask.datasets import load_census_income
 
@@ -86,6 +91,41 @@ def load_splits(data: DataConfig, base: Path, *, stream: bool = False) -> Splits
         else None,
         test=_read(data, base, data.test, "data.test") if data.test else None,
     )
+
+
+DATA_PATH_KEYS = ("path", "train", "validation", "test")
+
+
+def run_config_dump(cfg: RunConfig, base: Path) -> dict[str, Any]:
+    """The run's config as written to ``OUT/config.yaml``: data paths made absolute, so the
+    file reads the same tables from any folder (``polytask train OUT/config.yaml``,
+    ``polytask evaluate OUT/model --split test``)."""
+    dumped: dict[str, Any] = cfg.model_dump(mode="json")
+    for key in DATA_PATH_KEYS:
+        value = dumped["data"].get(key)
+        if value is not None:
+            dumped["data"][key] = str(_resolve(base, value).resolve())
+    return dumped
+
+
+def load_run_split(run_dir: Path, split: str) -> pd.DataFrame:
+    """One split (``train``, ``validation``, ``test``) of the run written to ``run_dir`` by
+    `run_training`, read as the run read it (same files, loader, fractions and seed)."""
+    from polytask.config import load_run_file
+
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(
+            f"run folder {str(run_dir)!r} has no config.yaml; --run names the folder given to "
+            "'polytask train --out'"
+        )
+    cfg, base = load_run_file(config)
+    splits = load_splits(cfg.data, base)
+    table = getattr(splits, split)
+    if table is None:
+        raise ConfigError(f"run {str(run_dir)!r} has no {split} split (see its config.yaml, data)")
+    assert isinstance(table, pd.DataFrame)
+    return table
 
 
 def train_samples_per_s(history: list[dict[str, Any]]) -> float:
@@ -137,7 +177,7 @@ def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False)
     model.save(out / "model")  # creates out/, as atomic_write_text would
     atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics), indent=2))
     atomic_write_text(
-        out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        out / "config.yaml", yaml.safe_dump(run_config_dump(cfg, base), sort_keys=False)
     )
     barrier()
     return metrics

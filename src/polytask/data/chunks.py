@@ -17,13 +17,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from polytask._atomic import atomic_path
+from polytask._defaults import CHUNK_ROWS as CHUNK_ROWS  # defined there for the CLI's help
 from polytask.data.io import is_parquet as is_parquet  # re-exported: the CLI asks it here
 from polytask.data.io import output_format, table_format
 from polytask.errors import DataError
-
-CHUNK_ROWS = 65_536
-"""Default rows per chunk: large enough that per-chunk overhead is noise, small enough that
-a chunk of a wide table stays in the tens of megabytes."""
 
 
 def read_chunks(
