@@ -28,6 +28,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "adatt": {"expert_units": [16]},
     "stem": {"expert_units": [16]},
     "pepnet": {"gate_units": 8},
+    "home": {"expert_units": [16]},
 }
 
 

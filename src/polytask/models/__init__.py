@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from polytask.models._adatt import AdaTT, AdaTTParams
 from polytask.models._esmm import ESMM, ESMMParams, check_esmm_heads, ctcvr_logit
+from polytask.models._home import HoME, HoMEParams, check_home_heads
 from polytask.models._moe import MMoE, MoE, MoEParams
 from polytask.models._pepnet import PEPNet, PEPNetParams
 from polytask.models._ple import PLE, CGCParams, PLEParams, cgc
@@ -21,6 +22,7 @@ MODELS: dict[str, ModelEntry] = {
     "adatt": ModelEntry(AdaTTParams, AdaTT),
     "stem": ModelEntry(STEMParams, STEM),
     "pepnet": ModelEntry(PEPNetParams, PEPNet),
+    "home": ModelEntry(HoMEParams, HoME, check_heads=check_home_heads),
 }
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "CGCParams",
     "ESMMParams",
     "Head",
+    "HoME",
+    "HoMEParams",
     "MMoE",
     "MoE",
     "MoEParams",

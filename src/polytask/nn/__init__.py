@@ -165,6 +165,12 @@ class ExpertBank(nn.Module):
     ``[B, in] -> [E, B, units[-1]]``. Weights are stacked ``[E, in, out]``; the first layer is
     one matmul for all experts and each later one a ``baddbmm``: no Python loop over experts.
     Initialisation matches ``nn.Linear`` (Kaiming-uniform, fan-in).
+
+    ``norm="batch"`` puts a batch normalisation between every layer's matmul and its
+    activation, separately for each expert and unit (HoME's expert normalisation): in
+    training, over the batch, ``(h - mean) / sqrt(var + eps) * gamma + beta``, with the
+    running statistics of ``nn.BatchNorm1d`` (momentum 0.1, unbiased running variance) used
+    in evaluation and for a one-row training batch.
     """
 
     def __init__(
@@ -175,6 +181,7 @@ class ExpertBank(nn.Module):
         units: Sequence[int],
         activation: Activation = "relu",
         dropout: float = 0.0,
+        norm: Literal["none", "batch"] = "none",
     ) -> None:
         super().__init__()
         if num_experts < 1 or not units:
@@ -194,6 +201,15 @@ class ExpertBank(nn.Module):
                 nn.Parameter(torch.empty(num_experts, 1, width).uniform_(-bound, bound))
             )
             prev = width
+        self.norm = norm
+        self.norm_weights = nn.ParameterList()
+        self.norm_biases = nn.ParameterList()
+        if norm == "batch":
+            for i, width in enumerate(units):
+                self.norm_weights.append(nn.Parameter(torch.ones(num_experts, 1, width)))
+                self.norm_biases.append(nn.Parameter(torch.zeros(num_experts, 1, width)))
+                self.register_buffer(f"running_mean{i}", torch.zeros(num_experts, 1, width))
+                self.register_buffer(f"running_var{i}", torch.ones(num_experts, 1, width))
         self.act = _ACTIVATIONS[activation]()
         self._relu = activation == "relu"
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -227,10 +243,41 @@ class ExpertBank(nn.Module):
             h = h.view(x.shape[0], w0.shape[0], w0.shape[2]).transpose(0, 1)
         else:
             h = torch.baddbmm(biases[0], x, w0)
+        if first.norm == "batch":
+            h = ExpertBank._normalise(banks, 0, h)
         h = first._activate(h)
-        for w, b in zip(weights[1:], biases[1:], strict=True):
-            h = first._activate(torch.baddbmm(b, h, w))
+        for i, (w, b) in enumerate(zip(weights[1:], biases[1:], strict=True), start=1):
+            h = torch.baddbmm(b, h, w)
+            if first.norm == "batch":
+                h = ExpertBank._normalise(banks, i, h)
+            h = first._activate(h)
         return h
+
+    @staticmethod
+    def _normalise(banks: Sequence[ExpertBank], layer: int, h: Tensor) -> Tensor:
+        """Batch normalisation of ``h [E, B, out]`` per expert and unit (``norm="batch"``)."""
+
+        def cat(tensors: list[Tensor]) -> Tensor:
+            return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+        gamma = cat([b.norm_weights[layer] for b in banks])
+        beta = cat([b.norm_biases[layer] for b in banks])
+        if banks[0].training and h.shape[1] > 1:
+            var, mean = torch.var_mean(h, dim=1, keepdim=True, correction=0)
+            with torch.no_grad():
+                unbiased = var * (h.shape[1] / (h.shape[1] - 1))
+                start = 0
+                for bank in banks:
+                    n = bank.num_experts
+                    rm: Tensor = getattr(bank, f"running_mean{layer}")
+                    rv: Tensor = getattr(bank, f"running_var{layer}")
+                    rm.lerp_(mean[start : start + n], 0.1)
+                    rv.lerp_(unbiased[start : start + n], 0.1)
+                    start += n
+        else:
+            mean = cat([getattr(b, f"running_mean{layer}") for b in banks])
+            var = cat([getattr(b, f"running_var{layer}") for b in banks])
+        return torch.addcmul(beta, (h - mean) * torch.rsqrt(var + 1e-5), gamma)
 
     def _activate(self, h: Tensor) -> Tensor:
         if self._relu and not torch.is_grad_enabled():
