@@ -109,7 +109,9 @@ def test_train_refuses_what_cannot_be_streamed(
     argv = ["train", str(run_file), "--out", str(tmp_path / "o"), "training.stream={}"]
     assert main([*argv, *overrides]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: training.stream") and message in err
+    # refused when the run file is validated, before any data is read
+    assert err.startswith("error: invalid run file") and "\ntraining.stream" in err
+    assert message in err
     assert not (tmp_path / "o").exists()
 
 

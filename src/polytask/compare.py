@@ -29,13 +29,12 @@ from polytask._atomic import atomic_path, atomic_write_text
 from polytask.config import EstimatorConfig, ModelConfig, RunConfig, TaskConfig, validate
 from polytask.errors import ConfigError, MissingExtraError, PolytaskError, closest
 from polytask.metrics import HIGHER_IS_BETTER
+from polytask.tasks import task_type
 
 SINGLE_TASK = "single_task"
 """The baseline: one model per task, a shared-bottom network with the run's tower and input
 settings."""
 
-PRIMARY = {"binary": "auc", "regression": "rmse", "multiclass": "accuracy"}
-"""The metric a task is compared on, unless the run's monitor names another it reports."""
 
 _TOWER_KEYS = ("tower_units", "activation", "dropout", "norm")
 
@@ -121,7 +120,7 @@ def _single_monitor(monitor: str, task: str, task_cfg: TaskConfig) -> str:
         return monitor
     metric = monitor.partition(".")[2]
     candidate = f"{task}.{metric}"
-    return candidate if candidate in valid_monitors({task: task_cfg}) else "loss"
+    return candidate if candidate in valid_monitors({task: task_cfg.spec()}) else "loss"
 
 
 def run_configs(
@@ -172,14 +171,10 @@ def primary_metrics(cfg: EstimatorConfig) -> dict[str, str]:
     """Each task's compared metric: the monitor's (``mean.auc``, ``income.auc``) where the
     task reports it and it is not a loss, else the task type's usual one."""
     metric = cfg.training.monitor.rpartition(".")[2]
-    per_type = {
-        "binary": {"auc", "logloss"},
-        "regression": {"rmse", "mae"},
-        "multiclass": {"accuracy", "logloss"},
-    }
+    kinds = {name: task_type(t) for name, t in cfg.task_specs().items()}
     return {
-        name: metric if metric in per_type[t.type] else PRIMARY[t.type]
-        for name, t in cfg.tasks.items()
+        name: metric if metric in kind.metrics and metric != "loss" else kind.primary_metric
+        for name, kind in kinds.items()
     }
 
 
@@ -238,7 +233,7 @@ def compare_splits(
         raise ConfigError(f"--seeds: expected at least 1, found {seeds}")
     configs = run_configs(cfg, models, specs)
     device = resolve_device(cfg.training.device)
-    shared = Preprocessor(features=cfg.features, tasks=cfg.tasks)
+    shared = Preprocessor(features=cfg.features, tasks=cfg.task_specs())
     train = shared.fit_transform(train_frame, labels=True, what="training set").to(device)
     valid = None
     if validation_frame is not None:
@@ -270,7 +265,9 @@ def compare_splits(
                     run = run.model_copy(deep=True)
                     run.training.seed = seed
                     run.training.progress = False
-                    pre = Preprocessor(features=run.features, tasks=run.tasks).load_state_dict(
+                    pre = Preprocessor(
+                        features=run.features, tasks=run.task_specs()
+                    ).load_state_dict(
                         {
                             **state,
                             "classes": {

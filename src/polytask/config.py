@@ -19,120 +19,93 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from polytask._schema import Strict
+from polytask.data.features import CategoricalFeature, FeaturesConfig, NumericFeature
+from polytask.data.stream import StreamConfig
 from polytask.errors import ConfigError, closest
+from polytask.metrics import valid_monitors
+from polytask.models import MODELS, Head
+from polytask.tasks import TASK_TYPES, TaskSpec, task_order, task_type
+from polytask.training.settings import OptimizerConfig, SchedulerConfig, TrainingConfig
+from polytask.weighting import WEIGHTINGS, Weighting
 
-TaskType = Literal["binary", "regression", "multiclass"]
-LossName = Literal["bce", "mse", "huber", "cross_entropy"]
-
-_DEFAULT_LOSS: dict[str, str] = {
-    "binary": "bce",
-    "regression": "mse",
-    "multiclass": "cross_entropy",
-}
-_ALLOWED_LOSSES: dict[str, tuple[str, ...]] = {
-    "binary": ("bce",),
-    "regression": ("mse", "huber"),
-    "multiclass": ("cross_entropy",),
-}
-
+__all__ = [
+    "CategoricalFeature",
+    "DataConfig",
+    "EstimatorConfig",
+    "FeaturesConfig",
+    "LossConfig",
+    "ModelConfig",
+    "NumericFeature",
+    "OptimizerConfig",
+    "RunConfig",
+    "SchedulerConfig",
+    "SplitConfig",
+    "StreamConfig",
+    "TaskConfig",
+    "TrainingConfig",
+    "apply_overrides",
+    "format_validation_error",
+    "load_run_file",
+    "task_order",
+    "validate",
+]
 
 _RESERVED = {"mean", "loss"}  # monitor names ("mean.auc", "loss") must stay unambiguous
-
-
-class _Strict(BaseModel):
-    """Base for every section: unknown keys are errors, values are re-validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-# --------------------------------------------------------------------------------------------
-# features
-
-
-class CategoricalFeature(_Strict):
-    """A categorical column, embedded. ``embedding_dim``/``min_freq`` default to the section's."""
-
-    name: str
-    embedding_dim: int | None = Field(default=None, ge=1)
-    min_freq: int | None = Field(default=None, ge=1)
-
-
-class NumericFeature(_Strict):
-    """A numeric column: standardized (optionally after a signed log1p), NaN/inf imputed."""
-
-    name: str
-    log1p: bool = False
-
-
-class FeaturesConfig(_Strict):
-    """Which columns are inputs and how they are encoded.
-
-    Categorical columns go through one embedding each; numeric columns through one learned
-    linear projection of dimension ``numeric_dim`` (default: ``embedding_dim`` per numeric
-    column, at most 128), and the two are concatenated.
-    """
-
-    categorical: list[CategoricalFeature] = Field(default_factory=list)
-    numeric: list[NumericFeature] = Field(default_factory=list)
-    embedding_dim: int = Field(default=8, ge=1)
-    min_freq: int = Field(default=1, ge=1)
-    numeric_dim: int | None = Field(default=None, ge=1)
-    numeric_scaling: Literal["standardize", "none"] = "standardize"
-
-    @field_validator("categorical", "numeric", mode="before")
-    @classmethod
-    def _names(cls, v: Any) -> Any:
-        """A bare column name is short for ``{name: ...}``."""
-        return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
-
-    @model_validator(mode="after")
-    def _unique(self) -> FeaturesConfig:
-        names = [f.name for f in self.categorical] + [f.name for f in self.numeric]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"feature column(s) {dupes} listed more than once")
-        if not names:
-            raise ValueError("no feature columns: list at least one categorical or numeric column")
-        return self
-
-    @property
-    def columns(self) -> list[str]:
-        return [f.name for f in self.categorical] + [f.name for f in self.numeric]
 
 
 # --------------------------------------------------------------------------------------------
 # tasks
 
 
-class TaskConfig(_Strict):
-    """One prediction task.
+class TaskConfig(Strict):
+    """One prediction task (`polytask.tasks.TaskSpec` once validated).
 
-    ``label`` defaults to the task's name. A binary label is 0/1, bool, or mapped to 1 where it
-    equals ``positive``. ``inputs_from`` feeds other tasks' estimates into this task's tower;
+    ``type`` is a registered task type (`polytask.tasks.TASK_TYPES`). ``label`` defaults to
+    the task's name. A binary label is 0/1, bool, or mapped to 1 where it equals
+    ``positive``. ``inputs_from`` feeds other tasks' estimates into this task's tower;
     ``detach`` (stop-gradient, the default) keeps this task's loss from training them.
     """
 
-    type: TaskType
+    type: str
     label: str | None = None
     positive: Any = None
-    loss: LossName | None = None
+    loss: str | None = None
     huber_delta: float = Field(default=1.0, gt=0)
     weight: float = Field(default=1.0, ge=0)
     inputs_from: list[str] = Field(default_factory=list)
     detach: bool = True
 
-    @model_validator(mode="after")
-    def _loss_fits_type(self) -> TaskConfig:
-        if self.loss is None:
-            object.__setattr__(self, "loss", _DEFAULT_LOSS[self.type])
-        elif self.loss not in _ALLOWED_LOSSES[self.type]:
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if v not in TASK_TYPES:
             raise ValueError(
-                f"loss {self.loss!r} does not fit a {self.type} task; expected one of "
-                f"{list(_ALLOWED_LOSSES[self.type])}"
+                f"unknown task type; expected one of {list(TASK_TYPES)} (found {v!r})"
+                f"{closest(v, TASK_TYPES)}"
             )
-        if self.positive is not None and self.type != "binary":
-            raise ValueError(f"'positive' is only for binary tasks, found type {self.type!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> TaskConfig:
+        kind = task_type(self.type)
+        kind.check(self.spec())
+        if self.loss is None:
+            object.__setattr__(self, "loss", kind.loss_name(self.spec()))
         return self
+
+    def spec(self) -> TaskSpec:
+        """The plain task spec the layers below take."""
+        return TaskSpec(
+            type=self.type,
+            label=self.label,
+            positive=self.positive,
+            loss=self.loss,
+            huber_delta=self.huber_delta,
+            weight=self.weight,
+            inputs_from=tuple(self.inputs_from),
+            detach=self.detach,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,8 +129,6 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> ModelConfig:
-        from polytask.models import MODELS
-
         if self.name not in MODELS:
             raise ValueError(
                 f"unknown model {self.name!r}; expected one of {sorted(MODELS)}"
@@ -179,8 +150,6 @@ class LossConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> LossConfig:
-        from polytask.weighting import WEIGHTINGS
-
         if self.weighting not in WEIGHTINGS:
             raise ValueError(
                 f"unknown weighting {self.weighting!r}; expected one of {sorted(WEIGHTINGS)}"
@@ -196,64 +165,7 @@ class LossConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
-class SchedulerConfig(_Strict):
-    """Learning-rate schedule, stepped once per epoch."""
-
-    name: Literal["cosine", "step", "plateau"]
-    step_size: int = Field(default=1, ge=1)
-    gamma: float = Field(default=0.5, gt=0)
-    patience: int = Field(default=1, ge=0)
-    min_lr: float = Field(default=0.0, ge=0)
-
-
-class OptimizerConfig(_Strict):
-    """Optimizer with one learning rate per parameter group.
-
-    ``group_lr``/``group_weight_decay`` are keyed by group names or glob patterns
-    (``shared``, ``experts``, ``gates``, ``towers.ctr``, ``towers.*``, ``weighting``); the
-    first matching pattern wins, in the order written.
-    """
-
-    name: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
-    lr: float = Field(default=1e-3, ge=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    momentum: float = Field(default=0.0, ge=0)
-    group_lr: dict[str, float] = Field(default_factory=dict)
-    group_weight_decay: dict[str, float] = Field(default_factory=dict)
-    scheduler: SchedulerConfig | None = None
-
-
-class StreamConfig(_Strict):
-    """Out-of-core training from a Parquet file (`polytask.data.stream`): rows are read
-    ``chunk_rows`` at a time and shuffled through a buffer of ``buffer_rows`` rows."""
-
-    buffer_rows: int = Field(default=1_000_000, ge=1)
-    chunk_rows: int = Field(default=65_536, ge=1)
-
-
-class TrainingConfig(_Strict):
-    """Epochs, batching, early stopping and reproducibility."""
-
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=1024, ge=1)
-    eval_batch_size: int = Field(default=8192, ge=1)
-    seed: int = 0
-    schedule: Literal["joint", "alternate"] = "joint"
-    task_sampling: Literal["uniform", "proportional", "round_robin"] = "proportional"
-    monitor: str = "loss"
-    patience: int | None = Field(default=None, ge=0)
-    restore_best: bool = True
-    progress: bool = True
-    device: str = "cpu"
-    num_threads: int | None = Field(default=None, ge=1)
-    checkpoint_every: int | None = Field(default=None, ge=1)
-    on_nan: Literal["raise", "skip"] = "raise"
-    compile: bool = False
-    precision: Literal["fp32", "bf16"] = "fp32"
-    stream: StreamConfig | None = None
-
-
-class SplitConfig(_Strict):
+class SplitConfig(Strict):
     """Fractions of ``data.path`` for each split; they sum to 1 and 0 drops a split."""
 
     train: float = Field(default=0.8, gt=0)
@@ -268,7 +180,7 @@ class SplitConfig(_Strict):
         return self
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Where the tables are: separate ``train``/``validation``/``test`` files, or one ``path``
     cut by ``split`` with ``split_seed``. ``loader`` reads a file: ``auto`` (CSV or Parquet by
     extension) or a built-in dataset loader (``census_income``). Relative paths are resolved
@@ -302,7 +214,7 @@ class DataConfig(_Strict):
         return self
 
 
-class EstimatorConfig(_Strict):
+class EstimatorConfig(Strict):
     """Everything but the data: what `MultiTaskModel` is built from and saves."""
 
     features: FeaturesConfig
@@ -351,12 +263,24 @@ class EstimatorConfig(_Strict):
         task_order({n: t.inputs_from for n, t in self.tasks.items()})  # raises on cycles
         self._known_monitor()
         self._model_fits_tasks()
+        self.check_combinations()
         return self
 
-    def _known_monitor(self) -> None:
-        from polytask.metrics import valid_monitors
+    def check_combinations(self) -> None:
+        """Settings that are valid one by one but not together (ValueError). Run at
+        validation; `MultiTaskModel.fit` runs it again on the settings it trains with."""
+        # The class tells; building it would run its constructor (RLW seeds its generator
+        # from the global seed).
+        combines = WEIGHTINGS[self.loss.weighting].build.single is Weighting.single
+        if self.training.schedule == "alternate" and combines:
+            raise ValueError(
+                f"loss.weighting {self.loss.weighting!r} combines tasks within a step and "
+                "cannot be used with training.schedule: alternate; use sum, weighted or "
+                "uncertainty"
+            )
 
-        monitors = valid_monitors(self.tasks)
+    def _known_monitor(self) -> None:
+        monitors = valid_monitors(self.task_specs())
         m = self.training.monitor
         if m not in monitors:
             raise ValueError(
@@ -366,19 +290,21 @@ class EstimatorConfig(_Strict):
 
     def _model_fits_tasks(self) -> None:
         """A model that constrains the tasks (ESMM) checks them here, before any data is read."""
-        from polytask.models import MODELS, Head
-
         entry = MODELS[self.model.name]
         if entry.check_heads is None:
             return
         heads = [
-            Head(name=n, type=t.type, inputs_from=tuple(t.inputs_from), detach=t.detach)
-            for n, t in self.tasks.items()
+            Head(name=n, type=t.type, inputs_from=t.inputs_from, detach=t.detach)
+            for n, t in self.task_specs().items()
         ]
         try:
             entry.check_heads(entry.params.model_validate(self.model.params), heads)
         except ValueError as err:
             raise ValueError(f"model {self.model.name!r}: {err}") from None
+
+    def task_specs(self) -> dict[str, TaskSpec]:
+        """The tasks as plain specs, in the order written."""
+        return {name: t.spec() for name, t in self.tasks.items()}
 
 
 class RunConfig(EstimatorConfig):
@@ -386,28 +312,27 @@ class RunConfig(EstimatorConfig):
 
     data: DataConfig
 
-
-def task_order(sources: Mapping[str, Sequence[str]]) -> list[str]:
-    """Task names in an order where every source comes before its target; ``sources`` maps a
-    task to its ``inputs_from``. A cycle is a ValueError that spells it out."""
-    order: list[str] = []
-    state: dict[str, int] = {}
-
-    def visit(name: str, path: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            cycle = " -> ".join([*path[path.index(name) :], name])
-            raise ValueError(f"tasks' inputs_from form a cycle: {cycle}")
-        state[name] = 1
-        for src in sources[name]:
-            visit(src, [*path, name])
-        state[name] = 2
-        order.append(name)
-
-    for name in sources:
-        visit(name, [])
-    return order
+    @model_validator(mode="after")
+    def _data_fits_training(self) -> RunConfig:
+        if self.training.stream is not None:
+            if self.data.path is not None:
+                raise ValueError(
+                    "training.stream reads the training set chunk by chunk and cannot split "
+                    "data.path: data.train must name a Parquet file (validation and test "
+                    "tables as data.validation and data.test)"
+                )
+            if self.data.loader not in ("auto", "parquet"):
+                raise ValueError(
+                    f"training.stream reads data.train as Parquet; data.loader "
+                    f"{self.data.loader!r} cannot be streamed (use 'auto' or 'parquet')"
+                )
+        if self.training.schedule == "alternate":
+            raise ValueError(
+                "training.schedule: alternate trains each task on its own table, which a run "
+                "file's data section cannot give yet; use the Python API: "
+                "MultiTaskModel(...).fit({task: table, ...})"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,9 +43,9 @@ from polytask.errors import (
     NotFittedError,
     closest,
 )
-from polytask.metrics import sigmoid, softmax
 from polytask.models import MODELS, Head, MultiTaskNet
 from polytask.nn import FeatureInput
+from polytask.tasks import task_type
 from polytask.training import (
     build_optimizer,
     build_scheduler,
@@ -108,10 +108,10 @@ def build_network(cfg: EstimatorConfig, preprocessor: Preprocessor) -> MultiTask
             name=name,
             type=t.type,
             out_dim=preprocessor.num_classes(name),
-            inputs_from=tuple(t.inputs_from),
+            inputs_from=t.inputs_from,
             detach=t.detach,
         )
-        for name, t in cfg.tasks.items()
+        for name, t in cfg.task_specs().items()
     ]
     entry = MODELS[cfg.model.name]
     params = entry.params.model_validate(cfg.model.params)
@@ -123,7 +123,7 @@ def build_weighting(cfg: EstimatorConfig) -> Weighting:
     entry = WEIGHTINGS[cfg.loss.weighting]
     params = entry.params.model_validate(cfg.loss.params)
     try:
-        weighting: Weighting = entry.build(tasks=cfg.tasks, params=params)
+        weighting: Weighting = entry.build(tasks=cfg.task_specs(), params=params)
         return weighting
     except MissingExtraError as err:
         raise MissingExtraError(f"loss: {err}") from None
@@ -236,6 +236,10 @@ class MultiTaskModel:
         except ValidationError as err:
             problems = format_validation_error(err, TrainingConfig, prefix="training.")
             raise ConfigError(f"fit: {problems}") from None
+        try:
+            cfg.check_combinations()  # again: self.config may have been changed since
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         tcfg = cfg.training
         if checkpoint_dir is None and (tcfg.checkpoint_every is not None or resume):
             raise ConfigError(
@@ -254,24 +258,15 @@ class MultiTaskModel:
                 "training.stream reads the training set from a Parquet file: pass its path "
                 f"(fit('train.parquet', ...)); found {_kind(train)}"
             )
-        if tcfg.schedule == "alternate":
-            if not isinstance(train, Mapping):
-                raise ConfigError(
-                    "training.schedule: alternate needs one dataset per task: pass "
-                    "fit({task: table, ...}); found a single table"
-                )
-            # The class tells; building it would run its constructor (RLW seeds its
-            # generator from the global seed, which is set only below).
-            if WEIGHTINGS[cfg.loss.weighting].build.single is Weighting.single:
-                raise ConfigError(
-                    f"loss.weighting {cfg.loss.weighting!r} combines tasks within a step and "
-                    "cannot be used with training.schedule: alternate; use sum, weighted or "
-                    "uncertainty"
-                )
+        if tcfg.schedule == "alternate" and not isinstance(train, Mapping):
+            raise ConfigError(
+                "training.schedule: alternate needs one dataset per task: pass "
+                "fit({task: table, ...}); found a single table"
+            )
         if isinstance(train, EncodedData):
             preprocessor = _encoded_by(preprocessor, cfg)
         else:
-            preprocessor = Preprocessor(features=cfg.features, tasks=cfg.tasks)
+            preprocessor = Preprocessor(features=cfg.features, tasks=cfg.task_specs())
         # Alternate training reads each task's table on its own (per_task); joint training
         # one table (train_data), stacked when one is given per task. Never both: the
         # training set is held once.
@@ -344,7 +339,7 @@ class MultiTaskModel:
                 group,
                 network=trained,
                 weighting=weighting,
-                tasks=cfg.tasks,
+                tasks=cfg.task_specs(),
                 training=tcfg,
                 data=[*training_sets, valid_data],
             )
@@ -391,7 +386,7 @@ class MultiTaskModel:
         result = fit_loop(
             model=trained,
             weighting=weighting,
-            tasks=cfg.tasks,
+            tasks=cfg.task_specs(),
             optimizer=optimizer,
             scheduler=scheduler,
             train=train_source,
@@ -494,7 +489,7 @@ class MultiTaskModel:
                     )
         encoded = self._encoded(data, labels=None, what="evaluation data")
         return evaluate_split(
-            self.network_, self.config.tasks, encoded, self.config.training.eval_batch_size
+            self.network_, self.config.task_specs(), encoded, self.config.training.eval_batch_size
         )
 
     def predict(self, data: Any) -> pd.DataFrame:
@@ -535,21 +530,11 @@ class MultiTaskModel:
         )
         outputs = predict_outputs(self.network_, encoded, self.config.training.eval_batch_size)
         columns: dict[str, Any] = {}
-        for name, task in self.config.tasks.items():
-            out = outputs[name]
-            if task.type == "binary":
-                columns[name] = sigmoid(out)
-            elif task.type == "regression":
-                columns[name] = out.astype(np.float64)
-            else:
-                out = out.reshape(len(df), self.preprocessor_.num_classes(name))  # 0 rows: flat
-                p = softmax(out)
-                columns[name] = self.preprocessor_.decode_class(name, p.argmax(axis=1))
-                for j, cls in enumerate(self.preprocessor_.classes_[name]):
-                    columns[f"{name}.proba.{cls}"] = p[:, j]
+        classes = self.preprocessor_.classes_
+        for name, task in self.config.task_specs().items():
+            columns.update(task_type(task).predict_columns(name, outputs[name], classes.get(name)))
         for name, kind in self.network_.auxiliary_outputs.items():
-            out = outputs[name].astype(np.float64)
-            columns[name] = sigmoid(out) if kind == "binary" else out
+            columns.update(task_type(kind).predict_columns(name, outputs[name].astype(np.float64)))
         return pd.DataFrame(columns, index=df.index)
 
     def gate_statistics(self, data: Any) -> dict[str, dict[str, list[float] | float]]:
@@ -638,7 +623,7 @@ class MultiTaskModel:
         except (OSError, UnicodeDecodeError, ConfigError) as err:
             raise ModelFileError(f"{config_file}: cannot be used: {err}") from None
         try:
-            pre = Preprocessor(features=config.features, tasks=config.tasks).load_state_dict(
+            pre = Preprocessor(features=config.features, tasks=config.task_specs()).load_state_dict(
                 _read_json(folder / "preprocessor.json")
             )
         except DataError as err:
@@ -693,7 +678,7 @@ class _UnavailableWeighting(Weighting):
     weighting itself raises the original error, which names the pip extra."""
 
     def __init__(self, config: EstimatorConfig, error: MissingExtraError) -> None:
-        super().__init__(tasks=config.tasks)
+        super().__init__(tasks=config.task_specs())
         self.error = error
 
     def forward(self, losses: torch.Tensor) -> torch.Tensor:
@@ -708,7 +693,7 @@ def _encoded_by(preprocessor: Preprocessor | None, cfg: EstimatorConfig) -> Prep
             "fit: an encoded training set needs the fitted Preprocessor that encoded it: "
             "fit(encoded, preprocessor=...)"
         )
-    if preprocessor.features != cfg.features or preprocessor.tasks != cfg.tasks:
+    if preprocessor.features != cfg.features or preprocessor.tasks != cfg.task_specs():
         raise ConfigError(
             "fit: the preprocessor was built for other features or tasks "
             f"({sorted(preprocessor.tasks)}) than the model's ({sorted(cfg.tasks)})"

@@ -8,24 +8,17 @@ batch with no labelled row for a task gives exactly zero loss and zero gradient.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from polytask.config import TaskConfig
+from polytask.tasks import TaskSpec, task_type
 
 
-def elementwise_loss(task: TaskConfig, output: Tensor, target: Tensor) -> Tensor:
-    """Unreduced loss ``[B]`` for targets with NaN already replaced."""
-    if task.type == "binary":
-        return F.binary_cross_entropy_with_logits(output, target, reduction="none")
-    if task.type == "multiclass":
-        return F.cross_entropy(output, target.long(), reduction="none")
-    if task.loss == "huber":
-        return F.huber_loss(output, target, reduction="none", delta=task.huber_delta)
-    return (output - target) ** 2
+def elementwise_loss(task: TaskSpec, output: Tensor, target: Tensor) -> Tensor:
+    """Unreduced loss ``[B]`` for targets with NaN already replaced (the task type's)."""
+    return task_type(task).loss(task, output, target)
 
 
-def masked_loss(task: TaskConfig, output: Tensor, label: Tensor) -> Tensor:
+def masked_loss(task: TaskSpec, output: Tensor, label: Tensor) -> Tensor:
     """Mean loss over the rows whose label is not NaN (0 when there are none); no host sync.
 
     ``output`` and ``label`` are ``[B]`` (a scalar loss), or ``[B, k]`` for ``k`` tasks of the
@@ -36,19 +29,14 @@ def masked_loss(task: TaskConfig, output: Tensor, label: Tensor) -> Tensor:
     return per_row.sum(0) / mask.sum(0).clamp(min=1)
 
 
-def _group_key(index: int, task: TaskConfig) -> tuple[object, ...]:
-    """Tasks with equal keys compute their loss on one ``[B, k]`` stack: the key holds what
-    the loss depends on for the task's type, so e.g. ``huber_delta`` of a binary task (unused)
-    does not split binary tasks apart. A multiclass output is ``[B, C]``: never stacked."""
-    if task.type == "multiclass":
-        return ("multiclass", index)
-    if task.loss == "huber":
-        return (task.type, task.loss, task.huber_delta)
-    return (task.type, task.loss)
+def _group_key(index: int, task: TaskSpec) -> tuple[object, ...]:
+    """Tasks with equal keys compute their loss on one ``[B, k]`` stack (the type's
+    `~polytask.tasks.TaskType.loss_key`)."""
+    return task_type(task).loss_key(task, index)
 
 
 def task_losses(
-    tasks: dict[str, TaskConfig], outputs: dict[str, Tensor], labels: dict[str, Tensor]
+    tasks: dict[str, TaskSpec], outputs: dict[str, Tensor], labels: dict[str, Tensor]
 ) -> Tensor:
     """Vector ``[K]`` of masked task losses, in the order of ``tasks``.
 

@@ -1,10 +1,11 @@
 """Per-task metrics over a whole split (never averaged over batches).
 
-binary: ``auc``, ``logloss``; regression: ``rmse``, ``mae``; multiclass: ``accuracy``,
-``logloss``; every task also reports ``loss`` (its training loss on the split) and ``count``
-(labelled rows). Rows without a label are left out. AUC comes from scikit-learn; log-loss is
-computed from the logits exactly as the training loss (BCE with logits, cross-entropy), with no
-clipping of probabilities, so ``logloss`` and ``loss`` are the same number.
+Each task type (`polytask.tasks`) computes its own metrics: binary ``auc`` and ``logloss``;
+regression ``rmse`` and ``mae``; multiclass ``accuracy`` and ``logloss``. Every task also
+reports ``loss`` (its training loss on the split) and ``count`` (labelled rows). Rows without
+a label are left out. AUC comes from scikit-learn; log-loss is computed from the logits
+exactly as the training loss (BCE with logits, cross-entropy), with no clipping of
+probabilities, so ``logloss`` and ``loss`` are the same number.
 """
 
 from __future__ import annotations
@@ -14,34 +15,28 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from polytask.config import TaskConfig
+from polytask.tasks import TASK_TYPES, TaskSpec, log_softmax, sigmoid, softmax, task_type
 
-HIGHER_IS_BETTER = {"auc": True, "accuracy": True}
+HIGHER_IS_BETTER: dict[str, bool] = {
+    m: True for kind in TASK_TYPES.values() for m in sorted(kind.higher_is_better)
+}
+"""The metrics that improve upwards, as the task types declare them; the others improve
+downwards."""
 
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Logistic function in float64, without overflow for large negative logits."""
-    x = np.asarray(x, dtype=np.float64)
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    """Row-wise softmax ``[N, C]``, shifted by the row maximum."""
-    z = x - x.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax ``[N, C]`` in float64: ``x - logsumexp(x)``, shifted by the row
-    maximum, so no logit overflows or underflows to ``log(0)``."""
-    z = np.asarray(x, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+__all__ = [
+    "HIGHER_IS_BETTER",
+    "all_metrics",
+    "log_softmax",
+    "monitor_mode",
+    "monitor_value",
+    "sigmoid",
+    "softmax",
+    "task_metrics",
+    "valid_monitors",
+]
 
 
-def task_metrics(task: TaskConfig, output: np.ndarray, label: np.ndarray) -> dict[str, float]:
+def task_metrics(task: TaskSpec, output: np.ndarray, label: np.ndarray) -> dict[str, float]:
     """Metrics for one task from raw outputs (logits or values) and labels with NaN missing."""
     mask = ~np.isnan(label)
     y = label[mask]
@@ -49,38 +44,12 @@ def task_metrics(task: TaskConfig, output: np.ndarray, label: np.ndarray) -> dic
     result: dict[str, float] = {"count": float(mask.sum())}
     if y.size == 0:
         return result
-    if task.type == "binary":
-        # BCE with logits, -y log(sigmoid z) - (1 - y) log(1 - sigmoid z) = log(1 + e^z) - y z,
-        # exact for any logit (clipped probabilities would cap a row's loss at -log(1e-7)).
-        result["loss"] = result["logloss"] = float(np.mean(np.logaddexp(0.0, out) - y * out))
-        p = sigmoid(out)
-        if 0 < y.sum() < y.size:
-            from sklearn.metrics import roc_auc_score  # imported here: a second at startup
-
-            result["auc"] = float(roc_auc_score(y, p))
-        else:
-            result["auc"] = math.nan  # AUC is undefined with one class present
-    elif task.type == "regression":
-        err = out - y
-        if task.loss == "huber":
-            d = task.huber_delta
-            a = np.abs(err)
-            result["loss"] = float(np.mean(np.where(a <= d, 0.5 * err**2, d * (a - 0.5 * d))))
-        else:
-            result["loss"] = float(np.mean(err**2))
-        result["rmse"] = float(np.sqrt(np.mean(err**2)))
-        result["mae"] = float(np.mean(np.abs(err)))
-    else:
-        yi = y.astype(np.int64)
-        # cross-entropy from the logits, as in training (not from clipped probabilities)
-        picked = np.take_along_axis(log_softmax(out), yi[:, None], axis=1)
-        result["loss"] = result["logloss"] = float(-np.mean(picked))
-        result["accuracy"] = float(np.mean(out.argmax(axis=1) == yi))
+    result.update(task_type(task).evaluate(task, out, y))
     return result
 
 
 def all_metrics(
-    tasks: Mapping[str, TaskConfig],
+    tasks: Mapping[str, TaskSpec],
     outputs: Mapping[str, np.ndarray],
     labels: Mapping[str, np.ndarray],
 ) -> dict[str, dict[str, float]]:
@@ -100,21 +69,16 @@ def monitor_value(metrics: Mapping[str, Mapping[str, float]], monitor: str) -> f
 
 
 def monitor_mode(monitor: str) -> str:
-    """``max`` for AUC/accuracy monitors, ``min`` otherwise."""
+    """``max`` for metrics a task type says improve upwards (AUC, accuracy), else ``min``."""
     metric = monitor.rpartition(".")[2]
     return "max" if HIGHER_IS_BETTER.get(metric, False) else "min"
 
 
-def valid_monitors(tasks: Mapping[str, TaskConfig]) -> list[str]:
-    per_type = {
-        "binary": ["auc", "logloss", "loss"],
-        "regression": ["rmse", "mae", "loss"],
-        "multiclass": ["accuracy", "logloss", "loss"],
-    }
+def valid_monitors(tasks: Mapping[str, TaskSpec]) -> list[str]:
     names = ["loss"]
     metrics: set[str] = set()
     for name, t in tasks.items():
-        names += [f"{name}.{m}" for m in per_type[t.type]]
-        metrics.update(per_type[t.type])
+        names += [f"{name}.{m}" for m in task_type(t).metrics]
+        metrics.update(task_type(t).metrics)
     names += [f"mean.{m}" for m in sorted(metrics)]
     return names

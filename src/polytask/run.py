@@ -58,18 +58,9 @@ def _read(data: DataConfig, base: Path, path: str, what: str) -> pd.DataFrame:
 def load_splits(data: DataConfig, base: Path, *, stream: bool = False) -> Splits:
     """The train / validation / test tables a data section describes. Relative paths are
     resolved against ``base`` (the run file's folder). With ``stream`` (``training.stream``)
-    the training file is not read: ``train`` is its path."""
-    if stream and data.path is not None:
-        raise ConfigError(
-            "training.stream reads the training set chunk by chunk and cannot split data.path: "
-            "data.train must name a Parquet file (validation and test tables as data.validation "
-            "and data.test)"
-        )
-    if stream and data.loader not in ("auto", "parquet"):
-        raise ConfigError(
-            f"training.stream reads data.train as Parquet; data.loader {data.loader!r} cannot "
-            "be streamed (use 'auto' or 'parquet')"
-        )
+    the training file is not read: ``train`` is its path (`RunConfig` refuses a streamed
+    ``data.path`` or a loader other than Parquet)."""
+    # RunConfig has checked that a streamed training set is a Parquet data.train.
     if data.path is not None:
         from polytask.datasets import split_frame
 

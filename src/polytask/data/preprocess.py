@@ -15,8 +15,7 @@ works on raw rows of the original table.
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,144 +23,31 @@ import numpy as np
 import pandas as pd
 import torch
 
-from polytask.config import CategoricalFeature, FeaturesConfig, NumericFeature, TaskConfig
+from polytask._columns import as_float, category_strings, examples, not_real
 from polytask.data.encoded import EncodedData
+from polytask.data.features import CategoricalFeature, FeaturesConfig, NumericFeature
 from polytask.errors import DataError, NotFittedError, closest
+from polytask.tasks import TaskSpec, task_type
 
 MISSING_INDEX = 0
 UNKNOWN_INDEX = 1
 _CLIP = 1e6  # standardized values beyond this are clipped so float32 never overflows
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def category_strings(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Canonical string form of a categorical column, and its missing mask.
-
-    The form of a value does not depend on the column's dtype, so a table read from CSV
-    encodes like the DataFrame the model was fitted on: integral floats print as integers
-    (``3``, ``3.0`` and ``np.int8(3)`` are all ``"3"``, as in an int column read with a NaN),
-    booleans as ``True``/``False``, other floats by their shortest repr, anything else by
-    ``str``.
-    """
-    missing = series.isna().to_numpy()
-    dtype = series.dtype
-    if pd.api.types.is_float_dtype(dtype):
-        values = _float_strings(series.to_numpy(dtype=np.float64, na_value=np.nan))
-    elif pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
-        values = series.astype(str).to_numpy(dtype=object)
-    else:
-        values = _object_strings(series.to_numpy(dtype=object))
-    values = values.copy()
-    values[missing] = None
-    return values, missing
-
-
-def _float_strings(arr: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        integral = np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) < 2**53)
-    as_int = np.round(np.where(integral, arr, 0)).astype(np.int64).astype(str)
-    return np.where(integral, as_int, arr.astype(str)).astype(object)
-
-
-def _object_strings(values: np.ndarray) -> np.ndarray:
-    """Element-wise canonical strings of an object (or categorical) column; a column of
-    strings only is returned as is."""
-    if pd.api.types.infer_dtype(values, skipna=True) in {"string", "empty"}:
-        return values
-    out = np.empty(len(values), dtype=object)
-    floats: list[int] = []
-    for i, v in enumerate(values):
-        if isinstance(v, str):
-            out[i] = v
-        elif isinstance(v, bool | np.bool_):
-            out[i] = str(bool(v))
-        elif isinstance(v, numbers.Integral):
-            out[i] = str(int(v))  # Python ints beyond int64 included
-        elif isinstance(v, float | np.floating):
-            floats.append(i)
-        else:
-            out[i] = str(v)
-    if floats:
-        out[floats] = _float_strings(np.array([float(values[i]) for i in floats]))
-    return out
-
-
-# Text that pandas.read_csv reads as missing, so an object column holding it (a CSV read with
-# dtype=str, a hand-built frame) means the same as the file read the usual way.
-_BOOL_TEXT = {"true": 1.0, "false": 0.0}
-_NA_TEXT = frozenset(
-    {"", "na", "n/a", "nan", "-nan", "null", "none", "<na>", "#n/a", "#na", "-1.#ind", "1.#ind"}
-)
-
-
-def _not_real(dtype: Any) -> bool:
-    return bool(
-        pd.api.types.is_complex_dtype(dtype)
-        or pd.api.types.is_datetime64_any_dtype(dtype)
-        or pd.api.types.is_timedelta64_dtype(dtype)
-    )
-
-
-def _as_float(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Values as float64 (NaN where missing or not a number; +-inf kept) and the mask of
-    values that are not numbers. Text that read_csv reads as missing is missing, not bad;
-    ``True``/``False`` as text count as 1/0, like the booleans they were written from."""
-    dtype = series.dtype
-    n = len(series)
-    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
-        with np.errstate(over="ignore", invalid="ignore"):
-            arr = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        return arr.copy(), np.zeros(n, dtype=bool)
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    except (OverflowError, TypeError, ValueError):
-        # ints beyond float64, undecodable bytes: one value at a time
-        arr = np.array([_to_float(v) for v in series.to_numpy(dtype=object)], np.float64)
-    arr = arr.copy()
-    bad = np.isnan(arr) & series.notna().to_numpy()
-    if bad.any():
-        # str(), not astype(str): bytes that are not UTF-8 must not fail the check itself
-        text = [str(v).strip().lower() for v in series.to_numpy(dtype=object)[bad]]
-        # True/False written to CSV from a column that also holds numbers come back as text
-        arr[bad] = [_BOOL_TEXT.get(t, np.nan) for t in text]
-        bad[bad] = [t not in _NA_TEXT and t not in _BOOL_TEXT for t in text]
-    return arr, bad
-
-
-def _examples(series: pd.Series, mask: np.ndarray, k: int) -> list[str]:
-    return list(dict.fromkeys(str(v) for v in series.to_numpy(dtype=object)[mask]))[:k]
 
 
 def _numeric(series: pd.Series, column: str, what: str) -> np.ndarray:
     """Column as float64 with NaN for missing and non-finite values; text is an error."""
-    if _not_real(series.dtype):
+    if not_real(series.dtype):
         raise DataError(
             f"{what}: numeric column {column!r} has dtype {series.dtype}; expected real numbers"
         )
-    arr, bad = _as_float(series)
+    arr, bad = as_float(series)
     if bad.any():
         raise DataError(
             f"{what}: numeric column {column!r} has non-numeric values such as "
-            f"{_examples(series, bad, 3)}; expected numbers (empty or NaN for missing)"
+            f"{examples(series, bad, 3)}; expected numbers (empty or NaN for missing)"
         )
     arr[~np.isfinite(arr)] = np.nan
     return arr
-
-
-def _to_float(value: Any) -> float:
-    """One value as a float: NaN when it is not a number, +-inf when it is beyond float64."""
-    if isinstance(value, int):  # a Python int has no size limit; float64 has
-        try:
-            return float(value)
-        except OverflowError:
-            return float("inf") if value > 0 else float("-inf")
-    if isinstance(value, numbers.Real | np.bool_ | str | bytes):
-        try:
-            return float(value)
-        except (ValueError, OverflowError):
-            return float("nan")
-    return float("nan")
 
 
 def _mean_std(x: np.ndarray) -> tuple[float, float]:
@@ -255,24 +141,13 @@ def _numeric_state(
     )
 
 
-def _check_classes(task: str, column: str, found: Iterable[str]) -> list[str]:
-    """The sorted classes of a multiclass label; fewer than 2 is a `DataError`."""
-    classes = sorted(set(found))
-    if len(classes) < 2:
-        raise DataError(
-            f"task {task!r}: label column {column!r} has {len(classes)} class(es) {classes}; "
-            "a multiclass task needs at least 2"
-        )
-    return classes
-
-
 class Preprocessor:
     """Fit on a training table, then encode any table with the same columns into tensors.
 
     Parameters are the validated ``features`` and ``tasks`` sections of the run file.
     """
 
-    def __init__(self, *, features: FeaturesConfig, tasks: Mapping[str, TaskConfig]) -> None:
+    def __init__(self, *, features: FeaturesConfig, tasks: Mapping[str, TaskSpec]) -> None:
         self.features = features
         self.tasks = dict(tasks)
         self.vocabularies_: dict[str, list[str]] | None = None
@@ -385,10 +260,11 @@ class Preprocessor:
         classes: dict[str, list[str]] = {}
         label_strings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, task in self.tasks.items():
-            if task.type == "multiclass":
+            kind = task_type(task)
+            if kind.has_classes:
                 col = self.label_column(name)
                 values, missing = category_strings(label_frames[name][col])
-                classes[name] = _check_classes(name, col, values[~missing].tolist())
+                classes[name] = kind.fit_classes(name, col, values[~missing].tolist())
                 label_strings[name] = values, missing
         self.vocabularies_ = vocabularies
         self.numeric_stats_ = stats
@@ -406,7 +282,7 @@ class Preprocessor:
                     f"{what}: task {name!r}: label column {self.label_column(name)!r} has no "
                     f"values (all {len(frame)} rows are missing); a task needs labelled rows"
                 )
-            if task.type == "binary" and task.positive is not None and not (y == 1).any():
+            if task.positive is not None and not (y == 1).any():  # only binary tasks have one
                 values, missing = category_strings(frame[self.label_column(name)])
                 seen = sorted(set(values[~missing].tolist()))[:10]
                 raise DataError(
@@ -431,8 +307,8 @@ class Preprocessor:
         return len(self.numeric_stats_) + sum(s.indicator for s in self.numeric_stats_.values())
 
     def num_classes(self, task: str) -> int:
-        t = self.tasks[task]
-        return len(self.classes_[task]) if t.type == "multiclass" else 1
+        """Width of the task's raw output (its number of classes; 1 for a type without)."""
+        return task_type(self.tasks[task]).out_dim(self.classes_.get(task))
 
     def transform(
         self,
@@ -485,43 +361,15 @@ class Preprocessor:
     ) -> np.ndarray:
         """A label column as float32 (NaN where missing); ``strings`` are its
         `category_strings` when the caller has them already (multiclass)."""
-        t = self.tasks[task]
         col = self.label_column(task)
-        series = df[col]
-        if t.type == "regression":
-            arr = _numeric_label(series, task, col, what)
-            return arr.astype(np.float32)
-        if t.type == "multiclass":
-            values, missing = strings if strings is not None else category_strings(series)
-            codes = pd.Index(self.classes_[task], dtype=object).get_indexer(
-                pd.Index(values, dtype=object)
-            )
-            unseen = (codes < 0) & ~missing
-            if unseen.any():
-                examples = sorted(set(values[unseen].tolist()))[:5]
-                raise DataError(
-                    f"{what}: task {task!r}: label column {col!r} has class(es) {examples} not "
-                    f"seen in training; known classes are {self.classes_[task][:20]}"
-                )
-            return np.where(missing, np.nan, codes).astype(np.float32)
-        # binary
-        missing = series.isna().to_numpy()
-        if t.positive is not None:
-            values, _ = category_strings(series)
-            positive = category_strings(pd.Series([t.positive]))[0][0]
-            hit = values == positive
-            return np.where(missing, np.nan, hit.astype(np.float64)).astype(np.float32)
-        arr = _numeric_label(series, task, col, what, binary=True)
-        present = arr[~np.isnan(arr)]
-        if ((present != 0) & (present != 1)).any():
-            distinct = np.unique(present)
-            found = ", ".join(_float_strings(distinct[:10]))
-            more = f", ... ({distinct.size} distinct)" if distinct.size > 10 else ""
-            raise DataError(
-                f"{what}: task {task!r}: label column {col!r} has values {{{found}{more}}}; a "
-                "binary task needs 0/1, booleans or a `positive:` value"
-            )
-        return arr.astype(np.float32)
+        spec = self.tasks[task]
+        return task_type(spec).encode(
+            df[col],
+            spec,
+            where=f"{what}: task {task!r}: label column {col!r}",
+            classes=self.classes_.get(task),
+            strings=strings,
+        )
 
     # ---------------------------------------------------------------------------- decode
     def decode_categorical(self, column: str, indices: np.ndarray) -> np.ndarray:
@@ -558,7 +406,11 @@ class Preprocessor:
         expected: list[tuple[str, set[str], set[str]]] = [
             ("vocabularies", set(vocabularies), {f.name for f in self.features.categorical}),
             ("numeric statistics", set(numeric), {f.name for f in self.features.numeric}),
-            ("classes", set(classes), {n for n, t in self.tasks.items() if t.type == "multiclass"}),
+            (
+                "classes",
+                set(classes),
+                {n for n, t in self.tasks.items() if task_type(t).has_classes},
+            ),
         ]
         for what, found, names in expected:
             if found != names:
@@ -585,29 +437,3 @@ class Preprocessor:
 
 def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and bool(np.isfinite(x))
-
-
-def _numeric_label(
-    series: pd.Series, task: str, col: str, what: str, *, binary: bool = False
-) -> np.ndarray:
-    """Label column as float64, NaN where missing; text, inf and values float32 cannot hold
-    are errors."""
-    kind = "binary" if binary else "regression"
-    hint = " or a `positive:` value" if binary else ""
-    where = f"{what}: task {task!r}: label column {col!r}"
-    if _not_real(series.dtype):
-        raise DataError(f"{where} has dtype {series.dtype}; a {kind} task needs numbers{hint}")
-    arr, bad = _as_float(series)
-    if bad.any():
-        raise DataError(
-            f"{where} has non-numeric values such as {_examples(series, bad, 5)}; a {kind} "
-            f"task needs numbers{hint}"
-        )
-    with np.errstate(invalid="ignore"):
-        too_big = np.abs(arr) > _FLOAT32_MAX
-    if too_big.any():
-        raise DataError(
-            f"{where} has values that are infinite or beyond float32's range "
-            f"(|x| > {_FLOAT32_MAX:.3g}) such as {_examples(series, too_big, 3)}"
-        )
-    return arr

@@ -31,18 +31,28 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
+from pydantic import Field
 
-from polytask.config import StreamConfig
+from polytask._defaults import BUFFER_ROWS, CHUNK_ROWS
+from polytask._schema import Strict
 from polytask.data.encoded import Batch, EncodedData
 from polytask.data.preprocess import (
     Preprocessor,
-    _check_classes,
     _numeric_input,
     _numeric_state,
     _vocabulary,
     category_strings,
 )
 from polytask.errors import DataError
+from polytask.tasks import task_type
+
+
+class StreamConfig(Strict):
+    """Out-of-core training from a Parquet file: rows are read ``chunk_rows`` at a time and
+    shuffled through a buffer of ``buffer_rows`` rows (the ``training.stream`` section)."""
+
+    buffer_rows: int = Field(default=BUFFER_ROWS, ge=1)
+    chunk_rows: int = Field(default=CHUNK_ROWS, ge=1)
 
 
 def _columns(pre: Preprocessor) -> list[str]:
@@ -107,7 +117,7 @@ class _Moments:
 
 
 def fit_preprocessor_streaming(
-    pre: Preprocessor, path: str | PathLike[str], *, chunk_rows: int = 65_536
+    pre: Preprocessor, path: str | PathLike[str], *, chunk_rows: int = CHUNK_ROWS
 ) -> Preprocessor:
     """Fit ``pre`` on the Parquet file at ``path`` in one streaming pass; returns ``pre``."""
     what = "training set"
@@ -119,7 +129,7 @@ def fit_preprocessor_streaming(
     moments = {f.name: _Moments() for f in pre.features.numeric}
     any_nan = dict.fromkeys(moments, False)
     classes: dict[str, set[str]] = {
-        n: set() for n, t in pre.tasks.items() if t.type == "multiclass"
+        n: set() for n, t in pre.tasks.items() if task_type(t).has_classes
     }
     rows = 0
     for rb in pf.iter_batches(batch_size=chunk_rows, columns=columns):
@@ -151,7 +161,10 @@ def fit_preprocessor_streaming(
         {
             "vocabularies": vocabularies,
             "numeric": numeric,
-            "classes": {k: _check_classes(k, pre.label_column(k), v) for k, v in classes.items()},
+            "classes": {
+                k: task_type(pre.tasks[k]).fit_classes(k, pre.label_column(k), list(v))
+                for k, v in classes.items()
+            },
             "train_columns": [str(c) for c in pf.schema_arrow.names],
         }
     )
@@ -178,7 +191,7 @@ def _check_labels(pre: Preprocessor, pf: pq.ParquetFile, columns: list[str], chu
                 f"training set: task {name!r}: label column {col!r} has no values (all "
                 f"{pf.metadata.num_rows} rows are missing); a task needs labelled rows"
             )
-        if task.type == "binary" and task.positive is not None and positives[name] == 0:
+        if task.positive is not None and positives[name] == 0:  # only binary tasks have one
             raise DataError(
                 f"task {name!r}: positive value {task.positive!r} never occurs in label "
                 f"column {col!r}"
@@ -193,8 +206,8 @@ class StreamingBatches:
         path: str | PathLike[str],
         preprocessor: Preprocessor,
         *,
-        buffer_rows: int = 1_000_000,
-        chunk_rows: int = 65_536,
+        buffer_rows: int = BUFFER_ROWS,
+        chunk_rows: int = CHUNK_ROWS,
         device: torch.device | str = "cpu",
     ) -> None:
         self.path = path

@@ -20,8 +20,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from polytask.config import task_order
 from polytask.nn import Activation, FeatureInput, Norm, mlp
+from polytask.tasks import task_order, task_type
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Head:
     @property
     def estimate_dim(self) -> int:
         """Width of this task's estimate when fed into another task's tower."""
-        return self.out_dim if self.type == "multiclass" else 1
+        return task_type(self.type).estimate_dim(self.out_dim)
 
 
 class TowerParams(BaseModel):
@@ -51,13 +51,9 @@ class TowerParams(BaseModel):
 
 
 def estimate(head: Head, output: Tensor) -> Tensor:
-    """A task's estimate from its raw output: probability (binary), value (regression),
-    class probabilities (multiclass); always 2-D ``[B, estimate_dim]``."""
-    if head.type == "binary":
-        return torch.sigmoid(output).unsqueeze(1)
-    if head.type == "multiclass":
-        return torch.softmax(output, dim=1)
-    return output.unsqueeze(1)
+    """A task's estimate from its raw output through its type's link: probability (binary),
+    value (regression), class probabilities (multiclass); always 2-D ``[B, estimate_dim]``."""
+    return task_type(head.type).link(output)
 
 
 def topological(heads: Sequence[Head]) -> list[str]:

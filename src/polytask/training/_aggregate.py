@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 from torchjd.autojac import jac
 
-from polytask.config import TaskConfig
 from polytask.data import Batch
 from polytask.losses import add_terms, task_losses
 from polytask.models import MultiTaskNet
+from polytask.tasks import TaskSpec
 from polytask.training.loops import NonFiniteLossError, batch_labels, nonfinite_update
 from polytask.weighting import GradientWeighting, Weighting
 
@@ -106,7 +106,7 @@ def task_jacobian(losses: Tensor, params: list[nn.Parameter]) -> Tensor:
 def aggregate_step(
     model: MultiTaskNet,
     weighting: Weighting,
-    tasks: dict[str, TaskConfig],
+    tasks: dict[str, TaskSpec],
     optimizer: torch.optim.Optimizer,
     batch: Batch,
 ) -> Tensor:

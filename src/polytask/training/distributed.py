@@ -46,12 +46,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from polytask.config import TaskConfig, TrainingConfig
 from polytask.data import LABEL_PREFIX, Batch, EncodedData
 from polytask.errors import ConfigError, DataError
 from polytask.losses import add_terms, task_losses
 from polytask.metrics import all_metrics
 from polytask.models import MultiTaskNet
+from polytask.tasks import TaskSpec
 from polytask.training._aggregate import (
     backward_objective,
     parameter_split,
@@ -67,6 +67,7 @@ from polytask.training.loops import (
     nonfinite_update,
     predict_outputs,
 )
+from polytask.training.settings import TrainingConfig
 from polytask.weighting import GradientWeighting, Weighting
 
 
@@ -175,7 +176,7 @@ class _Objective(nn.Module):
     both: its forward returns the weighted objective and the (rank-scaled) task losses."""
 
     def __init__(
-        self, network: MultiTaskNet, weighting: Weighting, tasks: dict[str, TaskConfig]
+        self, network: MultiTaskNet, weighting: Weighting, tasks: dict[str, TaskSpec]
     ) -> None:
         super().__init__()
         self.network = network
@@ -202,7 +203,7 @@ class DistributedTraining:
         *,
         network: MultiTaskNet,
         weighting: Weighting,
-        tasks: dict[str, TaskConfig],
+        tasks: dict[str, TaskSpec],
         training: TrainingConfig,
         data: Sequence[EncodedData | None],
     ) -> None:
@@ -279,7 +280,7 @@ class DistributedTraining:
         self,
         model: MultiTaskNet,
         weighting: Weighting,
-        tasks: dict[str, TaskConfig],
+        tasks: dict[str, TaskSpec],
         optimizer: torch.optim.Optimizer,
         batch: Batch,
     ) -> Tensor:
@@ -301,7 +302,7 @@ class DistributedTraining:
         self,
         model: MultiTaskNet,
         weighting: Weighting,
-        tasks: dict[str, TaskConfig],
+        tasks: dict[str, TaskSpec],
         optimizer: torch.optim.Optimizer,
         batch: Batch,
         task: str,
@@ -361,7 +362,7 @@ class DistributedTraining:
     def evaluate(
         self,
         model: MultiTaskNet,
-        tasks: dict[str, TaskConfig],
+        tasks: dict[str, TaskSpec],
         data: EncodedData,
         batch_size: int,
     ) -> dict[str, dict[str, float]]:

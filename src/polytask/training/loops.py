@@ -17,15 +17,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from polytask.config import TaskConfig
 from polytask.data import LABEL_PREFIX, Batch, EncodedData
 from polytask.errors import NonFiniteUpdateError, TrainingError
 from polytask.losses import add_terms, masked_loss, task_losses
 from polytask.models import MultiTaskNet
+from polytask.tasks import TaskSpec
 from polytask.weighting import Weighting
 
 
-def batch_labels(batch: Batch, tasks: Mapping[str, TaskConfig]) -> dict[str, Tensor]:
+def batch_labels(batch: Batch, tasks: Mapping[str, TaskSpec]) -> dict[str, Tensor]:
     return {name: batch[LABEL_PREFIX + name] for name in tasks}
 
 
@@ -57,7 +57,7 @@ def nonfinite_update(what: str, value: Tensor, losses: Tensor) -> NonFiniteUpdat
 def forward_objective(
     model: MultiTaskNet,
     weighting: Weighting,
-    tasks: dict[str, TaskConfig],
+    tasks: dict[str, TaskSpec],
     batch: Batch,
     task: str | None = None,
     scale: Tensor | None = None,
@@ -115,7 +115,7 @@ def apply_update(
 def joint_step(
     model: MultiTaskNet,
     weighting: Weighting,
-    tasks: dict[str, TaskConfig],
+    tasks: dict[str, TaskSpec],
     optimizer: torch.optim.Optimizer,
     batch: Batch,
 ) -> Tensor:

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from polytask.config import OptimizerConfig
 from polytask.errors import ConfigError
+from polytask.training.settings import OptimizerConfig
 
 _OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,

@@ -25,9 +25,9 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from polytask.config import TrainingConfig
 from polytask.errors import TrainingError
 from polytask.models import MultiTaskNet
+from polytask.training.settings import TrainingConfig
 
 
 def autocast_context(

@@ -20,9 +20,9 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
-from polytask.config import TaskConfig
 from polytask.data import Batch, EncodedData
 from polytask.models import MultiTaskNet
+from polytask.tasks import TaskSpec
 from polytask.training.loops import apply_update, forward_objective
 from polytask.weighting import Weighting
 
@@ -195,7 +195,7 @@ class AlternateBatches:
 def alternate_step(
     model: MultiTaskNet,
     weighting: Weighting,
-    tasks: dict[str, TaskConfig],
+    tasks: dict[str, TaskSpec],
     optimizer: torch.optim.Optimizer,
     batch: Batch,
     task: str,

@@ -15,17 +15,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from polytask.config import TaskConfig, TrainingConfig
 from polytask.data import Batch, EncodedData
 from polytask.data.stream import StreamingBatches
 from polytask.errors import NonFiniteUpdateError, TrainingError
 from polytask.metrics import all_metrics, monitor_mode, monitor_value
 from polytask.models import MultiTaskNet
+from polytask.tasks import TaskSpec
 from polytask.training._aggregate import aggregate_step, forget_split
 from polytask.training.loops import NonFiniteLossError, check_finite, joint_step, predict_outputs
 from polytask.training.optim import group_lrs
 from polytask.training.progress import EpochCallback, batch_bar, ensure_visible, epoch_line, logger
 from polytask.training.schedules import JointBatches, alternate_step
+from polytask.training.settings import TrainingConfig
 from polytask.weighting import Weighting
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ class BatchSource(Protocol):
 
 def evaluate_split(
     model: MultiTaskNet,
-    tasks: dict[str, TaskConfig],
+    tasks: dict[str, TaskSpec],
     data: EncodedData,
     batch_size: int,
 ) -> dict[str, dict[str, float]]:
@@ -110,7 +111,7 @@ def fit_loop(
     *,
     model: MultiTaskNet,
     weighting: Weighting,
-    tasks: dict[str, TaskConfig],
+    tasks: dict[str, TaskSpec],
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     train: EncodedData | StreamingBatches | BatchSource,

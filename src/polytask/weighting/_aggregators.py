@@ -21,8 +21,8 @@ from torch import Tensor
 from torchjd import aggregation as agg
 from torchjd.linalg import QuadprogProjector
 
-from polytask.config import TaskConfig
 from polytask.errors import MissingExtraError
+from polytask.tasks import TaskSpec
 from polytask.weighting.base import GradientUpdate, GradientWeighting, NoParams
 
 
@@ -43,7 +43,7 @@ def require_extra(weighting: str, extra: str, modules: tuple[str, ...]) -> None:
 
 
 def per_task(
-    values: Mapping[str, float] | None, tasks: Mapping[str, TaskConfig], what: str
+    values: Mapping[str, float] | None, tasks: Mapping[str, TaskSpec], what: str
 ) -> Tensor | None:
     """A ``{task: value}`` mapping as a vector in task order; every task must be named."""
     if values is None:
@@ -65,7 +65,7 @@ class Aggregation(GradientWeighting):
     aggregators whose output is a weighted sum of the rows of ``J``.
     """
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], aggregator: agg.Aggregator) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], aggregator: agg.Aggregator) -> None:
         super().__init__(tasks=tasks)
         # Kept out of the module tree on purpose: some aggregators (GradVac, ExcessMTL) create
         # buffers lazily on their first call, which would make the saved weighting's state_dict
@@ -138,7 +138,7 @@ class UPGrad(Aggregation):
     that conflicts with no task (Quinton & Rey, "Jacobian Descent for Multi-Objective
     Optimization", arXiv:2406.16232, 2024). Needs ``polytask[quadprog]``."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: ProjectionParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: ProjectionParams) -> None:
         require_extra("upgrad", "quadprog", ("numpy", "qpsolvers", "quadprog"))
         projector = QuadprogProjector(norm_eps=params.norm_eps, reg_eps=params.reg_eps)
         pref = per_task(params.pref_vector, tasks, "upgrad pref_vector")
@@ -150,7 +150,7 @@ class DualProj(Aggregation):
     Ranzato, "Gradient Episodic Memory for Continual Learning", NeurIPS 2017, eq. 11; as an
     aggregator in Quinton & Rey 2024). Needs ``polytask[quadprog]``."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: ProjectionParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: ProjectionParams) -> None:
         require_extra("dualproj", "quadprog", ("numpy", "qpsolvers", "quadprog"))
         projector = QuadprogProjector(norm_eps=params.norm_eps, reg_eps=params.reg_eps)
         pref = per_task(params.pref_vector, tasks, "dualproj pref_vector")
@@ -167,7 +167,7 @@ class MGDA(Aggregation):
     descent algorithm (MGDA) for multiobjective optimization", C. R. Math. 2012; Sener & Koltun,
     "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018, Frank-Wolfe solver)."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: MGDAParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: MGDAParams) -> None:
         super().__init__(
             tasks=tasks, aggregator=agg.MGDA(epsilon=params.epsilon, max_iters=params.max_iters)
         )
@@ -178,7 +178,7 @@ class PCGrad(Aggregation):
     with, in random order, and sums (Yu et al., "Gradient Surgery for Multi-Task Learning",
     NeurIPS 2020)."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: NoParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: NoParams) -> None:
         super().__init__(tasks=tasks, aggregator=agg.PCGrad())
 
 
@@ -194,7 +194,7 @@ class CAGrad(Aggregation):
     mean gradient ``g_0`` (Liu et al., "Conflict-Averse Gradient Descent for Multi-task
     Learning", NeurIPS 2021). ``c = 0`` is the mean gradient. Needs ``polytask[cagrad]``."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: CAGradParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: CAGradParams) -> None:
         require_extra("cagrad", "cagrad", ("numpy", "cvxpy", "clarabel"))
         super().__init__(tasks=tasks, aggregator=agg.CAGrad(c=params.c, norm_eps=params.norm_eps))
 
@@ -204,7 +204,7 @@ class IMTLG(Aggregation):
     unit gradient (Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021; torchjd's
     generalisation to linearly dependent gradients)."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: NoParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: NoParams) -> None:
         super().__init__(tasks=tasks, aggregator=agg.IMTLG())
 
 
@@ -222,7 +222,7 @@ class AlignedMTL(Aggregation):
     the identity, then combines them (Senushkin et al., "Independent Component Alignment for
     Multi-Task Learning", CVPR 2023)."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: AlignedMTLParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: AlignedMTLParams) -> None:
         pref = per_task(params.pref_vector, tasks, "aligned_mtl pref_vector")
         super().__init__(tasks=tasks, aggregator=agg.AlignedMTL(pref, scale_mode=params.scale_mode))
 
@@ -238,7 +238,7 @@ class NashMTL(Aggregation):
     "Multi-Task Learning as a Bargaining Game", ICML 2022). Stateful; a convex solve per step
     (``update_weights_every`` trades accuracy for speed). Needs ``polytask[nash-mtl]``."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: NashMTLParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: NashMTLParams) -> None:
         require_extra("nash_mtl", "nash-mtl", ("numpy", "cvxpy", "ecos"))
         aggregator = agg.NashMTL(
             n_tasks=len(tasks),
@@ -259,7 +259,7 @@ class GradVac(Aggregation):
     from conflict (Wang et al., "Gradient Vaccine: Investigating and Improving Multi-task
     Optimization in Massively Multilingual Models", ICLR 2021). Stateful; random pair order."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: GradVacParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: GradVacParams) -> None:
         super().__init__(tasks=tasks, aggregator=agg.GradVac(beta=params.beta, eps=params.eps))
 
 
@@ -274,7 +274,7 @@ class GradDrop(Aggregation):
     sign purity (Chen et al., "Just Pick a Sign: Optimizing Deep Multitask Models with Gradient
     Sign Dropout", NeurIPS 2020). Random; applied to all shared parameters at once."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: GradDropParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: GradDropParams) -> None:
         leak = per_task(params.leak, tasks, "graddrop leak")
         super().__init__(tasks=tasks, aggregator=agg.GradDrop(leak=leak))
 
@@ -290,7 +290,7 @@ class ConFIG(Aggregation):
     their projections on it (Liu, Chu & Thuerey, "ConFIG: Towards Conflict-free Training of
     Physics Informed Neural Networks", ICLR 2025)."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: ConFIGParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: ConFIGParams) -> None:
         pref = per_task(params.pref_vector, tasks, "config pref_vector")
         super().__init__(tasks=tasks, aggregator=agg.ConFIG(pref))
 
@@ -306,7 +306,7 @@ class FairGrad(Aggregation):
     """Weights from alpha-fair utility maximisation over the tasks' improvements (Ban & Ji,
     "Fair Resource Allocation in Multi-Task Learning", ICML 2024)."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: FairGradParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: FairGradParams) -> None:
         super().__init__(
             tasks=tasks, aggregator=agg.FairGrad(alpha=params.alpha, max_iters=params.max_iters)
         )
@@ -322,7 +322,7 @@ class ExcessMTL(Aggregation):
     exponentiated gradient (He et al., "Robust Multi-Task Learning with Excess Risks", ICML
     2024). Stateful."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: ExcessMTLParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: ExcessMTLParams) -> None:
         aggregator = agg.ExcessMTL(
             robust_step_size=params.robust_step_size, n_warmup_steps=params.n_warmup_steps
         )
@@ -334,5 +334,5 @@ class RGW(Aggregation):
     weights redrawn every step (Lin et al., "Reasonable Effectiveness of Random Weighting: A
     Litmus Test for Multi-Task Learning", TMLR 2022)."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: NoParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: NoParams) -> None:
         super().__init__(tasks=tasks, aggregator=agg.Random())

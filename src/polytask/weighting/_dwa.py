@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from polytask.config import TaskConfig
+from polytask.tasks import TaskSpec
 from polytask.weighting.base import Weighting
 
 
@@ -43,7 +43,7 @@ class DWA(Weighting):
 
     weights: Tensor
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: DWAParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: DWAParams) -> None:
         super().__init__(tasks=tasks)
         self.temperature = params.temperature
         self._history: list[list[float]] = []  # mean losses of the last (up to) two epochs

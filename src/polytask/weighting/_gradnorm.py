@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from polytask.config import TaskConfig
+from polytask.tasks import TaskSpec
 from polytask.weighting.base import GradientUpdate, GradientWeighting
 
 _MIN_WEIGHT = 1e-4
@@ -48,7 +48,7 @@ class GradNorm(GradientWeighting):
     jacobian_on = "last_shared"
     initial_losses: Tensor
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: GradNormParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: GradNormParams) -> None:
         super().__init__(tasks=tasks)
         self.alpha = params.alpha
         self.task_weights = nn.Parameter(torch.ones(len(tasks)))

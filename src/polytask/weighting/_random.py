@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from polytask.config import TaskConfig
+from polytask.tasks import TaskSpec
 from polytask.weighting.base import NoParams, Weighting
 
 _MIX = 0x9E3779B97F4A7C15  # decorrelates the draws from the weight initialisation's stream
@@ -39,7 +39,7 @@ class RLW(Weighting):
     Nothing is reported: each step's weights are noise by design.
     """
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: NoParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: NoParams) -> None:
         super().__init__(tasks=tasks)
         self.generator = torch.Generator().manual_seed(own_seed())
 

@@ -8,14 +8,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from polytask.config import TaskConfig
+from polytask.tasks import TaskSpec
 from polytask.weighting.base import NoParams, Weighting
 
 
 class Sum(Weighting):
     """``sum_k L_k``. Simple, but a task with a larger loss scale dominates shared layers."""
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: NoParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: NoParams) -> None:
         super().__init__(tasks=tasks)
 
     def forward(self, losses: Tensor) -> Tensor:
@@ -37,7 +37,7 @@ class Weighted(Weighting):
 
     weights: Tensor
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: WeightedParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: WeightedParams) -> None:
         super().__init__(tasks=tasks)
         unknown = sorted(set(params.weights) - set(tasks))
         if unknown:

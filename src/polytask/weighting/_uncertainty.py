@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from polytask.config import TaskConfig
+from polytask.tasks import TaskSpec, task_type
 from polytask.weighting.base import Weighting
 
 
@@ -38,18 +38,19 @@ class UncertaintyParams(BaseModel):
 
 
 class Uncertainty(Weighting):
-    """``sum_k c_k exp(-s_k) L_k + s_k / 2``, ``c_k = 1/2`` for regression, 1 otherwise."""
+    """``sum_k c_k exp(-s_k) L_k + s_k / 2``, ``c_k`` the task type's ``uncertainty_scale``
+    (1/2 for regression, 1 for classification)."""
 
     scale: Tensor
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig], params: UncertaintyParams) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: UncertaintyParams) -> None:
         super().__init__(tasks=tasks)
         # One parameter per task, so a step on one task (alternate training) leaves the other
         # tasks' log-variances and their optimizer state untouched.
         self.log_vars = nn.ParameterList(
             nn.Parameter(torch.tensor(float(params.init_log_var))) for _ in tasks
         )
-        scale = [0.5 if t.type == "regression" else 1.0 for t in tasks.values()]
+        scale = [task_type(t).uncertainty_scale for t in tasks.values()]
         self.register_buffer("scale", torch.tensor(scale))
         self.clamp = params.clamp
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from polytask.config import TaskConfig
+from polytask.tasks import TaskSpec
 
 
 class NoParams(BaseModel):
@@ -27,7 +27,7 @@ class Weighting(nn.Module):
 
     needs_gradients: ClassVar[bool] = False
 
-    def __init__(self, *, tasks: Mapping[str, TaskConfig]) -> None:
+    def __init__(self, *, tasks: Mapping[str, TaskSpec]) -> None:
         super().__init__()
         self.task_names = list(tasks)
         self.task_index = {name: k for k, name in enumerate(self.task_names)}

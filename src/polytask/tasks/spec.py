@@ -1,0 +1,49 @@
+"""Task specs: what a task is, as plain data (no validation here; `polytask.config` validates
+the run file and hands these down)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One prediction task. ``type`` names its entry in `polytask.tasks.TASK_TYPES`; ``label``
+    is the label column (None: the task's name); ``positive`` the value that means 1 in a
+    binary label; ``loss`` one of the type's losses (None: its default); ``inputs_from`` the
+    tasks whose estimates feed this task's tower, ``detach`` whether that link stops the
+    gradient."""
+
+    type: str
+    label: str | None = None
+    positive: Any = None
+    loss: str | None = None
+    huber_delta: float = 1.0
+    weight: float = 1.0
+    inputs_from: tuple[str, ...] = ()
+    detach: bool = True
+
+
+def task_order(sources: Mapping[str, Sequence[str]]) -> list[str]:
+    """Task names in an order where every source comes before its target; ``sources`` maps a
+    task to its ``inputs_from``. A cycle is a ValueError that spells it out."""
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join([*path[path.index(name) :], name])
+            raise ValueError(f"tasks' inputs_from form a cycle: {cycle}")
+        state[name] = 1
+        for src in sources[name]:
+            visit(src, [*path, name])
+        state[name] = 2
+        order.append(name)
+
+    for name in sources:
+        visit(name, [])
+    return order
