@@ -96,16 +96,7 @@ class TaskConfig(Strict):
 
     def spec(self) -> TaskSpec:
         """The plain task spec the layers below take."""
-        return TaskSpec(
-            type=self.type,
-            label=self.label,
-            positive=self.positive,
-            loss=self.loss,
-            huber_delta=self.huber_delta,
-            weight=self.weight,
-            inputs_from=tuple(self.inputs_from),
-            detach=self.detach,
-        )
+        return TaskSpec.of(self)
 
 
 # --------------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ class Preprocessor:
 
     def __init__(self, *, features: FeaturesConfig, tasks: Mapping[str, TaskSpec]) -> None:
         self.features = features
-        self.tasks = dict(tasks)
+        self.tasks = {name: TaskSpec.of(t) for name, t in tasks.items()}
         self.vocabularies_: dict[str, list[str]] | None = None
         self.numeric_stats_: dict[str, _NumericStats] = {}
         self.classes_: dict[str, list[str]] = {}

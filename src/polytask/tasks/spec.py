@@ -4,7 +4,7 @@ the run file and hands these down)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 
@@ -24,6 +24,16 @@ class TaskSpec:
     weight: float = 1.0
     inputs_from: tuple[str, ...] = ()
     detach: bool = True
+
+    @classmethod
+    def of(cls, task: Any) -> TaskSpec:
+        """``task`` as a spec: a spec is returned as it is; any other object with the same
+        attributes (the run file's validated ``TaskConfig``) is copied field by field."""
+        if isinstance(task, TaskSpec):
+            return task
+        values = {f.name: getattr(task, f.name) for f in fields(cls) if hasattr(task, f.name)}
+        values["inputs_from"] = tuple(values.get("inputs_from", ()))
+        return cls(**values)
 
 
 def task_order(sources: Mapping[str, Sequence[str]]) -> list[str]:
