@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from polytask import MultiTaskModel
+from polytask import ConfigError, MultiTaskModel
 from polytask.data import LABEL_PREFIX
+from polytask.estimator import build_network
 from polytask.losses import task_losses
 from polytask.models import MODELS
 
@@ -140,3 +141,68 @@ def test_predictions_keep_input_order_and_index(
     for name, spec in tasks.items():
         if spec["type"] == "binary":
             assert np.all((part[name] >= 0) & (part[name] <= 1))
+
+
+def test_any_subset_of_tasks_gives_the_outputs_of_the_whole_forward_in_any_task_order(
+    model_name: str, toy_frame: pd.DataFrame, toy_features: Any, toy_tasks: Any
+) -> None:
+    """Task permutation: the declared order is reversed, and each task computed alone (only
+    the parts of the body it needs) gives exactly what the forward of every task gives."""
+    df, tasks = _frame(toy_frame), _tasks(model_name, toy_tasks)
+    reversed_tasks = dict(reversed(list(tasks.items())))
+    model = _fitted(model_name, df, toy_features, reversed_tasks)
+    net = model.network_.eval()
+    batch = model.encode(df.head(64)).slice(0, 64)
+    with torch.no_grad():
+        whole = net(batch)
+        assert list(whole)[: len(tasks)] == list(reversed_tasks)
+        for name, spec in reversed_tasks.items():
+            alone = net(batch, [name])
+            expected = (64, 3) if spec["type"] == "multiclass" else (64,)
+            assert tuple(alone[name].shape) == expected, name
+            torch.testing.assert_close(alone[name], whole[name], rtol=1e-5, atol=1e-6)
+
+
+def test_stop_gradient_links_or_a_config_error(
+    model_name: str, toy_frame: pd.DataFrame, toy_features: Any
+) -> None:
+    """A model either takes one task's estimate into another's tower, with stop-gradient
+    exactly zeroing the target loss's gradient on the source tower, or (models whose tasks
+    are coupled by construction, ESMM) rejects ``inputs_from`` before any data is read."""
+
+    plain = {"click": {"type": "binary"}, "dwell": {"type": "regression"}}
+    source, target = list(_tasks(model_name, plain))[:2]
+    df = _frame(toy_frame)
+
+    def tasks(detach: bool) -> dict[str, Any]:
+        out = {name: dict(t) for name, t in _tasks(model_name, plain).items()}
+        out[target].update(inputs_from=[source], detach=detach)
+        return out
+
+    spec = {"name": model_name, "tower_units": [8], **SMALL.get(model_name, {})}
+    settings = {"epochs": 1, "batch_size": 512, "progress": False}
+    try:
+        model = MultiTaskModel(
+            features=toy_features, tasks=tasks(True), model=spec, training=settings
+        )
+    except ConfigError as err:
+        assert "inputs_from" in str(err)
+        return
+    model.fit(df)
+    open_cfg = MultiTaskModel(
+        features=toy_features, tasks=tasks(False), model=spec, training=settings
+    ).config
+    nets = {True: model.network_, False: build_network(open_cfg, model.preprocessor_)}
+    nets[False].load_state_dict(model.network_.state_dict())
+    batch = model.encode(df.head(256)).slice(0, 256)
+    grads, outs = {}, {}
+    for detach, net in nets.items():
+        net.eval()
+        out = net(batch)
+        outs[detach] = out[target].detach()
+        tower = list(net.towers[source].parameters())
+        g = torch.autograd.grad(out[target].square().mean(), tower, allow_unused=True)
+        grads[detach] = [x for x in g if x is not None and torch.count_nonzero(x) > 0]
+    assert not grads[True]
+    assert grads[False]
+    torch.testing.assert_close(outs[True], outs[False], rtol=0, atol=0)
