@@ -1,4 +1,4 @@
-"""``polytask train | evaluate | predict | demo``.
+"""``polytask train | evaluate | predict | export | serve | compare | demo``.
 
 Errors a user can fix print one ``error: ...`` line (or one per problem for a config) and
 exit with status 2; anything else is a bug and keeps its traceback.
@@ -220,16 +220,58 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from polytask.estimator import MultiTaskModel
 
     model = MultiTaskModel.load(args.model_dir)
+    backend = _backend_options(args)
     streamed = args.chunk_rows is not None or (args.data is not None and is_parquet(args.data))
     if args.split is None and args.data is not None and streamed:
         chunk_rows = CHUNK_ROWS if args.chunk_rows is None else args.chunk_rows
-        rows = model.predict_to(args.data, args.output, chunk_rows=chunk_rows)
+        rows = model.predict_to(args.data, args.output, chunk_rows=chunk_rows, **backend)
         print(f"wrote {rows} rows to {args.output} (streamed, {chunk_rows} rows at a time)")
         return 0
     table, _ = _table_of(args)
-    predictions = model.predict(table)
+    predictions = model.predict(table, **backend)
     write_table(predictions, args.output)
     print(f"wrote {len(predictions)} rows x {predictions.shape[1]} columns to {args.output}")
+    return 0
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`predict`'s backend arguments: the onnx backend reads MODEL_DIR/model.onnx unless
+    --onnx-file names another graph."""
+    if args.backend == "torch":
+        if args.onnx_file is not None:
+            raise PolytaskError("--onnx-file is read by --backend onnx only")
+        return {}
+    from polytask.export import ONNX_FILE
+
+    onnx_file = args.onnx_file or str(Path(args.model_dir) / ONNX_FILE)
+    return {"backend": "onnx", "onnx_file": onnx_file}
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from polytask.estimator import MultiTaskModel
+    from polytask.export import ONNX_FILE, OPSET, export_onnx
+
+    model = MultiTaskModel.load(args.model_dir)
+    out = Path(args.output) if args.output else Path(args.model_dir) / ONNX_FILE
+    export_onnx(model, out)
+    print(f"wrote {out} ({out.stat().st_size:,} bytes, opset {OPSET})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from polytask.serve import serve
+
+    serve(
+        args.model_dir,
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        onnx_file=args.onnx_file,
+        workers=args.workers,
+        max_rows=args.max_rows,
+        threads=args.threads,
+        log_level=args.log_level,
+    )
     return 0
 
 
@@ -398,7 +440,55 @@ def build_parser() -> argparse.ArgumentParser:
         f"of rows (default: Parquet input streams {CHUNK_ROWS} rows at a time, CSV is read "
         "whole)",
     )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="run the network in torch, or its exported ONNX graph in onnxruntime "
+        "(MODEL_DIR/model.onnx, written by `polytask export`; needs polytask[serve])",
+    )
+    p.add_argument("--onnx-file", help="the ONNX graph for --backend onnx, if not in MODEL_DIR")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a saved model's network as ONNX (docs/serving.md)")
+    p.add_argument("model_dir")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="only onnx so far")
+    p.add_argument("-o", "--output", help="the file to write (default: MODEL_DIR/model.onnx)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "serve",
+        help="answer predictions over HTTP: POST /predict, GET /health, GET /metadata "
+        "(needs polytask[serve]; docs/serving.md)",
+    )
+    p.add_argument("model_dir")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="torch, or the ONNX graph MODEL_DIR/model.onnx in onnxruntime",
+    )
+    p.add_argument("--onnx-file", help="the ONNX graph for --backend onnx, if not in MODEL_DIR")
+    p.add_argument("--workers", type=int, default=1, help="server processes (default: 1)")
+    p.add_argument(
+        "--max-rows",
+        type=int,
+        default=1000,
+        help="largest request, in rows; more is refused with 413 (default: 1000)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads of torch/onnxruntime per worker (default: 1; requests are small, "
+        "parallelism comes from concurrent requests and workers)",
+    )
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "compare", help="models over several seeds vs single-task baselines (negative transfer)"

@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -69,6 +69,9 @@ from polytask.training.precision import training_network
 from polytask.training.progress import EpochCallback
 from polytask.training.schedules import AlternateBatches, JointBatches
 from polytask.weighting import WEIGHTINGS, Weighting
+
+if TYPE_CHECKING:
+    from polytask.export import OnnxGraph
 
 FORMAT_VERSION = 1
 """Version of the saved-model folder layout; readers accept exactly the versions listed in
@@ -492,13 +495,25 @@ class MultiTaskModel:
             self.network_, self.config.task_specs(), encoded, self.config.training.eval_batch_size
         )
 
-    def predict(self, data: Any) -> pd.DataFrame:
+    def predict(
+        self,
+        data: Any,
+        *,
+        backend: str = "torch",
+        onnx_file: str | os.PathLike[str] | None = None,
+    ) -> pd.DataFrame:
         """One column per task, rows in input order with the input's index: probability of the
         positive class (binary), value (regression), predicted class (multiclass, plus one
         ``<task>.proba.<class>`` column per class); then one column per auxiliary output of
-        the model (ESMM's ``cvr``), decoded the same way."""
+        the model (ESMM's ``cvr``), decoded the same way.
+
+        ``backend="onnx"`` runs the network's ONNX graph with onnxruntime instead of torch
+        (the extra ``polytask[serve]``): the graph in ``onnx_file`` (``polytask export``'s
+        output, refused unless exported from these weights), or one exported in memory when
+        ``None``. The preprocessing is polytask's either way (docs/serving.md)."""
         self._check_fitted()
-        return self._predict_frame(read_table(data, what="prediction data"))
+        graph = self._onnx_graph(backend, onnx_file)
+        return self._predict_frame(read_table(data, what="prediction data"), graph)
 
     def predict_to(
         self,
@@ -506,6 +521,8 @@ class MultiTaskModel:
         out: str | os.PathLike[str],
         *,
         chunk_rows: int = CHUNK_ROWS,
+        backend: str = "torch",
+        onnx_file: str | os.PathLike[str] | None = None,
     ) -> int:
         """`predict` a CSV or Parquet file into ``out`` (``.parquet`` or ``.csv``) chunk by
         chunk, so memory stays flat however many rows the file has; returns the row count.
@@ -513,21 +530,40 @@ class MultiTaskModel:
         Parquet is read with ``ParquetFile.iter_batches`` (only the feature columns), each
         chunk of ``chunk_rows`` rows is encoded with the fitted preprocessor, predicted and
         appended; rows keep the input order. ``out`` appears only when every row is written.
+        ``backend`` and ``onnx_file`` are `predict`'s.
         """
         self._check_fitted()
+        graph = self._onnx_graph(backend, onnx_file)
         rows = 0
         what = "prediction data"
         with write_chunks(out) as write:
             columns = self.config.features.columns
             for chunk in read_chunks(data, columns=columns, chunk_rows=chunk_rows, what=what):
-                write(self._predict_frame(chunk))
+                write(self._predict_frame(chunk, graph))
                 rows += len(chunk)
         return rows
 
-    def _predict_frame(self, df: pd.DataFrame) -> pd.DataFrame:
+    def _onnx_graph(
+        self, backend: str, onnx_file: str | os.PathLike[str] | None
+    ) -> OnnxGraph | None:
+        """The onnxruntime graph `predict` runs, or None for the torch backend."""
+        from polytask.export import check_backend, graph_for
+
+        check_backend(backend)
+        if backend == "torch":
+            if onnx_file is not None:
+                raise ConfigError("onnx_file is used by backend='onnx' only; found backend='torch'")
+            return None
+        return graph_for(self, onnx_file)
+
+    def _predict_frame(self, df: pd.DataFrame, graph: OnnxGraph | None = None) -> pd.DataFrame:
         encoded = self.preprocessor_.transform(df, labels=False, what="prediction data").to(
             self._device()
         )
+        if graph is not None:
+            from polytask.export import predict_frame
+
+            return predict_frame(self, encoded, df.index, graph)
         outputs = predict_outputs(self.network_, encoded, self.config.training.eval_batch_size)
         columns: dict[str, Any] = {}
         classes = self.preprocessor_.classes_
