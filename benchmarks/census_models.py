@@ -1,5 +1,5 @@
-"""Single-task, shared-bottom, MoE, MMoE, CGC and PLE on UCI Census-Income (KDD), several
-seeds: a thin call of `polytask.compare` with fixed model settings.
+"""Single-task, shared-bottom, MoE, MMoE, CGC, PLE and the rest of the zoo on UCI
+Census-Income (KDD), several seeds: a thin call of `polytask.compare` with fixed model settings.
 
 The MMoE paper's group-1 tasks: income > 50K and marital status == Never married. Only the
 official test file is available to this project, so it is split 80/10/10 (train/validation/
@@ -55,6 +55,11 @@ MODELS: dict[str, dict[str, Any]] = {
         "expert_units": [128, 64],
         "tower_units": [64],
     },
+    # The rest of the zoo with the defaults docs/models.md gives (model={name: X} alone).
+    "adatt": {"name": "adatt"},
+    "stem": {"name": "stem"},
+    "pepnet": {"name": "pepnet"},
+    "home": {"name": "home"},
 }
 LOG1P = {"wage_per_hour", "capital_gains", "capital_losses", "stock_dividends"}
 

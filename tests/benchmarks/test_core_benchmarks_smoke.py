@@ -30,6 +30,17 @@ def test_mmoe_synthetic_smoke(capsys: pytest.CaptureFixture[str]) -> None:
 def test_census_models_smoke(capsys: pytest.CaptureFixture[str], census_test_file: Path) -> None:
     results = _load("census_models").main(["--smoke", "--data", str(census_test_file)])
     out = capsys.readouterr().out
-    assert set(results) == {"single_task", "shared_bottom", "moe", "mmoe", "cgc", "ple"}
+    assert set(results) == {
+        "single_task",
+        "shared_bottom",
+        "moe",
+        "mmoe",
+        "cgc",
+        "ple",
+        "adatt",
+        "stem",
+        "pepnet",
+        "home",
+    }
     assert all(len(v) == 1 for r in results.values() for v in r.values())
     assert "income" in out and "marital" in out
