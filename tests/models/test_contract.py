@@ -22,6 +22,7 @@ SPECIAL_TASKS: dict[str, dict[str, Any]] = {
         "ctcvr": {"type": "binary", "label": "buy"},
     }
 }
+SPECIAL_TASKS["escm2"] = SPECIAL_TASKS["esmm"]
 SMALL: dict[str, dict[str, Any]] = {
     "shared_bottom": {"shared_units": [16]},
     "moe": {"num_experts": 3, "expert_units": [16]},
@@ -30,6 +31,9 @@ SMALL: dict[str, dict[str, Any]] = {
     "stem": {"expert_units": [16]},
     "pepnet": {"gate_units": 8},
     "home": {"expert_units": [16]},
+    "aitm": {"encoder_units": [16]},
+    "cross_stitch": {"column_units": [16]},
+    "dselect_k": {"num_experts": 3, "expert_units": [16]},
 }
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from polytask.models._adatt import AdaTT, AdaTTParams
+from polytask.models._aitm import AITM, AITMParams, check_aitm_heads
+from polytask.models._cross_stitch import CrossStitch, CrossStitchParams
+from polytask.models._dselect_k import DSelectK, DSelectKParams
+from polytask.models._escm2 import ESCM2, ESCM2Params, check_escm2_heads, counterfactual_risk
 from polytask.models._esmm import ESMM, ESMMParams, check_esmm_heads, ctcvr_logit
 from polytask.models._home import HoME, HoMEParams, check_home_heads
 from polytask.models._moe import MMoE, MoE, MoEParams
@@ -23,16 +27,28 @@ MODELS: dict[str, ModelEntry] = {
     "stem": ModelEntry(STEMParams, STEM),
     "pepnet": ModelEntry(PEPNetParams, PEPNet),
     "home": ModelEntry(HoMEParams, HoME, check_heads=check_home_heads),
+    "aitm": ModelEntry(AITMParams, AITM, check_heads=check_aitm_heads),
+    "cross_stitch": ModelEntry(CrossStitchParams, CrossStitch),
+    "dselect_k": ModelEntry(DSelectKParams, DSelectK),
+    "escm2": ModelEntry(ESCM2Params, ESCM2, check_heads=check_escm2_heads),
 }
 
 __all__ = [
+    "AITM",
+    "ESCM2",
     "ESMM",
     "MODELS",
     "PLE",
     "STEM",
+    "AITMParams",
     "AdaTT",
     "AdaTTParams",
     "CGCParams",
+    "CrossStitch",
+    "CrossStitchParams",
+    "DSelectK",
+    "DSelectKParams",
+    "ESCM2Params",
     "ESMMParams",
     "Head",
     "HoME",
@@ -51,5 +67,6 @@ __all__ = [
     "SharedBottomParams",
     "TowerParams",
     "cgc",
+    "counterfactual_risk",
     "ctcvr_logit",
 ]
