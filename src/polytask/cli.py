@@ -155,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # A line per epoch on stdout, so `polytask train RUN > log` keeps them.
     with warnings.catch_warnings(), printed_to_stdout():
         warnings.showwarning = _show_warning
-        metrics = run_training(cfg, base, out, resume=args.resume)
+        metrics = run_training(cfg, base, out, resume=args.resume, run_file=Path(args.run_file))
     if not main_process:
         return 0
     width = console.width
@@ -174,6 +174,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"train samples/s {metrics['train_samples_per_s']:,.0f}; best epoch "
         f"{metrics['best_epoch']}; wrote {out / 'model'} and {out / 'metrics.json'}"
     )
+    from polytask.tracking import epochs_apart
+
+    apart = epochs_apart(
+        metrics.get("task_best_epochs", {}), cfg.training.monitor, metrics["best_epoch"]
+    )
+    if apart:
+        console.print(apart, markup=False)
     return 0
 
 

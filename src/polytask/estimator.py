@@ -46,6 +46,7 @@ from polytask.errors import (
 from polytask.models import MODELS, Head, MultiTaskNet
 from polytask.nn import FeatureInput
 from polytask.tasks import task_type
+from polytask.tracking import annotate_history, task_best_epochs
 from polytask.training import (
     build_optimizer,
     build_scheduler,
@@ -221,7 +222,11 @@ class MultiTaskModel:
         Each of ``callbacks`` is called with every epoch's record once the epoch is complete
         (the dict that ends in ``history_``; see `polytask.training.progress.EpochRecord`),
         on rank 0 only under torchrun: the place for loggers. With ``training.progress`` each
-        epoch also writes one line to the ``polytask`` logger.
+        epoch also writes one line to the ``polytask`` logger. A callback with a
+        ``bind(network, validation)`` method gets the network and the encoded validation split
+        before the first epoch (`polytask.tracking.Tracker` measures gate entropies with them).
+        After the fit each history record with validation holds ``task_best``, every task's
+        best epoch so far, and ``task_best_epochs_`` each task's best over the fit.
 
         ``train`` and ``validation`` may also be `EncodedData` encoded by ``preprocessor``, a
         fitted `Preprocessor` of the same features and tasks (which the model keeps): several
@@ -386,6 +391,10 @@ class MultiTaskModel:
                 fingerprint=data_fingerprint(splits, extra=extra),
                 group=group,
             )
+        for callback in callbacks:  # a callback that measures the model (polytask.tracking)
+            bind = getattr(callback, "bind", None)
+            if bind is not None:
+                bind(network, valid_data)
         result = fit_loop(
             model=trained,
             weighting=weighting,
@@ -406,6 +415,8 @@ class MultiTaskModel:
         self.optimizer_ = optimizer
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
+        annotate_history(self.history_, cfg.tasks, tcfg.monitor)
+        self.task_best_epochs_ = task_best_epochs(self.history_, cfg.tasks, tcfg.monitor)
         self.n_train_ = n_train
         self.skipped_batches_ = result.skipped_batches
         self.resumed_from_ = None if checkpoints is None else checkpoints.resumed_from

@@ -20,6 +20,7 @@ from polytask.config import DataConfig, RunConfig, SplitConfig
 from polytask.data import read_table
 from polytask.errors import ConfigError, DataError
 from polytask.estimator import MultiTaskModel, jsonable
+from polytask.tracking import Tracker, build_tracker
 from polytask.training.distributed import barrier, is_main_process
 
 
@@ -125,18 +126,62 @@ def train_samples_per_s(history: list[dict[str, Any]]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
-def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False) -> dict[str, Any]:
+def run_training(
+    cfg: RunConfig,
+    base: Path,
+    out: Path,
+    *,
+    resume: bool = False,
+    run_file: Path | None = None,
+) -> dict[str, Any]:
     """Train the run, evaluate it, write ``out/model/``, ``out/metrics.json`` and
     ``out/config.yaml``; return the metrics. Early stopping uses the validation split only;
     the test split is evaluated once, at the end. Under torchrun only rank 0 evaluates and
     writes; the other ranks return an empty dict.
 
     With ``training.checkpoint_every`` checkpoints go to ``out/checkpoints/``; ``resume``
-    continues from the newest readable one there."""
+    continues from the newest readable one there.
+
+    ``training.loggers`` record each epoch (`polytask.tracking`): ``csv`` in
+    ``out/history.csv``, ``tensorboard`` in ``out/tensorboard/``, ``mlflow`` in an MLflow
+    run that also gets ``run_file`` and the model folder as artifacts."""
     splits = load_splits(cfg.data, base, stream=cfg.training.stream is not None)
     checkpoint_dir = out / "checkpoints" if cfg.training.checkpoint_every or resume else None
+    tracker = None
+    if is_main_process():
+        tracker = build_tracker(
+            cfg.training.loggers,
+            out,
+            params=cfg.model_dump(mode="json", exclude={"data"}),
+            eval_batch_size=cfg.training.eval_batch_size,
+            run_name=out.name,
+        )
+    try:
+        metrics = _train_and_write(cfg, splits, out, checkpoint_dir, resume, tracker, run_file)
+    except BaseException:
+        if tracker is not None:
+            tracker.close(failed=True)
+        raise
+    if tracker is not None:
+        tracker.close()
+    return metrics
+
+
+def _train_and_write(
+    cfg: RunConfig,
+    splits: Splits,
+    out: Path,
+    checkpoint_dir: Path | None,
+    resume: bool,
+    tracker: Tracker | None,
+    run_file: Path | None,
+) -> dict[str, Any]:
     model = MultiTaskModel.from_config(cfg).fit(
-        splits.train, validation=splits.validation, checkpoint_dir=checkpoint_dir, resume=resume
+        splits.train,
+        validation=splits.validation,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        callbacks=[] if tracker is None else [tracker],
     )
     if not is_main_process():
         barrier()  # distributed training: rank 0 holds the same model, evaluates and writes
@@ -153,6 +198,7 @@ def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False)
         metrics["validation"] = model.evaluate(valid)
     metrics["train_samples_per_s"] = train_samples_per_s(model.history_)
     metrics["best_epoch"] = model.best_epoch_
+    metrics["task_best_epochs"] = model.task_best_epochs_
     metrics["epochs_run"] = len(model.history_)
     metrics["skipped_batches"] = model.skipped_batches_
     metrics["rows"] = {
@@ -170,5 +216,10 @@ def run_training(cfg: RunConfig, base: Path, out: Path, *, resume: bool = False)
     atomic_write_text(
         out / "config.yaml", yaml.safe_dump(run_config_dump(cfg, base), sort_keys=False)
     )
+    if tracker is not None:
+        files = [out / "config.yaml", out / "metrics.json"]
+        if run_file is not None:
+            files.insert(0, Path(run_file))
+        tracker.finish(model.history_, metrics, files=files, folders=[out / "model"])
     barrier()
     return metrics

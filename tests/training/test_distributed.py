@@ -245,6 +245,7 @@ def test_torchrun_polytask_train_writes_once_with_metrics_over_all_rows(tmp_path
     assert done.stdout.count("wrote") == 1
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
         "config.yaml",
+        "history.csv",  # training.loggers: [csv], rank 0 only
         "metrics.json",
         "model",
     ]

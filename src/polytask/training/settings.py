@@ -14,6 +14,9 @@ from polytask._schema import Strict
 from polytask.data.stream import StreamConfig
 
 
+LoggerName = Literal["csv", "tensorboard", "mlflow"]
+
+
 class SchedulerConfig(Strict):
     """Learning-rate schedule, stepped once per epoch."""
 
@@ -61,3 +64,5 @@ class TrainingConfig(Strict):
     compile: bool = False
     precision: Literal["fp32", "bf16"] = "fp32"
     stream: StreamConfig | None = None
+    loggers: list[LoggerName] = Field(default_factory=lambda: list[LoggerName](["csv"]))
+    """What ``polytask train`` records per epoch besides history.json (`polytask.tracking`)."""
