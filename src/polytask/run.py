@@ -157,7 +157,9 @@ def run_training(
             run_name=out.name,
         )
     try:
-        metrics = _train_and_write(cfg, splits, out, checkpoint_dir, resume, tracker, run_file)
+        metrics = _train_and_write(
+            cfg, base, splits, out, checkpoint_dir, resume, tracker, run_file
+        )
     except BaseException:
         if tracker is not None:
             tracker.close(failed=True)
@@ -169,6 +171,7 @@ def run_training(
 
 def _train_and_write(
     cfg: RunConfig,
+    base: Path,
     splits: Splits,
     out: Path,
     checkpoint_dir: Path | None,

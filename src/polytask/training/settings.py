@@ -13,7 +13,6 @@ from pydantic import Field
 from polytask._schema import Strict
 from polytask.data.stream import StreamConfig
 
-
 LoggerName = Literal["csv", "tensorboard", "mlflow"]
 
 
