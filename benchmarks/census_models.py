@@ -60,6 +60,9 @@ MODELS: dict[str, dict[str, Any]] = {
     "stem": {"name": "stem"},
     "pepnet": {"name": "pepnet"},
     "home": {"name": "home"},
+    "aitm": {"name": "aitm"},
+    "cross_stitch": {"name": "cross_stitch"},
+    "dselect_k": {"name": "dselect_k"},
 }
 LOG1P = {"wage_per_hour", "capital_gains", "capital_losses", "stock_dividends"}
 

@@ -1,4 +1,4 @@
-"""ESMM against a naive clicked-only CVR model on the synthetic ads funnel.
+"""ESMM and ESCM2 against a naive clicked-only CVR model on the synthetic ads funnel.
 
 Ma et al., "Entire Space Multi-Task Model", SIGIR 2018, train the CVR estimate over every
 impression (pCTCVR = pCTR x pCVR) instead of over clicked impressions only. This script
@@ -34,6 +34,7 @@ from sklearn.metrics import roc_auc_score
 
 from polytask import MultiTaskModel
 from polytask.datasets import funnel_synthetic, split_frame
+from polytask.run import train_samples_per_s
 
 FEATURES = {
     "categorical": ["user_group", "item_cat", "position"],
@@ -75,11 +76,12 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict[str, float]]
     clicked = test["click"] == 1
     tower_only = {"name": "shared_bottom", "shared_units": UNITS, "tower_units": []}
 
+    funnel_tasks = {
+        "ctr": {"type": "binary", "label": "click"},
+        "ctcvr": {"type": "binary", "label": "conversion"},
+    }
     esmm = _fit(
-        {
-            "ctr": {"type": "binary", "label": "click"},
-            "ctcvr": {"type": "binary", "label": "conversion"},
-        },
+        funnel_tasks,
         {"name": "esmm", "tower_units": UNITS},
         "ctcvr.logloss",
         train,
@@ -87,6 +89,18 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict[str, float]]
         args,
         seed,
     )
+    escm2 = {
+        f"escm2_{form}": _fit(
+            funnel_tasks,
+            {"name": "escm2", "counterfactual": form, "tower_units": UNITS},
+            "ctcvr.logloss",
+            train,
+            valid,
+            args,
+            seed,
+        )
+        for form in ("ips", "dr")
+    }
     naive = _fit(
         {"cvr": {"type": "binary", "label": "conversion"}},
         tower_only,
@@ -106,7 +120,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict[str, float]]
         seed,
     )
     results: dict[str, dict[str, float]] = {}
-    for name, model in (("esmm", esmm), ("naive", naive), ("ideal", ideal)):
+    models = {"esmm": esmm, **escm2, "naive": naive, "ideal": ideal}
+    for name, model in models.items():
         pred = model.predict(test)
         results[name] = {
             "cvr_auc_all": float(roc_auc_score(test["conversion_intent"], pred["cvr"])),
@@ -114,8 +129,10 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict[str, float]]
                 roc_auc_score(test.loc[clicked, "conversion"], pred.loc[clicked, "cvr"])
             ),
             "epochs": float(model.best_epoch_ or 0),
+            "samples_per_s": train_samples_per_s(model.history_),
         }
-    results["esmm"]["ctr_auc"] = float(roc_auc_score(test["click"], esmm.predict(test)["ctr"]))
+        if "ctr" in pred:
+            results[name]["ctr_auc"] = float(roc_auc_score(test["click"], pred["ctr"]))
     return results
 
 
@@ -127,25 +144,28 @@ def _cell(values: list[float]) -> str:
 
 def print_table(per_seed: list[dict[str, dict[str, float]]]) -> None:
     header = (
-        f"{'model':<7} | {'CVR AUC, all impressions':<24} | {'CVR AUC, clicked':<16} | "
-        f"{'CTR AUC':<15} | best epoch"
+        f"{'model':<9} | {'CVR AUC, all impressions':<24} | {'CVR AUC, clicked':<16} | "
+        f"{'CTR AUC':<15} | best epoch | train samples/s"
     )
     print(header)
     print("-" * len(header))
-    for name in ("esmm", "naive", "ideal"):
+    for name in per_seed[0]:
         rows = [r[name] for r in per_seed]
         ctr = [r["ctr_auc"] for r in rows if "ctr_auc" in r]
         print(
-            f"{name:<7} | {_cell([r['cvr_auc_all'] for r in rows]):<24} | "
+            f"{name:<9} | {_cell([r['cvr_auc_all'] for r in rows]):<24} | "
             f"{_cell([r['cvr_auc_clicked'] for r in rows]):<16} | {_cell(ctr):<15} | "
-            f"{np.mean([r['epochs'] for r in rows]):.1f}"
+            f"{np.mean([r['epochs'] for r in rows]):<10.1f} | "
+            f"{np.median([r['samples_per_s'] for r in rows]):,.0f}"
         )
-    diff = [r["esmm"]["cvr_auc_all"] - r["naive"]["cvr_auc_all"] for r in per_seed]
-    wins = sum(d > 0 for d in diff)
-    print(
-        f"esmm - naive, CVR AUC over all impressions, paired by seed: {_cell(diff)} "
-        f"(esmm ahead on {wins}/{len(diff)} seeds: {' '.join(f'{d:+.4f}' for d in diff)})"
-    )
+    for better, than in (("esmm", "naive"), ("escm2_ips", "esmm"), ("escm2_dr", "esmm")):
+        diff = [r[better]["cvr_auc_all"] - r[than]["cvr_auc_all"] for r in per_seed]
+        wins = sum(d > 0 for d in diff)
+        print(
+            f"{better} - {than}, CVR AUC over all impressions, paired by seed: {_cell(diff)} "
+            f"({better} ahead on {wins}/{len(diff)} seeds: "
+            f"{' '.join(f'{d:+.4f}' for d in diff)})"
+        )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

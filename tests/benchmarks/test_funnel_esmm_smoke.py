@@ -18,6 +18,6 @@ def test_smoke_run_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert module.main(["--smoke"]) == 0
     out = capsys.readouterr().out
     assert "CVR AUC, all impressions" in out and "CTR AUC" in out
-    for model in ("esmm", "naive", "ideal"):
+    for model in ("esmm", "escm2_ips", "escm2_dr", "naive", "ideal"):
         assert any(line.startswith(f"{model} ") for line in out.splitlines()), model
-    assert "esmm - naive" in out
+    assert "esmm - naive" in out and "escm2_dr - esmm" in out
