@@ -280,8 +280,17 @@ class EstimatorConfig(Strict):
             )
 
     def _model_fits_tasks(self) -> None:
-        """A model that constrains the tasks (ESMM) checks them here, before any data is read."""
+        """A model that constrains the tasks (ESMM) or names features (PEPNet) checks them
+        here, before any data is read."""
         entry = MODELS[self.model.name]
+        if entry.check_features is not None:
+            try:
+                entry.check_features(
+                    entry.params.model_validate(self.model.params),
+                    [c.name for c in self.features.categorical],
+                )
+            except ValueError as err:
+                raise ValueError(f"model {self.model.name!r}: {err}") from None
         if entry.check_heads is None:
             return
         heads = [

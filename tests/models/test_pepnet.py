@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from polytask import ConfigError
+from polytask import ConfigError, MultiTaskModel
 from polytask.models import Head, PEPNet, PEPNetParams
 from polytask.nn import FeatureInput
 
@@ -125,3 +125,15 @@ def test_gates_scale_each_field_and_each_layer_input() -> None:
 def test_an_unknown_gate_feature_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"gate_features.*'usr'.*did you mean 'user'"):
         _net(gate_features=["usr"])
+
+
+def test_gate_features_are_checked_before_any_data_is_read(toy_features: Any) -> None:
+    with pytest.raises(ConfigError, match=r"gate_features.*'colour'.*did you mean 'color'"):
+        MultiTaskModel(
+            features=toy_features,
+            tasks={"click": {"type": "binary"}},
+            model={"name": "pepnet", "gate_features": ["colour"]},
+        )
+    no_categorical = {"categorical": [], "numeric": ["x"]}
+    with pytest.raises(ConfigError, match=r"gate_features.*categorical feature"):
+        MultiTaskModel(features=no_categorical, tasks={"click": {"type": "binary"}}, model="pepnet")

@@ -10,7 +10,7 @@ from polytask.models._escm2 import ESCM2, ESCM2Params, check_escm2_heads, counte
 from polytask.models._esmm import ESMM, ESMMParams, check_esmm_heads, ctcvr_logit
 from polytask.models._home import HoME, HoMEParams, check_home_heads
 from polytask.models._moe import MMoE, MoE, MoEParams
-from polytask.models._pepnet import PEPNet, PEPNetParams
+from polytask.models._pepnet import PEPNet, PEPNetParams, check_pepnet_features
 from polytask.models._ple import PLE, CGCParams, PLEParams, cgc
 from polytask.models._shared_bottom import SharedBottom, SharedBottomParams
 from polytask.models._stem import STEM, STEMParams
@@ -25,7 +25,7 @@ MODELS: dict[str, ModelEntry] = {
     "esmm": ModelEntry(ESMMParams, ESMM, check_heads=check_esmm_heads),
     "adatt": ModelEntry(AdaTTParams, AdaTT),
     "stem": ModelEntry(STEMParams, STEM),
-    "pepnet": ModelEntry(PEPNetParams, PEPNet),
+    "pepnet": ModelEntry(PEPNetParams, PEPNet, check_features=check_pepnet_features),
     "home": ModelEntry(HoMEParams, HoME, check_heads=check_home_heads),
     "aitm": ModelEntry(AITMParams, AITM, check_heads=check_aitm_heads),
     "cross_stitch": ModelEntry(CrossStitchParams, CrossStitch),

@@ -32,6 +32,18 @@ class PEPNetParams(TowerParams):
     gate_context: bool = True
 
 
+def check_pepnet_features(params: PEPNetParams, categorical: Sequence[str]) -> None:
+    """Raise ValueError unless every ``gate_features`` name is a categorical column."""
+    if not categorical and params.gate_features is None:
+        raise ValueError("gate_features: PEPNet's gates need a categorical feature; there is none")
+    for name in params.gate_features or ():
+        if name not in categorical:
+            raise ValueError(
+                f"gate_features: expected categorical feature names, found {name!r}, which is "
+                f"not one of {list(categorical)}{closest(name, categorical)}"
+            )
+
+
 class GateNU(nn.Module):
     """Gate Neural Unit (PEPNet eq. 1): ``gamma * sigmoid(W2 relu(W1 x + b1) + b2)``,
     ``[B, in] -> [B, out]`` in ``(0, gamma)``; 1 everywhere when ``W2 = 0, b2 = 0`` and
@@ -73,15 +85,11 @@ class PEPNet(MultiTaskNet):
     ) -> None:
         super().__init__(inputs=inputs, heads=heads, body_dim=inputs.out_dim, params=params)
         categorical = list(inputs.names)
+        try:
+            check_pepnet_features(params, categorical)
+        except ValueError as err:
+            raise ConfigError(f"model: {err}") from None
         chosen = params.gate_features if params.gate_features is not None else categorical
-        for name in chosen:
-            if name not in categorical:
-                raise ConfigError(
-                    f"model.gate_features: expected categorical feature names, found {name!r}, "
-                    f"which is not one of {categorical}{closest(name, categorical)}"
-                )
-        if not chosen:
-            raise ConfigError("model.gate_features: PEPNet needs a categorical feature")
         self.gate_features = list(chosen)
         self.gate_context = params.gate_context
         # Which field each input column belongs to, and the prior features' columns.

@@ -265,3 +265,6 @@ class ModelEntry:
     build: Any  # Callable[[FeatureInput, Sequence[Head], TowerParams], MultiTaskNet]
     check_heads: Callable[[Any, Sequence[Head]], None] | None = None
     """Raises ValueError naming the parameter, what it expects and what it found."""
+    check_features: Callable[[Any, Sequence[str]], None] | None = None
+    """Likewise for models whose parameters name features (PEPNet's ``gate_features``):
+    called with the parameters and the categorical columns' names."""
