@@ -47,6 +47,12 @@ class NonFiniteUpdateError(TrainingError):
     says where."""
 
 
+def install_hint(extra: str) -> str:
+    """How to install a pip extra, from PyPI and from a source checkout (where the package
+    itself was installed with ``pip install -e .``)."""
+    return f"pip install 'polytask[{extra}]' (from a source checkout: pip install -e '.[{extra}]')"
+
+
 def closest(name: str, candidates: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest candidate, or ``""`` when none is close."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from polytask.errors import MissingExtraError
+from polytask.errors import MissingExtraError, install_hint
 
 
 def pyplot() -> Any:
@@ -13,7 +13,7 @@ def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise MissingExtraError("plots need matplotlib: pip install 'polytask[plot]'") from None
+        raise MissingExtraError(f"plots need matplotlib: {install_hint('plot')}") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -134,6 +134,7 @@ def test_missing_extra_names_the_pip_install(
     message = str(info.value)
     assert f"weighting {name!r} needs [{module!r}]" in message
     assert f"pip install 'polytask[{extra}]'" in message
+    assert f"from a source checkout: pip install -e '.[{extra}]'" in message
 
 
 def test_extras_named_in_errors_are_declared_in_pyproject() -> None:

@@ -21,7 +21,7 @@ from torch import Tensor
 from torchjd import aggregation as agg
 from torchjd.linalg import QuadprogProjector
 
-from polytask.errors import MissingExtraError
+from polytask.errors import MissingExtraError, install_hint
 from polytask.tasks import TaskSpec
 from polytask.weighting.base import GradientUpdate, GradientWeighting, NoParams
 
@@ -38,7 +38,7 @@ def require_extra(weighting: str, extra: str, modules: tuple[str, ...]) -> None:
     if missing:
         raise MissingExtraError(
             f"weighting {weighting!r} needs {missing}, which could not be imported; "
-            f"install them with: pip install 'polytask[{extra}]'"
+            f"install them with: {install_hint(extra)}"
         )
 
 
