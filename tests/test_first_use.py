@@ -193,6 +193,16 @@ def test_gate_tables_fit_80_columns_and_keep_every_number(experts: int) -> None:
     assert "…" not in text and "2.079" in text
 
 
+def test_the_census_gate_table_is_one_table_in_80_columns() -> None:
+    # MMoE with 8 experts and 2 tasks: 85 columns one row per gate, so one row per expert.
+    gates = {t: {"mean_weight": [0.125] * 8, "entropy": 2.0794} for t in ("income", "marital")}
+    _, *tables = gates_table(gates, 80)
+    assert len(tables) == 1
+    text = render(tables, 80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "2.079" in text and "e7" in text and "income" in text
+
+
 def test_metrics_tables_fit_80_columns_and_keep_every_number() -> None:
     m = {"auc": 0.912345, "logloss": 0.312345, "loss": 0.312345, "count": 12345.0}
     r = {"rmse": 1.234567, "mae": 0.987654, "loss": 1.5241, "count": 12345.0}

@@ -87,7 +87,7 @@ def fitted_tables(
     tables = []
     for k, group in enumerate(groups):
         part = f" ({k + 1}/{len(groups)})" if len(groups) > 1 else ""
-        table = Table(title=f"{title}{part}")
+        table = Table(title=f"{title}{part}".strip() or None)
         table.add_column(first, no_wrap=True)
         for j in group:
             table.add_column(columns[j], justify="right", no_wrap=True)
@@ -111,25 +111,36 @@ def metrics_table(
     return fitted_tables(title, "task", [*cols, "rows"], rows, width)
 
 
-def gates_table(gates: Mapping[str, Mapping[str, Any]], width: int = 80) -> list[Table]:
-    """Mean gate weight per expert and the entropy, one row per gate, wrapped to ``width``."""
+def gates_table(gates: Mapping[str, Mapping[str, Any]], width: int = 80) -> list[Any]:
+    """Mean gate weight per expert and the entropy: one row per gate, or, when that is too
+    wide for ``width`` and one column per gate is not, one row per expert; wrapped into
+    several tables only when neither fits. The title is a line of its own above."""
+    from rich.text import Text
+
     n = max(len(g["mean_weight"]) for g in gates.values())
+
+    def weight(g: Mapping[str, Any], e: int) -> str:
+        return f"{g['mean_weight'][e]:.3f}" if e < len(g["mean_weight"]) else ""
+
+    experts = [f"e{e}" for e in range(n)]
     rows = [
-        (
-            name,
-            [
-                *(f"{w:.3f}" for w in g["mean_weight"]),
-                *([""] * (n - len(g["mean_weight"]))),
-                f"{g['entropy']:.3f}",
-            ],
-        )
+        (name, [*(weight(g, e) for e in range(n)), f"{g['entropy']:.3f}"])
         for name, g in gates.items()
     ]
+    tables = fitted_tables("", "gate", [*experts, "entropy"], rows, width)
+    if len(tables) > 1:
+        by_expert = [
+            (label, [weight(g, e) for g in gates.values()]) for e, label in enumerate(experts)
+        ]
+        by_expert.append(("entropy", [f"{g['entropy']:.3f}" for g in gates.values()]))
+        transposed = fitted_tables("", "expert", list(gates), by_expert, width)
+        if len(transposed) == 1:
+            tables = transposed
     title = "mean gate weight per expert (entropy in nats; log E = uniform)"
-    return fitted_tables(title, "gate", [*(f"e{e}" for e in range(n)), "entropy"], rows, width)
+    return [Text(title), *tables]
 
 
-def _print_tables(console: Console, tables: Sequence[Table]) -> None:
+def _print_tables(console: Console, tables: Sequence[Any]) -> None:
     for table in tables:
         console.print(table)
 
