@@ -463,14 +463,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["torch", "onnx"],
         default="torch",
         help="run the network in torch, or its exported ONNX graph in onnxruntime "
-        "(MODEL_DIR/model.onnx, written by `polytask export`; needs polytask[serve])",
+        "(MODEL_DIR/model.onnx, written by `polytask export`; needs polytask[serve]) "
+        "(default: torch)",
     )
-    p.add_argument("--onnx-file", help="the ONNX graph for --backend onnx, if not in MODEL_DIR")
+    p.add_argument(
+        "--onnx-file",
+        help="the ONNX graph for --backend onnx (default: MODEL_DIR/model.onnx)",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="write a saved model's network as ONNX (docs/serving.md)")
-    p.add_argument("model_dir")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="only onnx so far")
+    p.add_argument("model_dir", metavar="MODEL", help="a saved model folder (e.g. runs/x/model)")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="only onnx so far (default)")
     p.add_argument("-o", "--output", help="the file to write (default: MODEL_DIR/model.onnx)")
     p.set_defaults(func=cmd_export)
 
@@ -479,16 +483,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer predictions over HTTP: POST /predict, GET /health, GET /metadata "
         "(needs polytask[serve]; docs/serving.md)",
     )
-    p.add_argument("model_dir")
+    p.add_argument("model_dir", metavar="MODEL", help="a saved model folder (e.g. runs/x/model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument(
         "--backend",
         choices=["torch", "onnx"],
         default="torch",
-        help="torch, or the ONNX graph MODEL_DIR/model.onnx in onnxruntime",
+        help="torch, or the ONNX graph MODEL_DIR/model.onnx in onnxruntime (default: torch)",
     )
-    p.add_argument("--onnx-file", help="the ONNX graph for --backend onnx, if not in MODEL_DIR")
+    p.add_argument(
+        "--onnx-file",
+        help="the ONNX graph for --backend onnx (default: MODEL_DIR/model.onnx)",
+    )
     p.add_argument("--workers", type=int, default=1, help="server processes (default: 1)")
     p.add_argument(
         "--max-rows",
@@ -504,7 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
         "parallelism comes from concurrent requests and workers)",
     )
     p.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="server log level (default: info)",
     )
     p.set_defaults(func=cmd_serve)
 
