@@ -42,9 +42,27 @@ def test_a_schema_change_is_caught(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     doc = tmp_path / "config.md"
     doc.write_text(text.replace("| maximum epochs |", "|  |"), encoding="utf-8")
     assert main(["--doc", str(doc), "--check"]) == 1
-    _, problems = render(text.replace("<!-- keys: model.esmm -->", "<!-- keys: nope -->"))
+    new, problems = render(text.replace("<!-- keys: model.esmm -->", "<!-- keys: nope -->"))
     assert "block 'nope' names no section of the schema" in problems
-    assert any("section 'model.esmm' has no block" in p for p in problems)
+    _, problems = render(text.replace("<!-- keys: training -->", "<!-- keys: trainin -->"))
+    assert any("section 'training' has no block" in p for p in problems)
+
+
+def test_a_new_model_gets_its_block_with_the_meanings_of_docs_models_md() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index("`model.name: cgc`:")
+    end = text.index("<!-- /keys -->", start) + len("<!-- /keys -->")
+    without = text[:start] + text[end:].lstrip("\n")
+    models_md = "## CGC\n\n| parameter | default | meaning |\n|---|---|---|\n" + "".join(
+        f"| `{k}` | x | from models.md: {k} |\n"
+        for k in ("num_shared_experts", "num_task_experts", "expert_units", "gate_temperature")
+    )
+    new, problems = render(without, models_md)
+    assert not problems
+    assert "<!-- keys: model.cgc -->" in new and "`model.name: cgc`:" in new
+    assert "| `num_task_experts` | int | `2` | from models.md: num_task_experts |" in new
+    _, problems = render(without)  # no meaning anywhere: named
+    assert "model.cgc: key 'num_task_experts' has no meaning: write one in config.md" in problems
 
 
 def test_regeneration_keeps_the_meanings(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@
 and, for ``model`` and ``loss``, the registries `polytask.models.MODELS` and
 `polytask.weighting.WEIGHTINGS`, so a new model or weighting appears when the file is
 regenerated). The key, type and default columns come from the schema; the meaning column is
-kept from the file (or taken from the field's ``description`` for a new key), so the prose is
-written once and survives regeneration. ``--check`` exits 1 when the file is out of date or a
+kept from the file (for a new key: the field's ``description``, or for a model parameter the
+meaning in docs/models.md's table), so the prose is written once and survives regeneration; a
+new model or weighting gets its block added. ``--check`` exits 1 when the file is out of date or a
 key has no meaning, naming what differs; ``tests/test_configdoc.py`` runs it.
 """
 
@@ -150,24 +151,61 @@ def render_block(fields: dict[str, FieldInfo], meanings: dict[str, str]) -> str:
     return HEADER + "\n".join(rows) + "\n"
 
 
-def render(text: str) -> tuple[str, list[str]]:
-    """``text`` (docs/config.md) with every keys block regenerated, and the problems: blocks
-    the schema has and the file lacks (or the reverse), keys without a meaning."""
+def model_doc_meanings(models_md: str) -> dict[str, dict[str, str]]:
+    """``{model name: {parameter: meaning}}`` from the parameter tables of docs/models.md: a
+    ``## Heading`` names the model (``Cross-stitch`` is ``cross_stitch``), its table rows
+    ``| `key` | default | meaning |``. The fallback meaning of a model's new parameter."""
+    out: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in models_md.splitlines():
+        if line.startswith("## "):
+            current = out.setdefault(re.sub(r"[^a-z0-9]", "", line[3:].lower()), {})
+        match = re.fullmatch(r"\| `(\w+)` \| [^|]* \| (.+) \|", line.strip())
+        if match and match[2].strip():
+            current.setdefault(match[1], match[2].strip())
+    return out
+
+
+def render(text: str, models_md: str = "") -> tuple[str, list[str]]:
+    """``text`` (docs/config.md) with every keys block regenerated, a block added after the
+    last of its kind for a new model or weighting, and the problems: blocks naming no section
+    of the schema, sections without a block, keys without a meaning. A key's meaning is the
+    file's, else its field's ``description``, else (model parameters) docs/models.md's."""
     schema = dict(sections())
+    from_models = model_doc_meanings(models_md)
     problems: list[str] = []
-    seen: set[str] = set()
+    seen = {m["name"] for m in BLOCK.finditer(text)}
+    for name in schema:  # new sections: an empty block after the last block of its kind
+        if name in seen or "." not in name:
+            continue
+        parent = name.rsplit(".", 1)[0]
+        kin = [m for m in BLOCK.finditer(text) if m["name"].startswith(parent + ".")]
+        if not kin:
+            problems.append(
+                f"section {name!r} has no block: add '<!-- keys: {name} -->' and "
+                "'<!-- /keys -->' lines to docs/config.md"
+            )
+            continue
+        end = kin[-1].end()
+        label = "model.name" if parent == "model" else "weighting" if parent == "loss" else parent
+        title = f"\n\n`{label}: {name.rsplit('.', 1)[1]}`:\n\n"
+        text = f"{text[:end]}{title}<!-- keys: {name} -->\n<!-- /keys -->{text[end:]}"
+        seen.add(name)
 
     def fill(match: re.Match[str]) -> str:
         name = match["name"]
-        seen.add(name)
         if name not in schema:
             problems.append(f"block {name!r} names no section of the schema")
             return match.group(0)
         fields = schema[name]
         meanings = _meanings(match["body"])
+        fallback = from_models.get(name.removeprefix("model.").replace("_", ""), {})
         for key in fields:
             if not (meanings.get(key) or fields[key].description):
-                problems.append(f"{name}: key {key!r} has no meaning: write one in {DOC.name}")
+                if name.startswith("model.") and key in fallback:
+                    meanings[key] = fallback[key]
+                else:
+                    problems.append(f"{name}: key {key!r} has no meaning: write one in {DOC.name}")
         return match.group(1) + render_block(fields, meanings) + match.group(4)
 
     new = BLOCK.sub(fill, text)
@@ -191,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     text = args.doc.read_text(encoding="utf-8")
-    new, problems = render(text)
+    models_md = args.doc.with_name("models.md")
+    new, problems = render(
+        text, models_md.read_text(encoding="utf-8") if models_md.is_file() else ""
+    )
     if args.check:
         if new != text:
             problems.insert(0, f"{args.doc} is out of date: run python -m polytask.configdoc")
