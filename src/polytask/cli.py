@@ -570,6 +570,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolytaskError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: one line, no traceback
+        print(_interrupted(err, args), file=sys.stderr)
+        return 130
+
+
+def _interrupted(err: KeyboardInterrupt, args: argparse.Namespace) -> str:
+    """The one line a Ctrl-C leaves: what was kept and how to go on."""
+    from polytask.errors import TrainingInterrupted
+
+    if not isinstance(err, TrainingInterrupted):
+        return "interrupted; nothing was saved"
+    line = f"interrupted at epoch {err.epoch}, step {err.step}: "
+    if err.saved is not None:
+        kept = f"best epoch {err.best_epoch}" if err.best_epoch else "last weights"
+        line += f"saved the model so far ({kept}) to {err.saved}"
+    else:
+        line += "the model was not saved"
+    if err.checkpoint is not None:
+        run = [getattr(args, "run_file", "RUN"), *getattr(args, "overrides", [])]
+        again = " ".join(["polytask", "train", *run, "--resume"])
+        if getattr(args, "out", None):
+            again += f" --out {args.out}"
+        return f"{line}; checkpoint {err.checkpoint}: continue with `{again}`"
+    return f"{line}; no checkpoint to resume from (set training.checkpoint_every)"
 
 
 if __name__ == "__main__":  # pragma: no cover

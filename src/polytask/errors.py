@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class PolytaskError(ValueError):
@@ -38,13 +39,23 @@ class TrainingError(PolytaskError):
     """Training cannot go on (for example a NaN loss)."""
 
 
-class NonFiniteUpdateError(TrainingError):
-    """Every task loss of a step was finite but the update was not (a weighting's total, or
-    an aggregator's direction, was NaN or inf), so the step left the weights unchanged.
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped `MultiTaskModel.fit` after the step in progress.
 
-    Raised by the step functions and handled by the training loop: with ``training.on_nan:
-    skip`` the batch is counted as skipped, otherwise the loop raises a `TrainingError` that
-    says where."""
+    A `KeyboardInterrupt`, so a script stops as it would; the model it interrupted is fitted
+    all the same, with the best epoch's weights so far (the last weights without a validated
+    epoch), ``interrupted_`` True. ``checkpoint`` is the checkpoint written on the way out
+    (checkpoints on), from which ``fit(..., resume=True)`` continues; ``saved`` is where
+    `polytask train` saved the model."""
+
+    def __init__(
+        self, *, epoch: int, step: int, best_epoch: int | None, checkpoint: Path | None
+    ) -> None:
+        self.epoch, self.step, self.best_epoch = epoch, step, best_epoch
+        self.checkpoint = checkpoint
+        self.saved: Path | None = None
+        kept = f"checkpoint {checkpoint}" if checkpoint is not None else "no checkpoint"
+        super().__init__(f"training interrupted at epoch {epoch}, step {step} ({kept})")
 
 
 def install_hint(extra: str) -> str:

@@ -32,7 +32,7 @@ from polytask.config import (
     format_validation_error,
     validate,
 )
-from polytask.data import EncodedData, Preprocessor, read_table
+from polytask.data import EncodedData, Preprocessor, data_fingerprint, read_table
 from polytask.data.chunks import CHUNK_ROWS, read_chunks, write_chunks
 from polytask.data.stream import StreamingBatches, fit_preprocessor_streaming
 from polytask.errors import (
@@ -41,6 +41,7 @@ from polytask.errors import (
     MissingExtraError,
     ModelFileError,
     NotFittedError,
+    TrainingInterrupted,
     closest,
 )
 from polytask.models import MODELS, Head, MultiTaskNet
@@ -55,12 +56,7 @@ from polytask.training import (
     gate_statistics,
     predict_outputs,
 )
-from polytask.training.checkpoint import (
-    TrainingParts,
-    _strip,
-    data_fingerprint,
-    open_checkpoints,
-)
+from polytask.training.checkpoint import TrainingParts, _strip, open_checkpoints
 from polytask.training.distributed import (
     DistributedTraining,
     is_main_process,
@@ -420,6 +416,15 @@ class MultiTaskModel:
         self.n_train_ = n_train
         self.skipped_batches_ = result.skipped_batches
         self.resumed_from_ = None if checkpoints is None else checkpoints.resumed_from
+        self.interrupted_ = result.interrupted
+        if result.interrupted:
+            epoch, step = result.stopped_at
+            raise TrainingInterrupted(
+                epoch=epoch,
+                step=step,
+                best_epoch=result.best_epoch,
+                checkpoint=None if checkpoints is None else checkpoints.latest,
+            )
         return self
 
     def _task_tables(self, data: Mapping[str, Any], what: str) -> dict[str, pd.DataFrame]:

@@ -18,7 +18,7 @@ import yaml
 from polytask._atomic import atomic_write_text
 from polytask.config import DataConfig, RunConfig, SplitConfig
 from polytask.data import read_table
-from polytask.errors import ConfigError, DataError
+from polytask.errors import ConfigError, DataError, TrainingInterrupted
 from polytask.estimator import MultiTaskModel, jsonable
 from polytask.tracking import Tracker, build_tracker
 from polytask.training.distributed import barrier, is_main_process
@@ -179,13 +179,20 @@ def _train_and_write(
     tracker: Tracker | None,
     run_file: Path | None,
 ) -> dict[str, Any]:
-    model = MultiTaskModel.from_config(cfg).fit(
-        splits.train,
-        validation=splits.validation,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        callbacks=[] if tracker is None else [tracker],
-    )
+    model = MultiTaskModel.from_config(cfg)
+    try:
+        model.fit(
+            splits.train,
+            validation=splits.validation,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            callbacks=[] if tracker is None else [tracker],
+        )
+    except TrainingInterrupted as stop:  # Ctrl-C: keep the best model so far, unevaluated
+        if is_main_process():
+            _write_run(model, {"interrupted": True}, cfg, base, out)
+            stop.saved = out / "model"
+        raise
     if not is_main_process():
         barrier()  # distributed training: rank 0 holds the same model, evaluates and writes
         return {}
@@ -214,11 +221,7 @@ def _train_and_write(
         gates = model.gate_statistics(gates_on)
         if gates:
             metrics["gates"] = gates
-    model.save(out / "model")  # creates out/, as atomic_write_text would
-    atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics), indent=2))
-    atomic_write_text(
-        out / "config.yaml", yaml.safe_dump(run_config_dump(cfg, base), sort_keys=False)
-    )
+    _write_run(model, metrics, cfg, base, out)
     if tracker is not None:
         files = [out / "config.yaml", out / "metrics.json"]
         if run_file is not None:
@@ -226,3 +229,20 @@ def _train_and_write(
         tracker.finish(model.history_, metrics, files=files, folders=[out / "model"])
     barrier()
     return metrics
+
+
+def _write_run(
+    model: MultiTaskModel, metrics: dict[str, Any], cfg: RunConfig, base: Path, out: Path
+) -> None:
+    """``out/model/``, ``out/metrics.json`` (``metrics`` and the training summary) and
+    ``out/config.yaml``."""
+    metrics.setdefault("train_samples_per_s", train_samples_per_s(model.history_))
+    metrics.setdefault("best_epoch", model.best_epoch_)
+    metrics.setdefault("epochs_run", len(model.history_))
+    metrics.setdefault("skipped_batches", model.skipped_batches_)
+    metrics.setdefault("rows", {"train": model.n_train_})
+    model.save(out / "model")  # creates out/, as atomic_write_text would
+    atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics), indent=2))
+    atomic_write_text(
+        out / "config.yaml", yaml.safe_dump(run_config_dump(cfg, base), sort_keys=False)
+    )

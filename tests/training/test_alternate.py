@@ -13,8 +13,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from polytask import ConfigError, DataError, MultiTaskModel
-from polytask.training import trainer
-from polytask.training.schedules import alternate_step, task_sequence
+from polytask.training import StepResult, TrainStep
+from polytask.training import step as step_module
+from polytask.training.schedules import task_sequence
 
 
 def _split(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -58,7 +59,7 @@ def test_a_step_on_one_task_leaves_the_others_bit_identical(
     before = {k: v.detach().clone() for k, v in names.items()}
     state_before = copy.deepcopy(opt.state_dict())
     batch = model.encode(toy_frame.head(128), labels=True).slice(0, 128)
-    alternate_step(net, model.weighting_, model.config.tasks, opt, batch, "click")
+    assert TrainStep(net, model.weighting_, model.config.tasks, opt)(batch, "click").applied
 
     def untouched(key: str) -> bool:
         return (
@@ -153,12 +154,14 @@ def test_each_alternate_step_reads_the_device_once(
 
         monkeypatch.setattr(torch.Tensor, name, counting)
     starts: list[int] = []
+    original = TrainStep.__call__
 
-    def step(*args: Any) -> torch.Tensor:
+    def step(self: TrainStep, batch: Any, task: str | None = None) -> StepResult:
+        assert task is not None
         starts.append(len(reads))
-        return alternate_step(*args)
+        return original(self, batch, task)
 
-    monkeypatch.setattr(trainer, "alternate_step", step)
+    monkeypatch.setattr(step_module.TrainStep, "__call__", step)
     _model(toy_features, toy_tasks, epochs=1).fit(_split(toy_frame))
     assert len(starts) == 17  # steps_per_epoch: 10 + 4 + 3 batches of 128
     assert {b - a for a, b in pairwise(starts)} == {1}

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,8 +24,6 @@ from safetensors.torch import load_file
 
 from polytask import ConfigError, DataError, MultiTaskModel
 from polytask.cli import main
-from polytask.config import TrainingConfig
-from polytask.training import fit_loop, joint_step
 from polytask.training.checkpoint import read_checkpoint
 from polytask.training.distributed import shard_bounds
 
@@ -151,23 +149,6 @@ def test_shards_cover_every_row_once() -> None:
         assert blocks[0][0] == 0 and blocks[-1][1] == n
         assert all(blocks[r][1] == blocks[r + 1][0] for r in range(2))
         assert max(hi - lo for lo, hi in blocks) - min(hi - lo for lo, hi in blocks) <= 1
-
-
-def test_fit_loop_refuses_a_step_fn_it_would_ignore_under_torchrun() -> None:
-    unused: Any = None
-    with pytest.raises(ValueError, match="step_fn and distributed cannot be combined"):
-        fit_loop(
-            model=unused,
-            weighting=unused,
-            tasks={},
-            optimizer=unused,
-            scheduler=None,
-            train=unused,
-            validation=None,
-            cfg=TrainingConfig(),
-            step_fn=joint_step,
-            distributed=cast(Any, object()),
-        )
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> None:

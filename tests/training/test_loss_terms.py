@@ -14,8 +14,7 @@ from polytask.losses import add_terms, task_losses
 from polytask.models import Head, SharedBottom, SharedBottomParams
 from polytask.models.base import Representation
 from polytask.nn import FeatureInput
-from polytask.training._aggregate import aggregate_step
-from polytask.training.loops import forward_objective
+from polytask.training.step import TrainStep, forward_objective
 from polytask.weighting import WEIGHTINGS
 
 TASKS = {"a": TaskConfig(type="binary"), "b": TaskConfig(type="regression")}
@@ -92,5 +91,6 @@ def test_the_gradient_weighting_step_sees_the_terms() -> None:
     entry = WEIGHTINGS["pcgrad"]
     weighting = entry.build(tasks=TASKS, params=entry.params())
     optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
-    losses = aggregate_step(net, weighting, TASKS, optimizer, batch)
-    torch.testing.assert_close(losses, _expected(net, batch).detach())
+    done = TrainStep(net, weighting, TASKS, optimizer)(batch)
+    assert done.applied
+    torch.testing.assert_close(done.losses, _expected(net, batch).detach())

@@ -17,10 +17,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import polytask.training.trainer as trainer
+import polytask.training.step as step_module
 from polytask import ConfigError, DataError, MultiTaskModel
 from polytask.config import load_run_file
 from polytask.run import run_training
+from polytask.training import TrainStep
 from polytask.training.checkpoint import CheckpointWarning, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,16 +54,15 @@ def _model(loss: str = "uncertainty", **training: Any) -> MultiTaskModel:
 def _kill_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     """Make the ``step``-th training step raise `Killed` before it changes anything."""
     calls = [0]
-    for name in ("joint_step", "alternate_step", "aggregate_step"):
-        original = getattr(trainer, name)
+    original = TrainStep.__call__
 
-        def step_fn(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            calls[0] += 1
-            if calls[0] == step:
-                raise Killed
-            return _original(*args, **kwargs)
+    def step_fn(self: TrainStep, *args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == step:
+            raise Killed
+        return original(self, *args, **kwargs)
 
-        monkeypatch.setattr(trainer, name, step_fn)
+    monkeypatch.setattr(step_module.TrainStep, "__call__", step_fn)
 
 
 def _tensors(model: MultiTaskModel) -> dict[str, torch.Tensor]:

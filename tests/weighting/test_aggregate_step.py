@@ -1,4 +1,4 @@
-"""`polytask.training.aggregate_step`: the step for weightings that need per-task gradients.
+"""`polytask.training.TrainStep` for weightings that need per-task gradients.
 
 (Kept beside the weighting tests, whose fixtures it shares.)
 """
@@ -15,17 +15,25 @@ from torchjd import aggregation as agg
 
 from polytask.config import TaskConfig
 from polytask.data import LABEL_PREFIX
-from polytask.errors import NonFiniteUpdateError
 from polytask.losses import task_losses
 from polytask.models import MultiTaskNet
+from polytask.training import StepResult, TrainStep
 from polytask.training import _aggregate as aggregate_module
-from polytask.training import aggregate_step, joint_step
-from polytask.training import trainer as trainer_module
+from polytask.training import step as step_module
 from polytask.training._aggregate import jacobian_parameters, task_jacobian
-from polytask.training.loops import NonFiniteLossError
 from polytask.weighting import Aggregation, GradNorm, GradNormParams, Weighting
 
 MODELS = ["shared_bottom", "moe", "mmoe"]
+
+
+def aggregate_step(
+    model: MultiTaskNet,
+    weighting: Weighting,
+    tasks: dict[str, TaskConfig],
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+) -> StepResult:
+    return TrainStep(model, weighting, tasks, optimizer)(batch)
 
 
 def _losses(model: MultiTaskNet, tasks: dict[str, TaskConfig], batch: dict[str, Any]) -> Any:
@@ -180,9 +188,10 @@ def test_non_finite_loss_skips_the_update(
     batch[LABEL_PREFIX + "dwell"][0] = float("inf")
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     weighting = Aggregation(tasks=two_tasks, aggregator=agg.UPGrad())
-    with pytest.raises(NonFiniteLossError) as err:
-        aggregate_step(model, weighting, two_tasks, optimizer, batch)
-    assert torch.isfinite(err.value.losses).tolist() == [True, False]
+    done = aggregate_step(model, weighting, two_tasks, optimizer, batch)
+    assert not done.applied
+    assert torch.isfinite(done.losses).tolist() == [True, False]
+    assert done.problem(list(two_tasks)) == "task 'dwell': loss is inf"
     assert not optimizer.state
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -202,47 +211,18 @@ def test_non_finite_update_skips_the_update(
     before = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     weighting = Aggregation(tasks=two_tasks, aggregator=_NaNAggregator())
-    with pytest.raises(NonFiniteUpdateError, match=r"the update direction \(Aggregation\) is nan"):
-        aggregate_step(model, weighting, two_tasks, optimizer, two_task_data.slice(0, 64))
+    done = aggregate_step(model, weighting, two_tasks, optimizer, two_task_data.slice(0, 64))
+    assert not done.applied
+    assert done.problem(list(two_tasks)).startswith("the update direction (Aggregation) is nan")
     assert not optimizer.state
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
 
-def test_joint_step_refuses_a_gradient_weighting(
-    make_model: Callable[..., MultiTaskNet],
-    two_tasks: dict[str, TaskConfig],
-    two_task_data: Any,
-) -> None:
-    model = make_model("shared_bottom")
-    weighting = Aggregation(tasks=two_tasks, aggregator=agg.Mean())
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(RuntimeError, match="aggregate_step"):
-        joint_step(model, weighting, two_tasks, optimizer, two_task_data.slice(0, 64))
-
-
-def test_aggregate_step_refuses_a_loss_weighting(
-    make_model: Callable[..., MultiTaskNet],
-    two_tasks: dict[str, TaskConfig],
-    two_task_data: Any,
-    build_weighting: Callable[..., Weighting],
-) -> None:
-    model = make_model("shared_bottom")
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(TypeError, match="received Sum"):
-        aggregate_step(
-            model,
-            build_weighting("sum", two_tasks),
-            two_tasks,
-            optimizer,
-            two_task_data.slice(0, 8),
-        )
-
-
 @pytest.mark.parametrize(
     ("name", "expected"), [("sum", 0), ("dwa", 0), ("upgrad", 4), ("gradnorm", 4)]
 )
-def test_fit_loop_picks_the_step_from_needs_gradients(
+def test_the_step_combines_gradients_when_the_weighting_needs_them(
     name: str,
     expected: int,
     make_model: Callable[..., MultiTaskNet],
@@ -253,12 +233,13 @@ def test_fit_loop_picks_the_step_from_needs_gradients(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls = []
+    original = TrainStep._combine_gradients
 
-    def spy(*args: Any) -> torch.Tensor:
+    def spy(self: TrainStep, batch: Any) -> StepResult:
         calls.append(1)
-        return aggregate_step(*args)
+        return original(self, batch)
 
-    monkeypatch.setattr(trainer_module, "aggregate_step", spy)
+    monkeypatch.setattr(step_module.TrainStep, "_combine_gradients", spy)
     train_briefly(
         make_model("shared_bottom"), build_weighting(name, two_tasks), two_task_data, epochs=1
     )

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from polytask.config import LossConfig, TaskConfig
-from polytask.training import aggregate_step, joint_step
+from polytask.training import TrainStep
 from polytask.weighting import WEIGHTINGS, GradientWeighting, Weighting
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*not DPP:UserWarning")
@@ -206,9 +206,9 @@ def test_state_survives_save_load_and_checkpoint(
     # Two steps into the next epoch, where a checkpoint is taken (through JSON, as written).
     params = [*model.parameters(), *weighting.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.01)
-    step = aggregate_step if weighting.needs_gradients else joint_step
+    step = TrainStep(model, weighting, two_tasks, optimizer)
     for start in (0, 64):
-        step(model, weighting, two_tasks, optimizer, two_task_data.slice(start, start + 64))
+        step(two_task_data.slice(start, start + 64))
     fresh = build_weighting(name, two_tasks)
     fresh.load_state_dict(weighting.state_dict())  # strict: same keys and shapes as a new one
     fresh.load_checkpoint_state(json.loads(json.dumps(weighting.state_for_checkpoint())))

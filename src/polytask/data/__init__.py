@@ -1,6 +1,6 @@
 """Schema-driven tables -> tensors: reading, the fitted preprocessor, encoded splits."""
 
-from polytask.data.encoded import LABEL_PREFIX, Batch, EncodedData
+from polytask.data.encoded import LABEL_PREFIX, Batch, EncodedData, data_fingerprint
 from polytask.data.io import read_table, write_table
 from polytask.data.preprocess import MISSING_INDEX, UNKNOWN_INDEX, Preprocessor
 
@@ -11,6 +11,7 @@ __all__ = [
     "Batch",
     "EncodedData",
     "Preprocessor",
+    "data_fingerprint",
     "read_table",
     "write_table",
 ]

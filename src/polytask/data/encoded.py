@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -82,3 +83,18 @@ class EncodedData:
 
     def num_batches(self, batch_size: int) -> int:
         return (len(self) + batch_size - 1) // batch_size
+
+
+def data_fingerprint(splits: Mapping[str, EncodedData], *, extra: str = "") -> str:
+    """A hash of the encoded tensors of every split, in order (one pass over the data), and
+    of ``extra`` (what stands in for data that is not in memory)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(extra.encode())
+    for name, data in splits.items():
+        columns = {"categorical": data.categorical, "numeric": data.numeric}
+        columns.update({f"label:{k}": v for k, v in sorted(data.labels.items())})
+        for column, tensor in columns.items():
+            array = tensor.detach().cpu().contiguous().numpy()
+            h.update(f"{name}/{column}/{array.dtype}/{array.shape}".encode())
+            h.update(array.tobytes() if array.size else b"")
+    return h.hexdigest()

@@ -1,25 +1,21 @@
-"""Optimizers from parameter groups, step/evaluation loops, and the epoch trainer."""
+"""Optimizers from parameter groups, the training step, evaluation loops, the epoch trainer."""
 
-from polytask.training._aggregate import aggregate_step
-from polytask.training.loops import (
-    NonFiniteLossError,
-    gate_statistics,
-    joint_step,
-    predict_outputs,
-)
+from polytask.training.loops import gate_statistics, predict_outputs
 from polytask.training.optim import build_optimizer, build_scheduler, group_lrs
-from polytask.training.trainer import FitResult, evaluate_split, fit_loop
+from polytask.training.state import FitResult, LoopState
+from polytask.training.step import StepResult, TrainStep
+from polytask.training.trainer import evaluate_split, fit_loop
 
 __all__ = [
     "FitResult",
-    "NonFiniteLossError",
-    "aggregate_step",
+    "LoopState",
+    "StepResult",
+    "TrainStep",
     "build_optimizer",
     "build_scheduler",
     "evaluate_split",
     "fit_loop",
     "gate_statistics",
     "group_lrs",
-    "joint_step",
     "predict_outputs",
 ]

@@ -57,13 +57,12 @@ from torch import Tensor
 
 from polytask._atomic import atomic_dir
 from polytask._version import __version__
-from polytask.data import EncodedData
 from polytask.errors import ConfigError, DataError, ModelFileError
 from polytask.models import MultiTaskNet
-from polytask.training.trainer import FitResult, LoopState
+from polytask.training.state import FitResult, LoopState
 from polytask.weighting import Weighting
 
-if TYPE_CHECKING:  # distributed.py imports data_fingerprint from here
+if TYPE_CHECKING:
     from polytask.training.distributed import ProcessGroup
 
 FORMAT_VERSION = 1
@@ -435,21 +434,6 @@ def check_compatible(checkpoint: Checkpoint, config: Mapping[str, Any], fingerpr
             f"cannot resume from {checkpoint.path}: the training or validation data differ "
             "from the data the checkpoint was trained on (different rows, values or order)"
         )
-
-
-def data_fingerprint(splits: Mapping[str, EncodedData], *, extra: str = "") -> str:
-    """A hash of the encoded tensors of every split, in order (one pass over the data), and
-    of ``extra`` (what stands in for data that is not in memory)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(extra.encode())
-    for name, data in splits.items():
-        columns = {"categorical": data.categorical, "numeric": data.numeric}
-        columns.update({f"label:{k}": v for k, v in sorted(data.labels.items())})
-        for column, tensor in columns.items():
-            array = tensor.detach().cpu().contiguous().numpy()
-            h.update(f"{name}/{column}/{array.dtype}/{array.shape}".encode())
-            h.update(array.tobytes() if array.size else b"")
-    return h.hexdigest()
 
 
 def _strip(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -46,29 +46,16 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from polytask.data import LABEL_PREFIX, Batch, EncodedData
+from polytask.data import LABEL_PREFIX, Batch, EncodedData, data_fingerprint
 from polytask.errors import ConfigError, DataError
-from polytask.losses import add_terms, task_losses
 from polytask.metrics import all_metrics
 from polytask.models import MultiTaskNet
 from polytask.tasks import TaskSpec
-from polytask.training._aggregate import (
-    backward_objective,
-    parameter_split,
-    task_jacobian,
-    write_grads,
-)
-from polytask.training.checkpoint import data_fingerprint
-from polytask.training.loops import (
-    NonFiniteLossError,
-    apply_update,
-    batch_labels,
-    forward_objective,
-    nonfinite_update,
-    predict_outputs,
-)
+from polytask.training._aggregate import write_grads
+from polytask.training.loops import predict_outputs
 from polytask.training.settings import TrainingConfig
-from polytask.weighting import GradientWeighting, Weighting
+from polytask.training.step import Reduction, TrainStep, forward_objective
+from polytask.weighting import Weighting
 
 
 def is_main_process() -> bool:
@@ -189,8 +176,9 @@ class _Objective(nn.Module):
         return forward_objective(self.network, self.weighting, self.tasks, batch, task, scale)
 
 
-class DistributedTraining:
-    """The step and evaluation functions `fit_loop` uses on each rank of a process group.
+class DistributedTraining(Reduction):
+    """The reduction of `TrainStep` and the evaluation `fit_loop` use on each rank of a
+    process group.
 
     ``network`` and ``weighting`` must already be on ``group.device``; they are wrapped in one
     `DistributedDataParallel` module (which also broadcasts rank 0's initial parameters).
@@ -230,11 +218,6 @@ class DistributedTraining:
             # Statistics over the global batch, as one process would compute them.
             nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
         self._synced = _synced_buffers(network)
-        self._split = (
-            parameter_split(network, weighting)
-            if isinstance(weighting, GradientWeighting)
-            else None
-        )
         self.ddp = DistributedDataParallel(
             self.module,
             device_ids=[self.device] if self.device.type == "cuda" else None,
@@ -256,8 +239,8 @@ class DistributedTraining:
         if self._synced:
             _broadcast(self._synced)
 
-    # ------------------------------------------------------------------------------ steps
-    def _shard(self, batch: Batch) -> tuple[Batch, Tensor]:
+    # ---------------------------------------------------------------- the step's reduction
+    def shard(self, batch: Batch) -> tuple[Batch, Tensor]:
         """This rank's rows of a global batch and the per-task loss scale
         ``W * n_k^r / N_k`` (0 for a task with no label in the global batch)."""
         n = len(batch["categorical"])
@@ -271,92 +254,35 @@ class DistributedTraining:
         scale = self.world_size * mine / total.clamp(min=1)
         return {k: v[lo:hi] for k, v in batch.items()}, scale
 
-    def _mean(self, values: Tensor) -> Tensor:
+    def objective(
+        self, step: TrainStep, batch: Batch, scale: Tensor | None, task: str | None
+    ) -> tuple[Tensor, Tensor]:
+        """Through the DDP module, whose backward averages the gradients over ranks."""
+        objective, losses = self.ddp(batch, scale, task)
+        return objective, losses
+
+    def prepare(self) -> None:
+        # A gradient-weighting step runs the network without DDP (its reducer only averages
+        # summed gradients): rank 0's batch-norm statistics, as DDP's forward would.
+        self.sync_buffers()
+
+    def mean(self, values: Tensor) -> Tensor:
         values = values.detach().clone()
         dist.all_reduce(values)
         return values / self.world_size
 
-    def step(
-        self,
-        model: MultiTaskNet,
-        weighting: Weighting,
-        tasks: dict[str, TaskSpec],
-        optimizer: torch.optim.Optimizer,
-        batch: Batch,
-    ) -> Tensor:
-        """`joint_step` (or `aggregate_step` for a gradient weighting) on this rank's share of
-        a global batch; returns the global batch's task losses ``[K]``, the same on every
-        rank, so every rank skips (or stops on) a non-finite loss together (`NonFiniteLossError`
-        or `NonFiniteUpdateError`, as in one process)."""
-        if weighting.needs_gradients:
-            return self._gradient_step(optimizer, batch)
-        local, scale = self._shard(batch)
-        objective, losses = self.ddp(local, scale)
-        # The global batch's values decide: the same decision on every rank.
-        reduced = self._mean(torch.cat([losses.detach(), objective.detach().reshape(1)]))
-        what = f"the weighted total ({type(self.weighting).__name__})"
-        apply_update(optimizer, objective, reduced, what)
-        return reduced[:-1]
+    def same(self, values: Tensor) -> Tensor:
+        # Rank 0's direction: replicas cannot drift apart, even for aggregators that draw
+        # random numbers.
+        values = values.detach().contiguous().clone()
+        dist.broadcast(values, src=0)
+        return values
 
-    def alternate_step(
-        self,
-        model: MultiTaskNet,
-        weighting: Weighting,
-        tasks: dict[str, TaskSpec],
-        optimizer: torch.optim.Optimizer,
-        batch: Batch,
-        task: str,
-    ) -> Tensor:
-        """`alternate_step` on this rank's share of ``task``'s global batch."""
-        local, scale = self._shard(batch)
-        objective, losses = self.ddp(local, scale, task)
-        reduced = self._mean(torch.cat([losses, objective.detach().reshape(1)]))
-        what = f"the weighted loss of {task!r} ({type(self.weighting).__name__})"
-        apply_update(optimizer, objective, reduced, what)
-        return reduced[:-1]
-
-    def _gradient_step(self, optimizer: torch.optim.Optimizer, batch: Batch) -> Tensor:
-        """`aggregate_step` with the Jacobian all-reduced before aggregation.
-
-        Runs the wrapped modules directly: DDP's reducer only averages summed gradients, and
-        its hooks stay idle when the forward did not go through DDP."""
-        weighting, split = self.weighting, self._split
-        assert isinstance(weighting, GradientWeighting) and split is not None
-        self.sync_buffers()  # as DDP's forward would
-        local, scale = self._shard(batch)
-        labels = batch_labels(local, self.tasks)
-        outputs, terms = self.network.training_forward(local, labels)
-        scaled = add_terms(task_losses(self.tasks, outputs, labels), self.names, terms) * scale
-        global_losses = self._mean(scaled)
-        optimizer.zero_grad(set_to_none=True)
-        if not bool(torch.isfinite(global_losses).all()):
-            raise NonFiniteLossError(global_losses)
-        # Values of the global losses (what GradNorm's loss ratios read), gradients of this
-        # rank's scaled losses (whose mean over ranks is the global gradient).
-        losses = (scaled - scaled.detach()) + global_losses
-
-        params = split.jacobian
-        jacobian = task_jacobian(losses, params)
-        dist.all_reduce(jacobian)
-        update = weighting.combine(losses, jacobian / self.world_size)
-        direction = update.direction.detach().contiguous().clone()
-        dist.broadcast(direction, src=0)
-
-        backward_objective(update.objective, split.others)
-        grads = [(p, g) for p in split.others if (g := p.grad) is not None]
-        flat = self._mean(
-            torch.cat([*(g.reshape(-1) for _, g in grads), update.objective.reshape(1)])
-        )
-        direction_ok = torch.isfinite(direction).all()
-        if not bool(direction_ok & torch.isfinite(flat).all()):  # one host read
-            optimizer.zero_grad(set_to_none=True)
-            bad = direction if not bool(direction_ok) else flat
-            raise nonfinite_update(f"the update ({type(weighting).__name__})", bad, global_losses)
+    def average_grads(self, params: list[nn.Parameter], objective: Tensor) -> Tensor:
+        grads = [(p, g) for p in params if (g := p.grad) is not None]
+        flat = self.mean(torch.cat([*(g.reshape(-1) for _, g in grads), objective.reshape(1)]))
         write_grads([p for p, _ in grads], flat[:-1])
-        write_grads(params, direction)
-        optimizer.step()
-        weighting.after_step()
-        return global_losses
+        return flat
 
     # ------------------------------------------------------------------------------ metrics
     def evaluate(

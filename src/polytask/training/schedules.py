@@ -21,10 +21,6 @@ import torch
 from torch import Tensor
 
 from polytask.data import Batch, EncodedData
-from polytask.models import MultiTaskNet
-from polytask.tasks import TaskSpec
-from polytask.training.loops import apply_update, forward_objective
-from polytask.weighting import Weighting
 
 Sampling = Literal["uniform", "proportional", "round_robin"]
 
@@ -190,21 +186,3 @@ class AlternateBatches:
         self.generator.set_state(state["generator"])
         self._sequence_start = state["sequence_start"]
         self._resume_at = position
-
-
-def alternate_step(
-    model: MultiTaskNet,
-    weighting: Weighting,
-    tasks: dict[str, TaskSpec],
-    optimizer: torch.optim.Optimizer,
-    batch: Batch,
-    task: str,
-) -> Tensor:
-    """One optimizer step on ``task`` alone; returns ``[K]`` losses (0 for other tasks).
-    Non-finite losses or updates skip the step as in `joint_step`."""
-    objective, losses = forward_objective(model, weighting, tasks, batch, task)
-    loss = losses[weighting.task_index[task]]
-    checked = torch.cat([loss.reshape(1), objective.detach().reshape(1)])
-    what = f"the weighted loss of {task!r} ({type(weighting).__name__})"
-    apply_update(optimizer, objective, checked, what, losses)
-    return losses

@@ -5,11 +5,14 @@ Everything it trains is handed in (model, weighting, optimizer); it only consume
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,51 +20,21 @@ import torch
 
 from polytask.data import Batch, EncodedData
 from polytask.data.stream import StreamingBatches
-from polytask.errors import NonFiniteUpdateError, TrainingError
+from polytask.errors import TrainingError
 from polytask.metrics import all_metrics, monitor_mode, monitor_value
 from polytask.models import MultiTaskNet
 from polytask.tasks import TaskSpec
-from polytask.training._aggregate import aggregate_step, forget_split
-from polytask.training.loops import NonFiniteLossError, check_finite, joint_step, predict_outputs
+from polytask.training.loops import predict_outputs
 from polytask.training.optim import group_lrs
 from polytask.training.progress import EpochCallback, batch_bar, ensure_visible, epoch_line, logger
-from polytask.training.schedules import JointBatches, alternate_step
+from polytask.training.schedules import JointBatches
 from polytask.training.settings import TrainingConfig
+from polytask.training.state import FitResult, LoopState
+from polytask.training.step import LOCAL, TrainStep
 from polytask.weighting import Weighting
 
 if TYPE_CHECKING:
     from polytask.training.distributed import DistributedTraining
-
-
-@dataclass
-class FitResult:
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_value: float | None = None
-    skipped_batches: int = 0
-
-
-@dataclass
-class LoopState:
-    """Where `fit_loop` is. With the model, weighting, optimizer, scheduler and the batch
-    source's own state it is everything a checkpoint needs to resume exactly."""
-
-    result: FitResult = field(default_factory=FitResult)
-    step: int = 0
-    """Batches drawn so far, over every epoch (skipped ones included)."""
-    epoch: int = 1
-    """The epoch in progress (1-based)."""
-    position: int = 0
-    """Batches drawn in that epoch."""
-    finite_steps: int = 0
-    skipped_in_epoch: int = 0
-    loss_sums: torch.Tensor | None = None
-    """``[K]`` sums of this epoch's finite task losses (on the model's device)."""
-    loss_counts: torch.Tensor | None = None
-    elapsed: float = 0.0
-    """Seconds spent in this epoch's batches before the last checkpoint (throughput only)."""
-    bad_epochs: int = 0
-    best_state: dict[str, torch.Tensor] | None = None
 
 
 class Checkpoints(Protocol):
@@ -83,6 +56,38 @@ class BatchSource(Protocol):
     def rows_per_epoch(self) -> int: ...
 
     def epoch(self) -> Iterator[tuple[str | None, Batch]]: ...
+
+
+@dataclass
+class StopRequest:
+    requested: bool = False
+
+
+@contextlib.contextmanager
+def interruptible(enabled: bool = True) -> Iterator[StopRequest]:
+    """Inside the block a first Ctrl-C (SIGINT) only sets ``requested``, so the loop can stop
+    after the step in progress; a second one raises `KeyboardInterrupt` at once. Only in the
+    main thread, and only where SIGINT has Python's default handler (an application's own
+    handler is left alone); elsewhere ``requested`` stays False."""
+    stop = StopRequest()
+    if (
+        not enabled
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def evaluate_split(
@@ -117,7 +122,6 @@ def fit_loop(
     train: EncodedData | StreamingBatches | BatchSource,
     validation: EncodedData | None,
     cfg: TrainingConfig,
-    step_fn: Any = None,
     callbacks: Sequence[EpochCallback] = (),
     checkpoints: Checkpoints | None = None,
     start: LoopState | None = None,
@@ -133,11 +137,13 @@ def fit_loop(
     ``cfg.monitor`` picks the best epoch; with ``cfg.restore_best`` the model ends at that
     epoch's weights.
 
-    ``step_fn(model, weighting, tasks, optimizer, batch)`` replaces the joint step (default:
-    `joint_step`, or `aggregate_step` for a gradient weighting). Like them it returns the
-    step's finite task losses ``[K]``, or skips the update and raises `NonFiniteLossError`
-    (`NonFiniteUpdateError` for finite losses and a non-finite update); the loop never reads
-    the losses it returns.
+    Each batch is one `TrainStep`; a step that was not applied (a non-finite loss or
+    update) is skipped with ``cfg.on_nan: skip`` and stops training otherwise, with an error
+    that says where. The loop reads nothing from the device between steps.
+
+    Ctrl-C (SIGINT) in one process stops after the step in progress: a checkpoint is written
+    if checkpoints are on, the model is left at its best epoch's weights (as at the end) and
+    the result says ``interrupted``. A second Ctrl-C interrupts at once.
 
     Each epoch's record goes to ``callbacks`` (rank 0 only under torchrun) and, with
     ``cfg.progress``, to the ``polytask`` logger as one line (`polytask.training.progress`).
@@ -148,11 +154,6 @@ def fit_loop(
     With ``distributed`` (one rank of a torchrun job) every rank walks the same global batches
     and trains on its share of each; see `polytask.training.distributed`.
     """
-    if step_fn is not None and distributed is not None:
-        raise ValueError(
-            "fit_loop: step_fn and distributed cannot be combined: under torchrun the steps are "
-            "distributed.step and distributed.alternate_step"
-        )
     names = list(tasks)
     index = {name: k for k, name in enumerate(names)}
     if isinstance(train, EncodedData | StreamingBatches):
@@ -161,121 +162,123 @@ def fit_loop(
     state = start if start is not None else LoopState()
     result = state.result
     mode = monitor_mode(cfg.monitor)
-    if step_fn is None:
-        step_fn = aggregate_step if weighting.needs_gradients else joint_step
-    forget_split(weighting)  # aggregate_step's parameters: computed once per fit
-    alternate_fn, evaluate = alternate_step, evaluate_split
-    if distributed is not None:
-        step_fn, alternate_fn = distributed.step, distributed.alternate_step
-        evaluate = distributed.evaluate
+    step = TrainStep(model, weighting, tasks, optimizer, distributed or LOCAL)
+    evaluate = evaluate_split if distributed is None else distributed.evaluate
     main = distributed is None or distributed.is_main
     shown = cfg.progress and main
     if shown:
         ensure_visible()
     n_batches, n_rows = train.steps, train.rows_per_epoch
     device = next(model.parameters()).device
+    if start is not None and shown:
+        source = "" if checkpoints is None else f" from {checkpoints.latest}"
+        logger.info(
+            f"resumed{source} at step {state.step}: epoch {state.epoch}, "
+            f"{state.position} of its {n_batches} batches done"
+        )
 
-    while state.epoch <= cfg.epochs:
-        epoch = state.epoch
-        model.train()
-        with batch_bar(shown, f"epoch {epoch}/{cfg.epochs}", n_batches, state.position) as bar:
-            if state.position == 0 or state.loss_sums is None or state.loss_counts is None:
-                state.loss_sums = torch.zeros(len(names), device=device)
-                state.loss_counts = torch.zeros(len(names), device=device)
-                state.finite_steps = state.skipped_in_epoch = 0
-                state.elapsed = 0.0
-            sums, counts = state.loss_sums, state.loss_counts
-            began = time.perf_counter() - state.elapsed
-            for task, batch in train.epoch():
-                # The step decides (one host read) whether its losses and update are finite;
-                # the losses it returns are, so nothing here reads the device.
-                skipped: NonFiniteLossError | NonFiniteUpdateError | None = None
-                try:
-                    if task is None:
-                        losses = step_fn(model, weighting, tasks, optimizer, batch)
+    with interruptible(distributed is None) as stop:
+        while state.epoch <= cfg.epochs and not result.interrupted:
+            epoch = state.epoch
+            model.train()
+            bar_at = (shown, f"epoch {epoch}/{cfg.epochs}", n_batches, state.position)
+            with batch_bar(*bar_at) as bar:
+                if state.position == 0 or state.loss_sums is None or state.loss_counts is None:
+                    state.loss_sums = torch.zeros(len(names), device=device)
+                    state.loss_counts = torch.zeros(len(names), device=device)
+                    state.finite_steps = state.skipped_in_epoch = 0
+                    state.elapsed = 0.0
+                sums, counts = state.loss_sums, state.loss_counts
+                began = time.perf_counter() - state.elapsed
+                for task, batch in train.epoch():
+                    # The step decides (one host read) whether its losses and update are
+                    # finite; nothing here reads the device.
+                    done = step(batch, task)
+                    state.step += 1
+                    state.position += 1
+                    if done.applied:
+                        sums += done.losses
+                        if task is None:
+                            counts += 1
+                        else:
+                            counts[index[task]] += 1
+                        state.finite_steps += 1
+                    elif cfg.on_nan == "skip":
+                        state.skipped_in_epoch += 1
+                        result.skipped_batches += 1
                     else:
-                        losses = alternate_fn(model, weighting, tasks, optimizer, batch, task)
-                except (NonFiniteLossError, NonFiniteUpdateError) as err:  # not applied
-                    skipped = err
-                state.step += 1
-                state.position += 1
-                if skipped is None:
-                    sums += losses
-                    if task is None:
-                        counts += 1
-                    else:
-                        counts[index[task]] += 1
-                    state.finite_steps += 1
-                elif cfg.on_nan == "skip":
-                    state.skipped_in_epoch += 1
-                    result.skipped_batches += 1
-                elif isinstance(skipped, NonFiniteLossError):
-                    where = _where(state, n_batches, checkpoints)
-                    check_finite(skipped.losses, names, state.step, where)
-                    raise TrainingError(f"{skipped} at step {state.step}{where}")
-                else:  # finite losses, non-finite update
-                    raise TrainingError(
-                        f"{skipped} at step {state.step}{_where(state, n_batches, checkpoints)}"
-                    )
-                if checkpoints is not None and state.step % checkpoints.every == 0:
-                    state.elapsed = time.perf_counter() - began
-                    checkpoints.save(state)
-                if shown and state.position % 20 == 0:
-                    bar.advance(state.position)
-            elapsed = time.perf_counter() - began
-        mean_losses = sums / counts.clamp(min=1)
-        weighting.epoch_end(mean_losses)
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": dict(zip(names, mean_losses.tolist(), strict=True)),
-            "train_samples_per_s": n_rows / elapsed if elapsed > 0 else math.inf,
-            "lr": group_lrs(optimizer),
-            **weighting.report(),
-        }
-        if state.skipped_in_epoch:
-            record["skipped_batches"] = state.skipped_in_epoch
-        plateau: float | None = None  # what ReduceLROnPlateau minimises
-        if validation is not None:
-            metrics = evaluate(model, tasks, validation, cfg.eval_batch_size)
-            record["validation"] = metrics
-            value = monitor_value(metrics, cfg.monitor)
-            record["monitor"] = {cfg.monitor: value}
-            best = result.best_value
-            # The first epoch is the best so far whatever its value; a NaN best (e.g. an
-            # AUC over one class) is no best: any later finite value improves on it.
-            improved = best is None or (
-                not math.isnan(value)
-                and (math.isnan(best) or (value > best if mode == "max" else value < best))
-            )
-            if improved:
-                result.best_value, result.best_epoch, state.bad_epochs = value, epoch, 0
-                if cfg.restore_best:
-                    state.best_state = copy.deepcopy(model.state_dict())
-            else:
-                state.bad_epochs += 1
-            plateau = value if mode == "min" else -value
-        if scheduler is not None:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                # The monitor, else the summed mean training loss.
-                scheduler.step(float(mean_losses.sum()) if plateau is None else plateau)
-            else:
-                scheduler.step()
-        record["seconds"] = time.perf_counter() - began
-        result.history.append(record)
-        if shown:
-            logger.info(epoch_line(record, cfg.epochs))
-        if main:
-            for callback in callbacks:
-                callback(record)
-        if state.finite_steps == 0:
-            raise TrainingError(
-                f"epoch {epoch}: every batch had a non-finite loss or update and was skipped"
-            )
-        state.epoch, state.position = epoch + 1, 0
-        if cfg.patience is not None and validation is not None and state.bad_epochs > cfg.patience:
-            break
+                        where = _where(state, n_batches, checkpoints)
+                        raise TrainingError(f"{done.problem(names)} at step {state.step}{where}")
+                    saved = checkpoints is not None and state.step % checkpoints.every == 0
+                    if saved or stop.requested:
+                        state.elapsed = time.perf_counter() - began
+                    if checkpoints is not None and (saved or stop.requested):
+                        checkpoints.save(state)
+                    if stop.requested:
+                        result.interrupted = True
+                        break
+                    if shown and state.position % 20 == 0:
+                        bar.advance(state.position)
+                elapsed = time.perf_counter() - began
+            if result.interrupted:
+                break
+            mean_losses = sums / counts.clamp(min=1)
+            weighting.epoch_end(mean_losses)
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": dict(zip(names, mean_losses.tolist(), strict=True)),
+                "train_samples_per_s": n_rows / elapsed if elapsed > 0 else math.inf,
+                "lr": group_lrs(optimizer),
+                **weighting.report(),
+            }
+            if state.skipped_in_epoch:
+                record["skipped_batches"] = state.skipped_in_epoch
+            plateau: float | None = None  # what ReduceLROnPlateau minimises
+            if validation is not None:
+                metrics = evaluate(model, tasks, validation, cfg.eval_batch_size)
+                record["validation"] = metrics
+                value = monitor_value(metrics, cfg.monitor)
+                record["monitor"] = {cfg.monitor: value}
+                best = result.best_value
+                # The first epoch is the best so far whatever its value; a NaN best (e.g. an
+                # AUC over one class) is no best: any later finite value improves on it.
+                improved = best is None or (
+                    not math.isnan(value)
+                    and (math.isnan(best) or (value > best if mode == "max" else value < best))
+                )
+                if improved:
+                    result.best_value, result.best_epoch, state.bad_epochs = value, epoch, 0
+                    if cfg.restore_best:
+                        state.best_state = copy.deepcopy(model.state_dict())
+                else:
+                    state.bad_epochs += 1
+                plateau = value if mode == "min" else -value
+            if scheduler is not None:
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    # The monitor, else the summed mean training loss.
+                    scheduler.step(float(mean_losses.sum()) if plateau is None else plateau)
+                else:
+                    scheduler.step()
+            record["seconds"] = time.perf_counter() - began
+            result.history.append(record)
+            if shown:
+                logger.info(epoch_line(record, cfg.epochs))
+            if main:
+                for callback in callbacks:
+                    callback(record)
+            if state.finite_steps == 0:
+                raise TrainingError(
+                    f"epoch {epoch}: every batch had a non-finite loss or update and was skipped"
+                )
+            state.epoch, state.position = epoch + 1, 0
+            patience = cfg.patience
+            if patience is not None and validation is not None and state.bad_epochs > patience:
+                break
+    result.stopped_at = (min(state.epoch, cfg.epochs), state.step)
     if distributed is not None:
         distributed.sync_buffers()  # the last steps left each rank its own batch-norm statistics
-    if state.best_state is not None and result.best_epoch != len(result.history):
+    if state.best_state is not None and (
+        result.interrupted or result.best_epoch != len(result.history)
+    ):
         model.load_state_dict(state.best_state)
     return result

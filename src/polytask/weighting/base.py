@@ -73,7 +73,7 @@ class GradientUpdate(NamedTuple):
 class GradientWeighting(Weighting):
     """A weighting whose update needs per-task gradients, not only the losses.
 
-    The training step (`polytask.training.aggregate_step`) keeps every backward pass and the
+    The training step (`polytask.training.TrainStep`) keeps every backward pass and the
     optimizer step. It computes the Jacobian ``J [K, n]`` of the task losses with respect to
     the parameters ``jacobian_on`` names (``"shared"``: every parameter outside the towers;
     ``"last_shared"``: the model's last shared layer), calls `combine`, writes the returned
@@ -87,8 +87,8 @@ class GradientWeighting(Weighting):
     def forward(self, losses: Tensor) -> Tensor:
         raise RuntimeError(
             f"{type(self).__name__} needs per-task gradients, not only losses: train with "
-            "polytask.training.aggregate_step (chosen automatically when "
-            "weighting.needs_gradients is True)"
+            "polytask.training.TrainStep, which combines per-task gradients when "
+            "weighting.needs_gradients is True"
         )
 
     def combine(self, losses: Tensor, jacobian: Tensor) -> GradientUpdate:
