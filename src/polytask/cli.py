@@ -1,4 +1,4 @@
-"""``polytask train | evaluate | predict | export | serve | compare | demo``.
+"""``polytask train | evaluate | predict | export | serve | compare | plot | tune | demo``.
 
 Errors a user can fix print one ``error: ...`` line (or one per problem for a config) and
 exit with status 2; anything else is a bug and keeps its traceback.
@@ -366,6 +366,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """The PNGs of a training run (polytask.plots)."""
+    from polytask.plots import plot_run
+
+    written = plot_run(args.run_dir, args.out)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Optuna search over a space of run-file keys (polytask.tune)."""
+    from polytask.tune import tune
+
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.run_file).stem}_tune"
+    objectives = args.objectives or ([args.objective] if args.objective else None)
+    console = _console()
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        result = tune(
+            args.run_file,
+            args.space,
+            trials=args.trials,
+            objectives=objectives,
+            overrides=args.overrides,
+            out=out,
+            log=lambda line: console.print(line, markup=False),
+        )
+    which = "best trial" if len(result.objectives) == 1 else "Pareto front"
+    console.print(f"{which}: {result.best}; wrote {', '.join(str(p) for p in result.written)}")
+    return 0
+
+
 def _add_table_source(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument(
         "data",
@@ -534,6 +566,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("plot", help="PNGs of a training run: curves, weights, gates, calibration")
+    p.add_argument("run_dir", help="the folder given to 'polytask train --out'")
+    p.add_argument("--out", help="where the PNGs go (default RUN_DIR/plots)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("tune", help="search run-file settings with Optuna (extra 'tune')")
+    p.add_argument("run_file", help="YAML run file")
+    p.add_argument("--space", required=True, help="YAML search space of run-file keys")
+    p.add_argument("--trials", type=int, default=20, help="number of trials (default 20)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--objective", help="validation monitor to optimise (default: training.monitor)"
+    )
+    group.add_argument(
+        "--objectives", nargs="+", help="several validation monitors: a Pareto front"
+    )
+    p.add_argument("--out", help="output folder (default runs/<run file name>_tune)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser(
         "demo",
         help="shared-bottom vs MMoE on built-in synthetic data",
@@ -561,8 +613,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "compare":  # --models NAME ... swallows the overrides after it
         extra += [m for m in args.models if "=" in m]
         args.models = [m for m in args.models if "=" not in m]
+    if args.command == "tune" and args.objectives:
+        extra += [m for m in args.objectives if "=" in m]
+        args.objectives = [m for m in args.objectives if "=" not in m]
     if extra:
-        if args.command not in ("train", "compare") or any(x.startswith("-") for x in extra):
+        if args.command not in ("train", "compare", "tune") or any(
+            x.startswith("-") for x in extra
+        ):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:

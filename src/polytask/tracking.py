@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from polytask._atomic import atomic_write_text
-from polytask.errors import MissingExtraError
+from polytask.errors import MissingExtraError, install_hint
 from polytask.metrics import HIGHER_IS_BETTER
 from polytask.tasks import TaskSpec, task_type
 
@@ -177,7 +177,7 @@ class TensorBoardLogger:
         except ImportError:
             raise MissingExtraError(
                 "training.loggers: tensorboard needs the tensorboard package: "
-                "pip install 'polytask[tensorboard]'"
+                + install_hint("tensorboard")
             ) from None
         self.writer = SummaryWriter(log_dir=str(logdir))
 
@@ -195,7 +195,7 @@ def _mlflow() -> Any:
         import mlflow
     except ImportError:
         raise MissingExtraError(
-            "training.loggers: mlflow needs the mlflow package: pip install 'polytask[mlflow]'"
+            f"training.loggers: mlflow needs the mlflow package: {install_hint('mlflow')}"
         ) from None
     return mlflow
 
