@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from polytask._defaults import CHUNK_ROWS
 from polytask._version import __version__
-from polytask.errors import DataError, PolytaskError
+from polytask.errors import ConfigError, DataError, PolytaskError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -398,6 +398,68 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validation_by_default(args: argparse.Namespace) -> None:
+    """``decide``/``calibrate`` read the run's validation split when given no table."""
+    if args.data is None and args.split is None:
+        args.split = "validation"
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from polytask.estimator import MultiTaskModel
+
+    model = MultiTaskModel.load(args.model_dir)
+    _validation_by_default(args)
+    table, name = _table_of(args)
+    methods = None
+    if args.method:
+        methods = {}
+        for item in args.method:
+            task, sep, method = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--method {item!r}: expected TASK=isotonic|platt|temperature")
+            methods[task] = method
+    before = model.evaluate(table)
+    model.calibrate(table, methods)
+    after = model.evaluate(table)
+    model.save(args.model_dir)
+    for task, method in model.config.calibration.items():
+        print(
+            f"{task}: {method} calibration on {name}; expected calibration error "
+            f"{before[task].get('ece', float('nan')):.4f} -> {after[task]['ece']:.4f}"
+        )
+    print(f"saved the calibrated model in {args.model_dir}")
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from polytask.decide import decide, write_front
+    from polytask.estimator import MultiTaskModel
+
+    model = MultiTaskModel.load(args.model_dir)
+    _validation_by_default(args)
+    table, name = _table_of(args)
+    result = decide(
+        model,
+        table,
+        maximize=args.maximize,
+        subject_to=args.subject_to,
+        trials=args.trials,
+        seed=args.seed,
+        form=args.form,
+        group=args.group,
+    )
+    model.save(args.model_dir)
+    written = write_front(result, Path(args.model_dir) / "decision")
+    weights = ", ".join(f"{t} {w:.3f}" for t, w in result.weights.items())
+    print(f"chosen on {name}: {model.config.decision.score.form} of {{{weights}}}")  # type: ignore[union-attr]
+    for kpi, value in result.kpis.items():
+        task = kpi.partition(".")[0]
+        print(f"  {kpi:<24} {value:.4f}   ({task} alone: {result.own[task][kpi]:.4f})")
+    print(f"{int(result.table['pareto'].sum())} of {len(result.table)} candidates on the front")
+    print(f"wrote {', '.join(str(p) for p in written)}; saved the weights in {args.model_dir}")
+    return 0
+
+
 def _add_table_source(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument(
         "data",
@@ -585,6 +647,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/<run file name>_tune)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="fit calibrators of binary tasks on a labelled table (default: validation split)",
+        description="Fit the calibration of the model's binary tasks (isotonic, platt or "
+        "temperature) on a labelled table, by default the validation split of the run that "
+        "trained the model, and save it in the model folder; predict and evaluate then serve "
+        "calibrated probabilities (predict keeps the raw ones as <task>.raw).",
+    )
+    p.add_argument("model_dir", help="model folder")
+    _add_table_source(p, "calibrate on")
+    p.add_argument(
+        "--method",
+        action="append",
+        metavar="TASK=METHOD",
+        help="a task and its method, isotonic, platt or temperature; repeat for several "
+        "tasks (default: the model's calibration setting)",
+    )
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser(
+        "decide",
+        help="choose the fused ranking score's weights on the trade-off between KPIs",
+        description="Search the weights of the fused ranking score on a labelled table (by "
+        "default the run's validation split): each candidate ranks every group's rows, every "
+        "task's grouped metrics under that ranking are its KPIs, and the best --maximize among "
+        "the candidates meeting every --subject-to is saved as the model's decision.score. "
+        "Writes MODEL_DIR/decision/front.csv and front.png. KPIs are <task>.gauc, "
+        "<task>.ndcg@K, <task>.recall@K (binary) and <task>.ndcg@K (regression, count).",
+    )
+    p.add_argument("model_dir", help="model folder")
+    _add_table_source(p, "decide on")
+    p.add_argument("--maximize", required=True, metavar="KPI", help="e.g. click.gauc")
+    p.add_argument(
+        "--subject-to",
+        action="append",
+        default=[],
+        metavar="CONSTRAINT",
+        help="'<task>.<metric> >= VALUE' or '>= PERCENT%%' of the KPI that the task's own "
+        "ranking reaches; repeat for several (default: none)",
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=200,
+        help="random candidates besides each task alone and the uniform point (default: 200)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the search (default: 0)")
+    p.add_argument(
+        "--form",
+        choices=["product", "sum"],
+        help="product or sum of the task scores (default: the model's, else product)",
+    )
+    p.add_argument(
+        "--group", help="the group column (default: the model's decision.group / data.group)"
+    )
+    p.set_defaults(func=cmd_decide)
 
     p = sub.add_parser(
         "demo",

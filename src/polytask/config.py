@@ -175,7 +175,8 @@ class DataConfig(Strict):
     """Where the tables are: separate ``train``/``validation``/``test`` files, or one ``path``
     cut by ``split`` with ``split_seed``. ``loader`` reads a file: ``auto`` (CSV or Parquet by
     extension) or a built-in dataset loader (``census_income``). Relative paths are resolved
-    against the run file's folder."""
+    against the run file's folder. ``group`` names a user or request id column: it is saved
+    with the model as ``decision.group`` (grouped ranking metrics, `polytask decide`)."""
 
     loader: Literal["auto", "csv", "parquet", "census_income"] = "auto"
     path: str | None = None
@@ -184,6 +185,7 @@ class DataConfig(Strict):
     train: str | None = None
     validation: str | None = None
     test: str | None = None
+    group: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -205,6 +207,28 @@ class DataConfig(Strict):
         return self
 
 
+class ScoreConfig(Strict):
+    """The fused ranking score (`polytask.decision`): ``product`` is prod_t f_t(y_t)^w_t
+    (computed in log space), ``sum`` is sum_t w_t f_t(y_t); ``transforms`` picks f_t per task
+    (``prob``, ``value``, ``log``, ``rank`` within the group; default ``prob`` for binary and
+    ``value`` for regression tasks). Tasks without a weight do not enter the score."""
+
+    form: Literal["product", "sum"] = "product"
+    weights: dict[str, float]
+    transforms: dict[str, Literal["prob", "value", "log", "rank"]] = Field(default_factory=dict)
+
+
+class DecisionConfig(Strict):
+    """Decisions from several KPIs: ``group`` names the column (a user or request id) whose
+    rows are ranked together, for grouped metrics (GAUC, NDCG@k, recall@k) and the ``rank``
+    transform; ``k`` is the cut-off of NDCG@k and recall@k; ``score`` is the fused ranking
+    score that predict writes as a ``score`` column (`polytask decide` can choose it)."""
+
+    group: str | None = None
+    k: int = Field(default=10, ge=1)
+    score: ScoreConfig | None = None
+
+
 class EstimatorConfig(Strict):
     """Everything but the data: what `MultiTaskModel` is built from and saves."""
 
@@ -214,6 +238,10 @@ class EstimatorConfig(Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    calibration: dict[str, Literal["isotonic", "platt", "temperature"]] = Field(
+        default_factory=dict
+    )
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
 
     @field_validator("model", mode="before")
     @classmethod
@@ -252,6 +280,7 @@ class EstimatorConfig(Strict):
                 if src == name:
                     raise ValueError(f"task {name!r}: inputs_from names the task itself")
         task_order({n: t.inputs_from for n, t in self.tasks.items()})  # raises on cycles
+        self._decision_fits_tasks()
         self._known_monitor()
         self._model_fits_tasks()
         self.check_combinations()
@@ -269,6 +298,34 @@ class EstimatorConfig(Strict):
                 "cannot be used with training.schedule: alternate; use sum, weighted or "
                 "uncertainty"
             )
+
+    def _decision_fits_tasks(self) -> None:
+        for name in self.calibration:
+            if name not in self.tasks:
+                raise ValueError(
+                    f"calibration: unknown task {name!r}; expected one of {sorted(self.tasks)}"
+                    f"{closest(name, self.tasks)}"
+                )
+            if self.tasks[name].type != "binary":
+                raise ValueError(
+                    f"calibration.{name}: calibration maps a binary task's score to a "
+                    f"probability; {name!r} is a {self.tasks[name].type} task"
+                )
+        score = self.decision.score
+        if score is not None:
+            from polytask.decision import ScoreSpec
+
+            if "score" in self.tasks:
+                raise ValueError(
+                    "decision.score: a task is named 'score', the column the fused score "
+                    "takes; rename the task"
+                )
+            ScoreSpec(score.form, dict(score.weights), dict(score.transforms)).check(
+                {n: t.type for n, t in self.tasks.items()}
+            )
+        group = self.decision.group
+        if group is not None and group in {t.label or n for n, t in self.tasks.items()}:
+            raise ValueError(f"decision.group: {group!r} is a label column, not a group id")
 
     def _known_monitor(self) -> None:
         monitors = valid_monitors(self.task_specs())
@@ -311,6 +368,18 @@ class RunConfig(EstimatorConfig):
     """A whole run file: the estimator's settings plus the data section."""
 
     data: DataConfig
+
+    @model_validator(mode="after")
+    def _group_to_decision(self) -> RunConfig:
+        given = self.data.group
+        if given is not None:
+            if self.decision.group not in (None, given):
+                raise ValueError(
+                    f"data.group {given!r} and decision.group {self.decision.group!r} differ; "
+                    "give one of them"
+                )
+            self.decision.group = given
+        return self
 
     @model_validator(mode="after")
     def _data_fits_training(self) -> RunConfig:

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from polytask._atomic import atomic_dir, set_aside
 from polytask._version import __version__
+from polytask.calibration import Calibrator, expected_calibration_error, fit_calibrator
 from polytask.config import (
     EstimatorConfig,
     TrainingConfig,
@@ -35,6 +36,7 @@ from polytask.config import (
 from polytask.data import EncodedData, Preprocessor, data_fingerprint, read_table
 from polytask.data.chunks import CHUNK_ROWS, read_chunks, write_chunks
 from polytask.data.stream import StreamingBatches, fit_preprocessor_streaming
+from polytask.decision import DEFAULT_TRANSFORM, ScoreSpec, fused_score
 from polytask.errors import (
     ConfigError,
     DataError,
@@ -46,6 +48,7 @@ from polytask.errors import (
 )
 from polytask.models import MODELS, Head, MultiTaskNet
 from polytask.nn import FeatureInput
+from polytask.ranking import grouped_metrics
 from polytask.tasks import task_type
 from polytask.tracking import annotate_history, task_best_epochs
 from polytask.training import (
@@ -158,12 +161,18 @@ class MultiTaskModel:
         loss: str | Mapping[str, Any] | Any = "sum",
         optimizer: Mapping[str, Any] | Any | None = None,
         training: Mapping[str, Any] | Any | None = None,
+        calibration: Mapping[str, str] | None = None,
+        decision: Mapping[str, Any] | Any | None = None,
     ) -> None:
         raw: dict[str, Any] = {"features": features, "tasks": tasks, "model": model, "loss": loss}
-        if optimizer is not None:
-            raw["optimizer"] = optimizer
-        if training is not None:
-            raw["training"] = training
+        for key, value in (
+            ("optimizer", optimizer),
+            ("training", training),
+            ("calibration", calibration),
+            ("decision", decision),
+        ):
+            if value is not None:
+                raw[key] = value
         self.config: EstimatorConfig = validate(
             EstimatorConfig, _plain(raw), what="MultiTaskModel settings"
         )
@@ -178,6 +187,8 @@ class MultiTaskModel:
             loss=c.loss,
             optimizer=c.optimizer,
             training=c.training,
+            calibration=c.calibration,
+            decision=c.decision,
         )
 
     # ------------------------------------------------------------------------------ fit
@@ -417,6 +428,7 @@ class MultiTaskModel:
         self.skipped_batches_ = result.skipped_batches
         self.resumed_from_ = None if checkpoints is None else checkpoints.resumed_from
         self.interrupted_ = result.interrupted
+        self.calibrators_: dict[str, Calibrator] = {}
         if result.interrupted:
             epoch, step = result.stopped_at
             raise TrainingInterrupted(
@@ -425,6 +437,15 @@ class MultiTaskModel:
                 best_epoch=result.best_epoch,
                 checkpoint=None if checkpoints is None else checkpoints.latest,
             )
+        if cfg.calibration:
+            if valid_data is None:
+                warnings.warn(
+                    f"calibration {dict(cfg.calibration)} is fitted on the validation set, and "
+                    "fit was given none; call calibrate(table) with a labelled table",
+                    stacklevel=2,
+                )
+            else:
+                self.calibrate(valid_data)
         return self
 
     def _task_tables(self, data: Mapping[str, Any], what: str) -> dict[str, pd.DataFrame]:
@@ -489,12 +510,21 @@ class MultiTaskModel:
             return data.to(self._device())
         return self.encode(data, labels=labels, what=what)
 
-    def evaluate(self, data: Any) -> dict[str, dict[str, float]]:
+    def evaluate(self, data: Any, *, group: str | None = None) -> dict[str, dict[str, float]]:
         """Exact per-task metrics over the whole table: ``{task: {metric: value}}``.
 
         Label columns absent from the table give tasks with ``count`` 0 and no metrics, and a
         warning naming each such task. ``data`` may also be `encode`'s output
-        (``labels=None``), so a table used for several reports is encoded once."""
+        (``labels=None``), so a table used for several reports is encoded once.
+
+        Binary tasks also report ``ece`` (expected calibration error of the probabilities
+        that predict serves; ``ece_raw`` of the uncalibrated ones when the task is
+        calibrated). With a group column (``group``, else ``decision.group``) in a table,
+        every task gains its grouped ranking metrics (`polytask.ranking`: ``gauc``,
+        ``ndcg@k``, ``recall@k`` for binary tasks, ``ndcg@k`` for regression and count) of
+        its own score, and with a ``decision.score`` an entry ``score`` holds every task's
+        grouped metrics under the fused ranking, as ``<task>.<metric>``."""
+        frame: pd.DataFrame | None = None
         if not isinstance(data, EncodedData):
             self._check_fitted()
             data = read_table(data, what="evaluation data")
@@ -506,10 +536,109 @@ class MultiTaskModel:
                         f"{column!r} is not in the table",
                         stacklevel=2,
                     )
+            frame = data
         encoded = self._encoded(data, labels=None, what="evaluation data")
-        return evaluate_split(
+        result = evaluate_split(
             self.network_, self.config.task_specs(), encoded, self.config.training.eval_batch_size
         )
+        outputs = self._raw_outputs(encoded)
+        scores = self._task_scores(outputs)
+        labels = {k: v.cpu().numpy().astype(np.float64) for k, v in encoded.labels.items()}
+        for name, task in self.config.task_specs().items():
+            if task.type != "binary" or not result[name].get("count"):
+                continue
+            result[name]["ece"] = expected_calibration_error(scores[name], labels[name])
+            if name in self.calibrators_:
+                result[name]["ece_raw"] = expected_calibration_error(
+                    task_type(task).predict_columns(name, outputs[name])[name], labels[name]
+                )
+        group_column = group or self.config.decision.group
+        if frame is None or group_column is None:
+            return result
+        groups = self._group_column(frame, group_column, "evaluation data")
+        k = self.config.decision.k
+        for name in scores:
+            if result[name].get("count"):
+                result[name].update(self._kpis(name, groups, scores[name], labels[name], k))
+        spec = self._score_spec()
+        if spec is not None:
+            fused = fused_score(scores, spec, self._task_types(), groups)
+            result["score"] = {}
+            for name in scores:
+                if result[name].get("count"):
+                    kpis = self._kpis(name, groups, fused, labels[name], k)
+                    result["score"].update({f"{name}.{m}": v for m, v in kpis.items()})
+        return result
+
+    # ------------------------------------------------------------------------ decisions
+    def _task_types(self) -> dict[str, str]:
+        return {name: t.type for name, t in self.config.task_specs().items()}
+
+    def _score_spec(self) -> ScoreSpec | None:
+        score = self.config.decision.score
+        if score is None:
+            return None
+        return ScoreSpec(score.form, dict(score.weights), dict(score.transforms))
+
+    def _raw_outputs(self, encoded: EncodedData) -> dict[str, np.ndarray]:
+        return predict_outputs(self.network_, encoded, self.config.training.eval_batch_size)
+
+    def _task_scores(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The one number per row and task that a ranking uses: the (calibrated) probability
+        of a binary task, the predicted value of a regression or count task."""
+        scores: dict[str, np.ndarray] = {}
+        for name, task in self.config.task_specs().items():
+            if task.type not in DEFAULT_TRANSFORM:
+                continue
+            value = task_type(task).predict_columns(name, outputs[name])[name]
+            cal = self.calibrators_.get(name)
+            scores[name] = cal(outputs[name]) if cal is not None else np.asarray(value)
+        return scores
+
+    def _group_column(self, frame: pd.DataFrame, column: str, what: str) -> np.ndarray:
+        if column not in frame.columns:
+            raise DataError(
+                f"{what}: the group column {column!r} (decision.group / --group) is not in the "
+                f"table; its columns are {[str(c) for c in frame.columns][:20]}"
+            )
+        return frame[column].to_numpy()
+
+    @staticmethod
+    def _kpis(
+        task: str, groups: np.ndarray, score: np.ndarray, label: np.ndarray, k: int
+    ) -> dict[str, float]:
+        """Grouped ranking metrics of ``task``'s labels under the ranking by ``score``."""
+        del task
+        kind = "binary" if np.isin(label[~np.isnan(label)], (0.0, 1.0)).all() else "graded"
+        found = grouped_metrics(kind, groups, score, label, k)
+        return {m: v for m, v in found.items() if not m.endswith("_groups")}
+
+    def calibrate(self, data: Any, methods: Mapping[str, str] | None = None) -> MultiTaskModel:
+        """Fit the calibrators of ``methods`` (default: the ``calibration`` setting) on a
+        labelled table, usually the validation split; predict and evaluate then serve
+        calibrated probabilities. Returns ``self``."""
+        self._check_fitted()
+        if methods is not None:
+            raw = self.config.model_dump(mode="json")
+            raw["calibration"] = dict(methods)
+            self.config = validate(EstimatorConfig, raw, what="calibration methods")
+        chosen = self.config.calibration
+        if not chosen:
+            raise ConfigError(
+                "calibrate: no task to calibrate; give methods={task: 'isotonic' | 'platt' | "
+                "'temperature'} or set the calibration section"
+            )
+        encoded = self._encoded(data, labels=True, what="calibration data")
+        outputs = self._raw_outputs(encoded)
+        fitted: dict[str, Calibrator] = {}
+        for name, method in chosen.items():
+            label = encoded.labels[name].cpu().numpy().astype(np.float64)
+            try:
+                fitted[name] = fit_calibrator(method, outputs[name], label)
+            except ValueError as err:
+                raise DataError(f"calibration of task {name!r} ({method}): {err}") from None
+        self.calibrators_ = fitted
+        return self
 
     def predict(
         self,
@@ -521,7 +650,9 @@ class MultiTaskModel:
         """One column per task, rows in input order with the input's index: probability of the
         positive class (binary), value (regression), predicted class (multiclass, plus one
         ``<task>.proba.<class>`` column per class); then one column per auxiliary output of
-        the model (ESMM's ``cvr``), decoded the same way.
+        the model (ESMM's ``cvr``), decoded the same way. A calibrated task's column holds
+        the calibrated probability and ``<task>.raw`` the model's own; with a
+        ``decision.score`` a ``score`` column holds the fused ranking score.
 
         ``backend="onnx"`` runs the network's ONNX graph with onnxruntime instead of torch
         (the extra ``polytask[serve]``): the graph in ``onnx_file`` (``polytask export``'s
@@ -579,7 +710,7 @@ class MultiTaskModel:
         if graph is not None:
             from polytask.export import predict_frame
 
-            return predict_frame(self, encoded, df.index, graph)
+            return self._decided(predict_frame(self, encoded, df.index, graph), df, None)
         outputs = predict_outputs(self.network_, encoded, self.config.training.eval_batch_size)
         columns: dict[str, Any] = {}
         classes = self.preprocessor_.classes_
@@ -587,7 +718,30 @@ class MultiTaskModel:
             columns.update(task_type(task).predict_columns(name, outputs[name], classes.get(name)))
         for name, kind in self.network_.auxiliary_outputs.items():
             columns.update(task_type(kind).predict_columns(name, outputs[name].astype(np.float64)))
-        return pd.DataFrame(columns, index=df.index)
+        return self._decided(pd.DataFrame(columns, index=df.index), df, outputs)
+
+    def _decided(
+        self, frame: pd.DataFrame, df: pd.DataFrame, logits: Mapping[str, np.ndarray] | None
+    ) -> pd.DataFrame:
+        """Predict's frame with the calibrated probabilities (``<task>.raw`` keeps the
+        model's) and the fused ``score``; ``logits`` are the network's outputs, or None when
+        only the probabilities are at hand (the ONNX graph), whose logits are then used."""
+        for name, cal in self.calibrators_.items():
+            raw = frame[name].to_numpy(dtype=np.float64)
+            if logits is not None:
+                z = logits[name]
+            else:
+                with np.errstate(divide="ignore"):
+                    z = np.log(raw) - np.log1p(-raw)
+            frame[f"{name}.raw"] = raw
+            frame[name] = cal(z)
+        spec = self._score_spec()
+        if spec is not None:
+            group = self.config.decision.group
+            groups = df[group].to_numpy() if group is not None and group in df.columns else None
+            scores = {t: frame[t].to_numpy(dtype=np.float64) for t in spec.weights}
+            frame["score"] = fused_score(scores, spec, self._task_types(), groups)
+        return frame
 
     def gate_statistics(self, data: Any) -> dict[str, dict[str, list[float] | float]]:
         """Mean gate weight per expert for each gate over ``data``, with its entropy (nats);
@@ -628,6 +782,10 @@ class MultiTaskModel:
                 json.dumps(self.preprocessor_.state_dict(), ensure_ascii=False)
             )
             (tmp / "history.json").write_text(json.dumps(jsonable(self.history_), indent=1))
+            if self.calibrators_:
+                (tmp / "calibration.json").write_text(
+                    json.dumps({n: c.to_dict() for n, c in self.calibrators_.items()}, indent=1)
+                )
             save_file(tensors, str(tmp / "weights.safetensors"))
         return target
 
@@ -714,6 +872,7 @@ class MultiTaskModel:
         model.n_train_ = n_train if isinstance(n_train, int) else 0
         history_file = folder / "history.json"
         model.history_ = _read_json(history_file) if history_file.exists() else []
+        model.calibrators_ = _read_calibrators(folder / "calibration.json", config)
         return model
 
     def __repr__(self) -> str:
@@ -751,6 +910,27 @@ def _encoded_by(preprocessor: Preprocessor | None, cfg: EstimatorConfig) -> Prep
             f"({sorted(preprocessor.tasks)}) than the model's ({sorted(cfg.tasks)})"
         )
     return preprocessor
+
+
+def _read_calibrators(path: Path, config: EstimatorConfig) -> dict[str, Calibrator]:
+    """The fitted calibrators of a model folder (none when the file is absent)."""
+    if not path.exists():
+        return {}
+    raw = _read_json(path)
+    if not isinstance(raw, dict):
+        raise ModelFileError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    found: dict[str, Calibrator] = {}
+    for name, entry in raw.items():
+        if name not in config.calibration or not isinstance(entry, dict):
+            raise ModelFileError(
+                f"{path}: entry {name!r} does not match the saved calibration setting "
+                f"{dict(config.calibration)}"
+            )
+        try:
+            found[name] = Calibrator.from_dict(entry)
+        except ValueError as err:
+            raise ModelFileError(f"{path}: task {name!r}: {err}") from None
+    return found
 
 
 def _kind(value: Any) -> str:

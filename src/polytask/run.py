@@ -202,10 +202,12 @@ def _train_and_write(
     if splits.validation is not None:
         valid = model.encode(splits.validation, what="validation set")
     metrics: dict[str, Any] = {}
+    # Grouped ranking metrics need the group column, which only the raw tables hold.
+    by_group = cfg.decision.group is not None
     if test is not None:
-        metrics["test"] = model.evaluate(test)
+        metrics["test"] = model.evaluate(splits.test if by_group else test)
     if valid is not None:
-        metrics["validation"] = model.evaluate(valid)
+        metrics["validation"] = model.evaluate(splits.validation if by_group else valid)
     metrics["train_samples_per_s"] = train_samples_per_s(model.history_)
     metrics["best_epoch"] = model.best_epoch_
     metrics["task_best_epochs"] = model.task_best_epochs_
