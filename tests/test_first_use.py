@@ -40,6 +40,15 @@ def test_version_and_help_import_no_heavy_module() -> None:
         assert imported_after(code) == [], argv
 
 
+def test_training_imports_no_solver_stack_unless_a_weighting_needs_it() -> None:
+    # torchjd pulls in scipy, cvxpy and the QP solvers; AUC is computed without sklearn.
+    code = "import polytask.run, polytask.cli\nimport sys\n" + (
+        "print(sorted(m for m in ('torchjd', 'scipy', 'sklearn', 'cvxpy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_the_lazy_names_are_still_there() -> None:
     import polytask
     from polytask.config import RunConfig

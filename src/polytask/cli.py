@@ -642,7 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--objective", help="validation monitor to optimise (default: training.monitor)"
     )
     group.add_argument(
-        "--objectives", nargs="+", help="several validation monitors: a Pareto front"
+        "--objectives",
+        nargs="+",
+        help="several validation monitors: a Pareto front (default: one objective)",
     )
     p.add_argument("--out", help="output folder (default runs/<run file name>_tune)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torchjd.autojac import jac
 
 from polytask.models import MultiTaskNet
 from polytask.weighting import GradientWeighting
@@ -74,5 +73,7 @@ def write_grads(params: list[nn.Parameter], flat: Tensor) -> None:
 def task_jacobian(losses: Tensor, params: list[nn.Parameter]) -> Tensor:
     """``[K, n]``: row k is the gradient of ``losses[k]`` with respect to ``params``, flattened
     and concatenated in order (zeros where a loss does not reach a parameter). Keeps the graph."""
+    from torchjd.autojac import jac  # here: torchjd is slow to import, aggregators only
+
     blocks = jac(losses, params, retain_graph=True)
     return torch.cat([b.reshape(len(losses), -1) for b in blocks], dim=1)

@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import numpy as np
 import torch
 import torch.distributed as dist
-import torchjd
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -470,7 +469,7 @@ def restore(
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise ModelFileError(f"{path}: the checkpoint does not fit this run: {err}") from None
     aggregator = getattr(parts.weighting, "aggregator", None)
-    if isinstance(aggregator, torchjd.Stateful):
+    if aggregator is not None and isinstance(aggregator, _torchjd_stateful()):
         warnings.warn(
             f"{type(aggregator).__name__} keeps internal state that checkpoints do not hold; "
             "it restarts from its initial state, so the resumed run is not bit-identical to "
@@ -573,3 +572,11 @@ def _load_latest_shared(folder: Path, group: ProcessGroup) -> Checkpoint | None:
     if group.rank == 0 or choice[0] is None:
         return checkpoint
     return read_checkpoint(choice[0])
+
+
+def _torchjd_stateful() -> type:
+    """``torchjd.Stateful``, imported only when an aggregator is in use (torchjd is slow to
+    import, and only the aggregator weightings need it)."""
+    import torchjd
+
+    return torchjd.Stateful

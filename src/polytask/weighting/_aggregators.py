@@ -13,17 +13,38 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Any, Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
-from torchjd import aggregation as agg
-from torchjd.linalg import QuadprogProjector
 
 from polytask.errors import MissingExtraError, install_hint
 from polytask.tasks import TaskSpec
 from polytask.weighting.base import GradientUpdate, GradientWeighting, NoParams
+
+
+class _LazyModule:
+    """A module imported on first attribute access: torchjd brings in scipy, cvxpy and the QP
+    solvers (seconds at startup), which only the aggregator weightings need."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: ModuleType | None = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+
+if TYPE_CHECKING:
+    from torchjd import aggregation as agg
+    from torchjd import linalg
+else:
+    agg = _LazyModule("torchjd.aggregation")
+    linalg = _LazyModule("torchjd.linalg")
 
 
 def require_extra(weighting: str, extra: str, modules: tuple[str, ...]) -> None:
@@ -140,7 +161,7 @@ class UPGrad(Aggregation):
 
     def __init__(self, *, tasks: Mapping[str, TaskSpec], params: ProjectionParams) -> None:
         require_extra("upgrad", "quadprog", ("numpy", "qpsolvers", "quadprog"))
-        projector = QuadprogProjector(norm_eps=params.norm_eps, reg_eps=params.reg_eps)
+        projector = linalg.QuadprogProjector(norm_eps=params.norm_eps, reg_eps=params.reg_eps)
         pref = per_task(params.pref_vector, tasks, "upgrad pref_vector")
         super().__init__(tasks=tasks, aggregator=agg.UPGrad(pref, projector=projector))
 
@@ -152,7 +173,7 @@ class DualProj(Aggregation):
 
     def __init__(self, *, tasks: Mapping[str, TaskSpec], params: ProjectionParams) -> None:
         require_extra("dualproj", "quadprog", ("numpy", "qpsolvers", "quadprog"))
-        projector = QuadprogProjector(norm_eps=params.norm_eps, reg_eps=params.reg_eps)
+        projector = linalg.QuadprogProjector(norm_eps=params.norm_eps, reg_eps=params.reg_eps)
         pref = per_task(params.pref_vector, tasks, "dualproj pref_vector")
         super().__init__(tasks=tasks, aggregator=agg.DualProj(pref, projector=projector))
 
