@@ -64,7 +64,7 @@ def default_text(field: FieldInfo) -> str:
     if value is None:
         return "none"
     if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
+        return "its keys' defaults"
     return f"`{json.dumps(value) if not isinstance(value, str) else value}`"
 
 
@@ -104,6 +104,7 @@ def sections() -> Iterator[tuple[str, dict[str, FieldInfo]]]:
             if inner is not None and inner.model_config.get("extra") == "forbid":
                 yield from walk(f"{name}.{key}{suffix}", inner)
 
+    yield "sections", dict(RunConfig.model_fields)
     for key, field in RunConfig.model_fields.items():
         inner, suffix = _model_class(field.annotation)
         if key == "model":
@@ -175,20 +176,24 @@ def render(text: str, models_md: str = "") -> tuple[str, list[str]]:
     from_models = model_doc_meanings(models_md)
     problems: list[str] = []
     seen = {m["name"] for m in BLOCK.finditer(text)}
+    for name in schema:  # a new top-level section: at the end, under its own heading
+        if name not in seen and "." not in name:
+            text = f"{text.rstrip()}\n\n## {name}\n\n<!-- keys: {name} -->\n<!-- /keys -->\n"
+            seen.add(name)
     for name in schema:  # new sections: an empty block after the last block of its kind
         if name in seen or "." not in name:
             continue
         parent = name.rsplit(".", 1)[0]
         kin = [m for m in BLOCK.finditer(text) if m["name"].startswith(parent + ".")]
+        if parent in ("model", "loss") and kin:
+            label = "model.name" if parent == "model" else "weighting"
+            title = f"\n\n`{label}: {name.rsplit('.', 1)[1]}`:\n\n"
+        else:
+            kin = [m for m in BLOCK.finditer(text) if m["name"] == parent] + kin
+            title = f"\n\n`{name}`:\n\n"
         if not kin:
-            problems.append(
-                f"section {name!r} has no block: add '<!-- keys: {name} -->' and "
-                "'<!-- /keys -->' lines to docs/config.md"
-            )
             continue
         end = kin[-1].end()
-        label = "model.name" if parent == "model" else "weighting" if parent == "loss" else parent
-        title = f"\n\n`{label}: {name.rsplit('.', 1)[1]}`:\n\n"
         text = f"{text[:end]}{title}<!-- keys: {name} -->\n<!-- /keys -->{text[end:]}"
         seen.add(name)
 
