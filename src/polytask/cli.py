@@ -181,9 +181,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"skipped {metrics['skipped_batches']} batch(es) with a non-finite loss "
             "(training.on_nan: skip)"
         )
+    best = metrics["best_epoch"]
+    if best is None:
+        best_text = "no validation split, so no best epoch (the model is the last epoch's)"
+    else:
+        best_text = f"best epoch {best} (training.monitor {cfg.training.monitor})"
+    processes = metrics.get("processes", 1)
+    by = f" by {processes} processes (torchrun)" if processes > 1 else ""
     console.print(
-        f"train samples/s {metrics['train_samples_per_s']:,.0f}; best epoch "
-        f"{metrics['best_epoch']}; wrote {out / 'model'} and {out / 'metrics.json'}"
+        f"trained{by}: {metrics['train_samples_per_s']:,.0f} train samples/s; {best_text}; "
+        f"wrote {out / 'model'} and {out / 'metrics.json'}"
     )
     from polytask.tracking import epochs_apart
 

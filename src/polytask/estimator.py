@@ -33,9 +33,8 @@ from polytask.config import (
     format_validation_error,
     validate,
 )
-from polytask.data import EncodedData, Preprocessor, data_fingerprint, read_table
+from polytask.data import EncodedData, Preprocessor, read_table
 from polytask.data.chunks import CHUNK_ROWS, read_chunks, write_chunks
-from polytask.data.stream import StreamingBatches, fit_preprocessor_streaming
 from polytask.decision import DEFAULT_TRANSFORM, ScoreSpec, fused_score
 from polytask.errors import (
     ConfigError,
@@ -44,31 +43,31 @@ from polytask.errors import (
     ModelFileError,
     NotFittedError,
     TrainingInterrupted,
-    closest,
 )
-from polytask.models import MODELS, Head, MultiTaskNet
-from polytask.nn import FeatureInput
+from polytask.models import MultiTaskNet
 from polytask.ranking import grouped_metrics
 from polytask.tasks import task_type
 from polytask.tracking import annotate_history, task_best_epochs
 from polytask.training import (
-    build_optimizer,
-    build_scheduler,
+    FitResult,
+    build,
     evaluate_split,
     fit_loop,
     gate_statistics,
     predict_outputs,
 )
-from polytask.training.checkpoint import TrainingParts, _strip, open_checkpoints
+from polytask.training.build import Trainable
+from polytask.training.checkpoint import Checkpointer, _strip, open_checkpoints
 from polytask.training.distributed import (
     DistributedTraining,
+    ProcessGroup,
     is_main_process,
     join_process_group,
 )
+from polytask.training.inputs import TrainingData, read_training_data
 from polytask.training.precision import training_network
 from polytask.training.progress import EpochCallback
-from polytask.training.schedules import AlternateBatches, JointBatches
-from polytask.weighting import WEIGHTINGS, Weighting
+from polytask.weighting import Weighting
 
 if TYPE_CHECKING:
     from polytask.export import OnnxGraph
@@ -95,43 +94,15 @@ def resolve_device(name: str, setting: str = "training.device") -> torch.device:
 
 
 def build_network(cfg: EstimatorConfig, preprocessor: Preprocessor) -> MultiTaskNet:
-    """The model the config names, sized by the fitted preprocessor."""
-    f = cfg.features
-    dims = [c.embedding_dim or f.embedding_dim for c in f.categorical]
-    numeric_dim = f.numeric_dim or min(f.embedding_dim * max(len(f.numeric), 1), 128)
-    inputs = FeatureInput(
-        cardinalities=preprocessor.cardinalities,
-        embedding_dims=dims,
-        numeric_width=preprocessor.numeric_width,
-        numeric_dim=numeric_dim,
-        names=[c.name for c in f.categorical],
+    """The network the config names, sized by the fitted preprocessor."""
+    model = cfg.model
+    return build.build_network(
+        cfg.features, cfg.task_specs(), model.name, model.params, preprocessor
     )
-    heads = [
-        Head(
-            name=name,
-            type=t.type,
-            out_dim=preprocessor.num_classes(name),
-            inputs_from=t.inputs_from,
-            detach=t.detach,
-        )
-        for name, t in cfg.task_specs().items()
-    ]
-    entry = MODELS[cfg.model.name]
-    params = entry.params.model_validate(cfg.model.params)
-    network: MultiTaskNet = entry.build(inputs=inputs, heads=heads, params=params)
-    return network
 
 
 def build_weighting(cfg: EstimatorConfig) -> Weighting:
-    entry = WEIGHTINGS[cfg.loss.weighting]
-    params = entry.params.model_validate(cfg.loss.params)
-    try:
-        weighting: Weighting = entry.build(tasks=cfg.task_specs(), params=params)
-        return weighting
-    except MissingExtraError as err:
-        raise MissingExtraError(f"loss: {err}") from None
-    except ValueError as err:
-        raise ConfigError(f"loss: {err}") from None
+    return build.build_weighting(cfg.loss.weighting, cfg.loss.params, cfg.task_specs())
 
 
 class MultiTaskModel:
@@ -239,8 +210,62 @@ class MultiTaskModel:
         fitted `Preprocessor` of the same features and tasks (which the model keeps): several
         models then train on one encoded copy of the data (``polytask compare`` does so).
         """
-        # Overrides apply to this call only; self.config keeps the settings as constructed.
-        cfg = self.config.model_copy(deep=True)
+        cfg = self._fit_config(epochs, batch_size, checkpoint_every, checkpoint_dir, resume)
+        tcfg, tasks = cfg.training, cfg.task_specs()
+        device, group = _training_device(tcfg)
+        data = read_training_data(
+            train,
+            validation,
+            features=cfg.features,
+            tasks=tasks,
+            training=tcfg,
+            device=device,
+            preprocessor=preprocessor,
+            distributed=group is not None,
+        )
+        data.warn_constant_labels(tasks)
+        torch.manual_seed(tcfg.seed)
+        network, weighting = build_network(cfg, data.preprocessor), build_weighting(cfg)
+        parts = Trainable.build(network, weighting, cfg.optimizer, tcfg.epochs, device)
+        trained = training_network(parts.network, tcfg)  # bf16/compile wrap it (precision.py)
+        parallel = None
+        if group is not None:
+            parallel = DistributedTraining(
+                group, network=trained, weighting=parts.weighting, tasks=tasks, training=tcfg,
+                data=data.encoded(),
+            )  # fmt: skip
+        source = data.batches(tcfg)
+        checkpoints, start = None, None
+        if checkpoint_dir is not None:
+            checkpoints, start = open_checkpoints(
+                checkpoint_dir,
+                every=tcfg.checkpoint_every or source.steps,
+                resume=resume,
+                parts=parts.with_source(source),
+                config=cfg.model_dump(mode="json"),
+                fingerprint=data.fingerprint(),
+                group=group,
+            )
+        _bind(callbacks, parts.network, data.validation)
+        result = fit_loop(
+            model=trained, weighting=parts.weighting, tasks=tasks, optimizer=parts.optimizer,
+            scheduler=parts.scheduler, train=source, validation=data.validation, cfg=tcfg,
+            checkpoints=checkpoints, start=start, distributed=parallel, callbacks=callbacks,
+        )  # fmt: skip
+        self.processes_ = 1 if group is None else group.world_size
+        return self._fitted(cfg, parts, data, result, checkpoints)
+
+    def _fit_config(
+        self,
+        epochs: int | None,
+        batch_size: int | None,
+        checkpoint_every: int | None,
+        checkpoint_dir: Any,
+        resume: bool,
+    ) -> EstimatorConfig:
+        """The settings of one fit: ``self.config`` with ``fit``'s overrides, checked again
+        (``self.config`` may have been changed since it was validated)."""
+        cfg = self.config.model_copy(deep=True)  # self.config keeps the settings as built
         try:
             if epochs is not None:
                 cfg.training.epochs = epochs
@@ -252,179 +277,36 @@ class MultiTaskModel:
             problems = format_validation_error(err, TrainingConfig, prefix="training.")
             raise ConfigError(f"fit: {problems}") from None
         try:
-            cfg.check_combinations()  # again: self.config may have been changed since
+            cfg.check_combinations()
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        tcfg = cfg.training
-        if checkpoint_dir is None and (tcfg.checkpoint_every is not None or resume):
+        if checkpoint_dir is None and (cfg.training.checkpoint_every is not None or resume):
             raise ConfigError(
                 "training.checkpoint_every and resume need a folder for the checkpoints: pass "
                 "fit(..., checkpoint_dir=...) (polytask train keeps them in OUT/checkpoints)"
             )
-        if tcfg.num_threads:
-            torch.set_num_threads(tcfg.num_threads)
-        device = resolve_device(tcfg.device)
-        group = join_process_group(device)  # None unless torchrun started several processes
-        if group is not None:
-            device = group.device
+        return cfg
 
-        if tcfg.stream is not None and not isinstance(train, str | os.PathLike):
-            raise ConfigError(
-                "training.stream reads the training set from a Parquet file: pass its path "
-                f"(fit('train.parquet', ...)); found {_kind(train)}"
-            )
-        if tcfg.schedule == "alternate" and not isinstance(train, Mapping):
-            raise ConfigError(
-                "training.schedule: alternate needs one dataset per task: pass "
-                "fit({task: table, ...}); found a single table"
-            )
-        if isinstance(train, EncodedData):
-            preprocessor = _encoded_by(preprocessor, cfg)
-        else:
-            preprocessor = Preprocessor(features=cfg.features, tasks=cfg.task_specs())
-        # Alternate training reads each task's table on its own (per_task); joint training
-        # one table (train_data), stacked when one is given per task. Never both: the
-        # training set is held once.
-        per_task: dict[str, EncodedData] | None = None
-        streamed: StreamingBatches | None = None
-        train_data: EncodedData | StreamingBatches | None = None
-        if isinstance(train, Mapping):
-            frames = self._task_tables(train, "training set")
-            features = pd.concat(
-                [f[[c for c in cfg.features.columns if c in f.columns]] for f in frames.values()],
-                ignore_index=True,
-            )
-            preprocessor.fit(features, label_frames=frames)
-            encoded = {
-                t: preprocessor.transform(f, labels=True, only=t, what=f"training set of {t!r}")
-                for t, f in frames.items()
-            }
-            if tcfg.schedule == "alternate":
-                per_task = encoded
-            else:
-                train_data = EncodedData.concat(list(encoded.values()))
-            del encoded
-            train_columns = set().union(*(set(f.columns) for f in frames.values()))
-        elif tcfg.stream is not None:  # out-of-core: train is a Parquet path (data/stream.py)
-            if group is not None:
-                raise ConfigError("training.stream is not supported with distributed training")
-            fit_preprocessor_streaming(preprocessor, train, chunk_rows=tcfg.stream.chunk_rows)
-            streamed = StreamingBatches.from_config(train, preprocessor, tcfg.stream, device)
-            train_columns = set(preprocessor.train_columns_)
-        elif isinstance(train, EncodedData):  # encoded by the given preprocessor
-            train_data = train
-            train_columns = set(preprocessor.train_columns_)
-        else:
-            train_df = read_table(train, what="training set")
-            train_data = preprocessor.fit_transform(train_df, labels=True, what="training set")
-            train_columns = set(train_df.columns)
-        valid_data = None
-        if validation is not None:
-            valid_data = self._encode_validation(validation, preprocessor, train_columns)
-            valid_data = valid_data.to(device)
-        if per_task is not None:
-            per_task = {t: d.to(device) for t, d in per_task.items()}
-            n_train = sum(len(d) for d in per_task.values())
-        elif streamed is not None:
-            train_data = streamed
-            n_train = len(streamed)
-        else:
-            assert isinstance(train_data, EncodedData)
-            train_data = train_data.to(device)
-            n_train = len(train_data)
-
-        torch.manual_seed(tcfg.seed)
-        network = build_network(cfg, preprocessor).to(device)
-        weighting = build_weighting(cfg).to(device)
-        groups = network.parameter_groups()
-        if any(True for _ in weighting.parameters()):
-            groups["weighting"] = list(weighting.parameters())
-        optimizer = build_optimizer(groups, cfg.optimizer)
-        scheduler = build_scheduler(optimizer, cfg.optimizer, tcfg.epochs)
-
-        parallel = None
-        trained = training_network(network, tcfg)  # bf16/compile wrap it (precision.py)
-        if group is not None:
-            if per_task is not None:
-                training_sets = list(per_task.values())
-            else:
-                assert isinstance(train_data, EncodedData)  # streaming is refused above
-                training_sets = [train_data]
-            parallel = DistributedTraining(
-                group,
-                network=trained,
-                weighting=weighting,
-                tasks=cfg.task_specs(),
-                training=tcfg,
-                data=[*training_sets, valid_data],
-            )
-        train_source: JointBatches | AlternateBatches
-        if per_task is not None:  # training.schedule: alternate
-            train_source = AlternateBatches(
-                per_task,
-                batch_size=tcfg.batch_size,
-                sampling=tcfg.task_sampling,
-                generator=torch.Generator().manual_seed(tcfg.seed),
-            )
-        else:
-            assert train_data is not None
-            train_source = JointBatches(
-                train_data,
-                batch_size=tcfg.batch_size,
-                generator=torch.Generator().manual_seed(tcfg.seed),
-            )
-        checkpoints, start = None, None
-        if checkpoint_dir is not None:
-            splits: dict[str, EncodedData] = {}
-            if per_task is not None:
-                splits = dict(per_task)
-            elif isinstance(train_data, EncodedData):
-                splits["train"] = train_data
-            if valid_data is not None:
-                splits["validation"] = valid_data
-            # A streamed file is too large to hash: its fitted preprocessor and row count
-            # stand in for it.
-            extra = (
-                ""
-                if streamed is None
-                else json.dumps([preprocessor.state_dict(), len(streamed)], sort_keys=True)
-            )
-            checkpoints, start = open_checkpoints(
-                checkpoint_dir,
-                every=tcfg.checkpoint_every or train_source.steps,
-                resume=resume,
-                parts=TrainingParts(network, weighting, optimizer, scheduler, train_source),
-                config=cfg.model_dump(mode="json"),
-                fingerprint=data_fingerprint(splits, extra=extra),
-                group=group,
-            )
-        for callback in callbacks:  # a callback that measures the model (polytask.tracking)
-            bind = getattr(callback, "bind", None)
-            if bind is not None:
-                bind(network, valid_data)
-        result = fit_loop(
-            model=trained,
-            weighting=weighting,
-            tasks=cfg.task_specs(),
-            optimizer=optimizer,
-            scheduler=scheduler,
-            train=train_source,
-            validation=valid_data,
-            cfg=tcfg,
-            checkpoints=checkpoints,
-            start=start,
-            distributed=parallel,
-            callbacks=callbacks,
-        )
-        self.preprocessor_ = preprocessor
-        self.network_ = network
-        self.weighting_ = weighting
-        self.optimizer_ = optimizer
+    def _fitted(
+        self,
+        cfg: EstimatorConfig,
+        parts: Trainable,
+        data: TrainingData,
+        result: FitResult,
+        checkpoints: Checkpointer | None,
+    ) -> MultiTaskModel:
+        """Keep what the fit learned (``*_`` attributes); raise `TrainingInterrupted` after
+        that if Ctrl-C stopped it; fit the calibrators (``calibration``) on the validation
+        split."""
+        self.preprocessor_ = data.preprocessor
+        self.network_ = parts.network
+        self.weighting_ = parts.weighting
+        self.optimizer_ = parts.optimizer
         self.history_ = result.history
         self.best_epoch_ = result.best_epoch
-        annotate_history(self.history_, cfg.tasks, tcfg.monitor)
-        self.task_best_epochs_ = task_best_epochs(self.history_, cfg.tasks, tcfg.monitor)
-        self.n_train_ = n_train
+        annotate_history(self.history_, cfg.tasks, cfg.training.monitor)
+        self.task_best_epochs_ = task_best_epochs(self.history_, cfg.tasks, cfg.training.monitor)
+        self.n_train_ = data.rows
         self.skipped_batches_ = result.skipped_batches
         self.resumed_from_ = None if checkpoints is None else checkpoints.resumed_from
         self.interrupted_ = result.interrupted
@@ -438,54 +320,15 @@ class MultiTaskModel:
                 checkpoint=None if checkpoints is None else checkpoints.latest,
             )
         if cfg.calibration:
-            if valid_data is None:
+            if data.validation is None:
                 warnings.warn(
                     f"calibration {dict(cfg.calibration)} is fitted on the validation set, and "
                     "fit was given none; call calibrate(table) with a labelled table",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
             else:
-                self.calibrate(valid_data)
+                self.calibrate(data.validation)
         return self
-
-    def _task_tables(self, data: Mapping[str, Any], what: str) -> dict[str, pd.DataFrame]:
-        tasks = list(self.config.tasks)
-        unknown = [str(k) for k in data if k not in self.config.tasks]
-        if unknown:
-            raise DataError(
-                f"{what}: datasets given for unknown task(s) {unknown}; the tasks are {tasks}"
-                f"{closest(unknown[0], tasks)}"
-            )
-        missing = [t for t in tasks if t not in data]
-        if missing:
-            raise DataError(f"{what}: one dataset per task is needed; none given for {missing}")
-        return {t: read_table(data[t], what=f"{what} of task {t!r}") for t in tasks}
-
-    def _encode_validation(
-        self, validation: Any, preprocessor: Preprocessor, train_columns: set[Any]
-    ) -> EncodedData:
-        what = "validation set"
-        if isinstance(validation, EncodedData):
-            data = validation
-        elif isinstance(validation, Mapping):
-            frames = self._task_tables(validation, what)
-            parts = [
-                preprocessor.transform(f, labels=True, only=t, what=f"{what} of task {t!r}")
-                for t, f in frames.items()
-            ]
-            data = EncodedData.concat(parts)
-        else:
-            df = read_table(validation, what=what)
-            extra = [str(c) for c in df.columns if c not in train_columns]
-            if extra:
-                raise DataError(
-                    f"{what} has column(s) {extra} that the training set and the schema lack; "
-                    "the two splits must come from the same table"
-                )
-            data = preprocessor.transform(df, labels=True, what=what)
-        if len(data) == 0:
-            raise DataError(f"{what} is empty: expected at least one row, found 0")
-        return data
 
     # ------------------------------------------------------------------------------ use
     def _check_fitted(self) -> None:
@@ -883,6 +726,24 @@ class MultiTaskModel:
         )
 
 
+def _training_device(training: TrainingConfig) -> tuple[torch.device, ProcessGroup | None]:
+    """The device a fit trains on, and its process group when torchrun started several
+    processes (each rank on its own device); sets ``training.num_threads``."""
+    if training.num_threads:
+        torch.set_num_threads(training.num_threads)
+    device = resolve_device(training.device)
+    group = join_process_group(device)
+    return (device, None) if group is None else (group.device, group)
+
+
+def _bind(callbacks: Sequence[EpochCallback], network: MultiTaskNet, validation: Any) -> None:
+    """``bind(network, validation)`` of each callback that has it, before the first epoch
+    (`polytask.tracking.Tracker` measures the model with them)."""
+    for callback in callbacks:
+        if (bind := getattr(callback, "bind", None)) is not None:
+            bind(network, validation)
+
+
 class _UnavailableWeighting(Weighting):
     """Stands in for a saved model's weighting whose optional dependency is not installed:
     the model predicts, evaluates and saves as usual (the weighting has no tensors); using the
@@ -894,22 +755,6 @@ class _UnavailableWeighting(Weighting):
 
     def forward(self, losses: torch.Tensor) -> torch.Tensor:
         raise MissingExtraError(str(self.error))
-
-
-def _encoded_by(preprocessor: Preprocessor | None, cfg: EstimatorConfig) -> Preprocessor:
-    """The preprocessor that encoded a training set passed as `EncodedData`, checked to
-    be fitted on the model's features and tasks."""
-    if preprocessor is None or not preprocessor.fitted:
-        raise ConfigError(
-            "fit: an encoded training set needs the fitted Preprocessor that encoded it: "
-            "fit(encoded, preprocessor=...)"
-        )
-    if preprocessor.features != cfg.features or preprocessor.tasks != cfg.task_specs():
-        raise ConfigError(
-            "fit: the preprocessor was built for other features or tasks "
-            f"({sorted(preprocessor.tasks)}) than the model's ({sorted(cfg.tasks)})"
-        )
-    return preprocessor
 
 
 def _read_calibrators(path: Path, config: EstimatorConfig) -> dict[str, Calibrator]:
@@ -931,12 +776,6 @@ def _read_calibrators(path: Path, config: EstimatorConfig) -> dict[str, Calibrat
         except ValueError as err:
             raise ModelFileError(f"{path}: task {name!r}: {err}") from None
     return found
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "a mapping {task: table}"
-    return f"a {type(value).__name__}"
 
 
 def _pickle_hint(path: Path) -> str:

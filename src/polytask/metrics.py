@@ -58,14 +58,28 @@ def all_metrics(
 
 def monitor_value(metrics: Mapping[str, Mapping[str, float]], monitor: str) -> float:
     """Value of a monitor name: ``loss`` (sum of task losses), ``<task>.<metric>``, or
-    ``mean.<metric>`` (mean over the tasks that report that metric)."""
+    ``mean.<metric>`` (mean over the tasks where that metric is defined: a task whose value
+    is NaN, e.g. the AUC of one class, is left out; see `undefined_in_mean`)."""
     if monitor == "loss":
         return float(sum(m.get("loss", 0.0) for m in metrics.values()))
     head, _, metric = monitor.partition(".")
     if head == "mean":
-        values = [m[metric] for m in metrics.values() if metric in m]
+        values = [m[metric] for m in metrics.values() if metric in m and not math.isnan(m[metric])]
         return float(np.mean(values)) if values else math.nan
     return float(metrics[head][metric])
+
+
+_UNDEFINED = {"auc": "its labels there are all one class"}
+
+
+def undefined_in_mean(metrics: Mapping[str, Mapping[str, float]], monitor: str) -> dict[str, str]:
+    """``{task: why}`` for the tasks a ``mean.<metric>`` monitor leaves out because their
+    metric is NaN; empty for any other monitor."""
+    head, _, metric = monitor.partition(".")
+    if head != "mean":
+        return {}
+    why = _UNDEFINED.get(metric, "it is not a number")
+    return {t: why for t, m in metrics.items() if metric in m and math.isnan(m[metric])}
 
 
 def monitor_mode(monitor: str) -> str:

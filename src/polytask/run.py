@@ -212,6 +212,7 @@ def _train_and_write(
     metrics["best_epoch"] = model.best_epoch_
     metrics["task_best_epochs"] = model.task_best_epochs_
     metrics["epochs_run"] = len(model.history_)
+    metrics["processes"] = model.processes_
     metrics["skipped_batches"] = model.skipped_batches_
     metrics["rows"] = {
         "train": model.n_train_,

@@ -224,6 +224,7 @@ def test_torchrun_polytask_train_writes_once_with_metrics_over_all_rows(tmp_path
     done = torchrun("-m", "polytask", "train", "run.yaml", "--out", "ddp", cwd=tmp_path)
     assert done.stdout.count("training mmoe") == 1  # only rank 0 prints
     assert done.stdout.count("wrote") == 1
+    assert "trained by 2 processes (torchrun)" in done.stdout
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
         "config.yaml",
         "history.csv",  # training.loggers: [csv], rank 0 only
@@ -243,6 +244,7 @@ def test_torchrun_polytask_train_writes_once_with_metrics_over_all_rows(tmp_path
 
     splits = load_splits(model_config_data(tmp_path / "run.yaml"), tmp_path)
     assert metrics["rows"] == {"train": 280, "validation": 60, "test": 60}
+    assert metrics["processes"] == 2
     for split, frame in (("validation", splits.validation), ("test", splits.test)):
         expected = model.evaluate(frame)
         for task in TASKS:

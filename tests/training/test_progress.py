@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -126,3 +127,24 @@ def test_polytask_train_into_a_log_file_shows_a_line_per_epoch(
     lines = [line for line in log.read_text().splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"], log.read_text()
     assert all("val click.auc=" in line for line in lines)
+    assert "best epoch " in log.read_text() and "training.monitor click.auc" in log.read_text()
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["processes"] == 1
+
+
+def test_without_validation_polytask_train_says_there_is_no_best_epoch(
+    tmp_path: Path, toy_frame: pd.DataFrame
+) -> None:
+    toy_frame.to_csv(tmp_path / "table.csv", index=False)
+    (tmp_path / "run.yaml").write_text(
+        "data: {path: table.csv, split: {train: 0.9, validation: 0.0, test: 0.1}}\n"
+        "features: {numeric: [x, z]}\n"
+        "tasks: {click: {type: binary}}\n"
+        "model: {name: shared_bottom, shared_units: [4], tower_units: [2]}\n"
+        "training: {epochs: 1, batch_size: 400, progress: false}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "polytask", "train", "run.yaml", "--out", "out"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert "no validation split, so no best epoch" in done.stdout
+    assert "best epoch None" not in done.stdout

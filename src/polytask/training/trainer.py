@@ -11,6 +11,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from polytask.data import Batch, EncodedData
 from polytask.data.stream import StreamingBatches
 from polytask.errors import TrainingError
-from polytask.metrics import all_metrics, monitor_mode, monitor_value
+from polytask.metrics import all_metrics, monitor_mode, monitor_value, undefined_in_mean
 from polytask.models import MultiTaskNet
 from polytask.tasks import TaskSpec
 from polytask.training.loops import predict_outputs
@@ -177,6 +178,7 @@ def fit_loop(
             f"{state.position} of its {n_batches} batches done"
         )
 
+    left_out: set[str] = set()  # tasks a mean.<metric> monitor left out (warned)
     with interruptible(distributed is None) as stop:
         while state.epoch <= cfg.epochs and not result.interrupted:
             epoch = state.epoch
@@ -238,6 +240,14 @@ def fit_loop(
                 metrics = evaluate(model, tasks, validation, cfg.eval_batch_size)
                 record["validation"] = metrics
                 value = monitor_value(metrics, cfg.monitor)
+                for t, why in undefined_in_mean(metrics, cfg.monitor).items():
+                    if main and t not in left_out:  # once per task and fit
+                        left_out.add(t)
+                        warnings.warn(
+                            f"training.monitor {cfg.monitor}: task {t!r} is left out of the "
+                            f"mean, its metric is undefined on the validation split ({why})",
+                            stacklevel=2,
+                        )
                 record["monitor"] = {cfg.monitor: value}
                 best = result.best_value
                 # The first epoch is the best so far whatever its value; a NaN best (e.g. an

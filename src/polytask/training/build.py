@@ -1,0 +1,105 @@
+"""The builders of what a fit trains: the network a model name means (sized by the fitted
+preprocessor), the weighting a name means, and the optimizer and scheduler over both.
+
+They take plain parts (a features section, task specs, a name and its parameters), so the
+estimator, a saved model's loader and tests build the same things the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from polytask.data import Preprocessor
+from polytask.data.features import FeaturesConfig
+from polytask.errors import ConfigError, MissingExtraError
+from polytask.models import MODELS, Head, MultiTaskNet
+from polytask.nn import FeatureInput
+from polytask.tasks import TaskSpec
+from polytask.training.checkpoint import ResumableSource, TrainingParts
+from polytask.training.optim import build_optimizer, build_scheduler
+from polytask.training.settings import OptimizerConfig
+from polytask.weighting import WEIGHTINGS, Weighting
+
+
+def build_network(
+    features: FeaturesConfig,
+    tasks: Mapping[str, TaskSpec],
+    model: str,
+    params: Mapping[str, Any],
+    preprocessor: Preprocessor,
+) -> MultiTaskNet:
+    """The network ``model`` names with its ``params``, sized by the fitted preprocessor."""
+    f = features
+    dims = [c.embedding_dim or f.embedding_dim for c in f.categorical]
+    numeric_dim = f.numeric_dim or min(f.embedding_dim * max(len(f.numeric), 1), 128)
+    inputs = FeatureInput(
+        cardinalities=preprocessor.cardinalities,
+        embedding_dims=dims,
+        numeric_width=preprocessor.numeric_width,
+        numeric_dim=numeric_dim,
+        names=[c.name for c in f.categorical],
+    )
+    heads = [
+        Head(
+            name=name,
+            type=t.type,
+            out_dim=preprocessor.num_classes(name),
+            inputs_from=t.inputs_from,
+            detach=t.detach,
+        )
+        for name, t in tasks.items()
+    ]
+    entry = MODELS[model]
+    network: MultiTaskNet = entry.build(
+        inputs=inputs, heads=heads, params=entry.params.model_validate(params)
+    )
+    return network
+
+
+def build_weighting(name: str, params: Mapping[str, Any], tasks: dict[str, TaskSpec]) -> Weighting:
+    """The weighting ``name`` means with its ``params``; errors name the ``loss`` section."""
+    entry = WEIGHTINGS[name]
+    try:
+        weighting: Weighting = entry.build(tasks=tasks, params=entry.params.model_validate(params))
+        return weighting
+    except MissingExtraError as err:
+        raise MissingExtraError(f"loss: {err}") from None
+    except ValueError as err:
+        raise ConfigError(f"loss: {err}") from None
+
+
+@dataclass
+class Trainable:
+    """A fit's network and weighting on its device, and the optimizer and scheduler over
+    their parameters (the weighting's learned ones as the group ``weighting``)."""
+
+    network: MultiTaskNet
+    weighting: Weighting
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+    @classmethod
+    def build(
+        cls,
+        network: MultiTaskNet,
+        weighting: Weighting,
+        optimizer: OptimizerConfig,
+        epochs: int,
+        device: torch.device,
+    ) -> Trainable:
+        """Move ``network`` and ``weighting`` to ``device``; an optimizer over both and the
+        scheduler of ``epochs`` epochs."""
+        network, weighting = network.to(device), weighting.to(device)
+        groups = network.parameter_groups()
+        if any(True for _ in weighting.parameters()):
+            groups["weighting"] = list(weighting.parameters())
+        optim = build_optimizer(groups, optimizer)
+        return cls(network, weighting, optim, build_scheduler(optim, optimizer, epochs))
+
+    def with_source(self, source: ResumableSource) -> TrainingParts:
+        """What a checkpoint saves: these and the batch source."""
+        return TrainingParts(self.network, self.weighting, self.optimizer, self.scheduler, source)

@@ -1,0 +1,225 @@
+"""What `MultiTaskModel.fit` trains on: the training (and validation) data of its three input
+modes, read, encoded once and checked, as one `TrainingData`.
+
+- ``frames``: one table (DataFrame, CSV or Parquet path, or `EncodedData` with the
+  preprocessor that encoded it); with one table per task and joint training they are stacked
+  (each row's missing labels are masked).
+- ``per_task``: one table per task, kept apart (``training.schedule: alternate``).
+- ``stream``: a Parquet file read chunk by chunk, never whole (``training.stream``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+
+from polytask.data import EncodedData, Preprocessor, data_fingerprint, read_table
+from polytask.data.features import FeaturesConfig
+from polytask.data.stream import StreamingBatches, fit_preprocessor_streaming
+from polytask.errors import ConfigError, DataError, closest
+from polytask.tasks import TaskSpec
+from polytask.training.schedules import AlternateBatches, JointBatches
+from polytask.training.settings import TrainingConfig
+
+
+@dataclass
+class TrainingData:
+    """A fit's data, encoded by ``preprocessor`` and on the training device."""
+
+    kind: Literal["frames", "per_task", "stream"]
+    preprocessor: Preprocessor
+    splits: dict[str, EncodedData]
+    """``{"train": data}`` (frames), ``{task: data}`` (per_task), ``{}`` (stream)."""
+    validation: EncodedData | None
+    streamed: StreamingBatches | None = None
+
+    @property
+    def rows(self) -> int:
+        if self.streamed is not None:
+            return len(self.streamed)
+        return sum(len(d) for d in self.splits.values())
+
+    def encoded(self) -> list[EncodedData | None]:
+        """Every split held in memory, validation last (None without one)."""
+        return [*self.splits.values(), self.validation]
+
+    def batches(self, training: TrainingConfig) -> JointBatches | AlternateBatches:
+        """The resumable batch source of the fit's epochs, shuffled from ``training.seed``."""
+        generator = torch.Generator().manual_seed(training.seed)
+        if self.kind == "per_task":
+            return AlternateBatches(
+                self.splits,
+                batch_size=training.batch_size,
+                sampling=training.task_sampling,
+                generator=generator,
+            )
+        rows = self.streamed if self.streamed is not None else self.splits["train"]
+        return JointBatches(rows, batch_size=training.batch_size, generator=generator)
+
+    def fingerprint(self) -> str:
+        """What a checkpoint checks it resumes on: a hash of every split in memory; a
+        streamed file, too large to hash, is stood for by its fitted preprocessor and rows."""
+        splits = dict(self.splits)
+        if self.validation is not None:
+            splits["validation"] = self.validation
+        extra = ""
+        if self.streamed is not None:
+            extra = json.dumps([self.preprocessor.state_dict(), self.rows], sort_keys=True)
+        return data_fingerprint(splits, extra=extra)
+
+    def warn_constant_labels(self, tasks: Mapping[str, TaskSpec]) -> None:
+        """Warn, before training, of a binary task whose training labels are all one class:
+        it cannot learn to separate them, and its AUC is undefined."""
+        for name, spec in tasks.items():
+            if spec.type != "binary" or self.streamed is not None:
+                continue
+            parts = [d.labels[name] for d in self.splits.values() if name in d.labels]
+            labels = torch.cat(parts) if parts else torch.zeros(0)
+            labels = labels[~torch.isnan(labels)]
+            if len(labels) and bool((labels == labels[0]).all()):
+                value = float(labels[0])
+                warnings.warn(
+                    f"task {name!r}: every training label is {value:g} "
+                    f"({'positive' if value else 'negative'}); it cannot learn to tell the "
+                    "classes apart and its AUC is undefined",
+                    stacklevel=3,
+                )
+
+
+def read_training_data(
+    train: Any,
+    validation: Any | None,
+    *,
+    features: FeaturesConfig,
+    tasks: dict[str, TaskSpec],
+    training: TrainingConfig,
+    device: torch.device,
+    preprocessor: Preprocessor | None = None,
+    distributed: bool = False,
+) -> TrainingData:
+    """Read, fit the preprocessor on and encode ``train`` (then ``validation`` with it), in
+    the mode ``training`` and the type of ``train`` say; errors name what does not fit."""
+    if training.stream is not None and not isinstance(train, str | os.PathLike):
+        raise ConfigError(
+            "training.stream reads the training set from a Parquet file: pass its path "
+            f"(fit('train.parquet', ...)); found {_kind(train)}"
+        )
+    if training.schedule == "alternate" and not isinstance(train, Mapping):
+        raise ConfigError(
+            "training.schedule: alternate needs one dataset per task: pass "
+            "fit({task: table, ...}); found a single table"
+        )
+    if isinstance(train, EncodedData):
+        pre = _encoded_by(preprocessor, features, tasks)
+    else:
+        pre = Preprocessor(features=features, tasks=tasks)
+    kind: Literal["frames", "per_task", "stream"] = "frames"
+    streamed = None
+    if isinstance(train, Mapping):
+        frames = task_tables(train, list(tasks), "training set")
+        columns = features.columns
+        pre.fit(
+            pd.concat(
+                [f[[c for c in columns if c in f.columns]] for f in frames.values()],
+                ignore_index=True,
+            ),
+            label_frames=frames,
+        )
+        splits = {
+            t: pre.transform(f, labels=True, only=t, what=f"training set of {t!r}")
+            for t, f in frames.items()
+        }
+        if training.schedule == "alternate":
+            kind = "per_task"
+        else:  # stacked: the training set is held once
+            splits = {"train": EncodedData.concat(list(splits.values()))}
+        train_columns = set().union(*(set(f.columns) for f in frames.values()))
+    elif training.stream is not None:  # out-of-core (data/stream.py)
+        if distributed:
+            raise ConfigError("training.stream is not supported with distributed training")
+        fit_preprocessor_streaming(pre, train, chunk_rows=training.stream.chunk_rows)
+        streamed = StreamingBatches.from_config(train, pre, training.stream, device)
+        kind, splits, train_columns = "stream", {}, set(pre.train_columns_)
+    elif isinstance(train, EncodedData):  # encoded by the given preprocessor
+        splits, train_columns = {"train": train}, set(pre.train_columns_)
+    else:
+        frame = read_table(train, what="training set")
+        splits = {"train": pre.fit_transform(frame, labels=True, what="training set")}
+        train_columns = set(frame.columns)
+    valid = None
+    if validation is not None:
+        valid = encode_validation(validation, pre, list(tasks), train_columns).to(device)
+    splits = {k: d.to(device) for k, d in splits.items()}
+    return TrainingData(kind, pre, splits, valid, streamed)
+
+
+def task_tables(data: Mapping[str, Any], tasks: list[str], what: str) -> dict[str, pd.DataFrame]:
+    """One table per task, read, in the order of ``tasks``."""
+    unknown = [str(k) for k in data if k not in tasks]
+    if unknown:
+        raise DataError(
+            f"{what}: datasets given for unknown task(s) {unknown}; the tasks are {tasks}"
+            f"{closest(unknown[0], tasks)}"
+        )
+    missing = [t for t in tasks if t not in data]
+    if missing:
+        raise DataError(f"{what}: one dataset per task is needed; none given for {missing}")
+    return {t: read_table(data[t], what=f"{what} of task {t!r}") for t in tasks}
+
+
+def encode_validation(
+    validation: Any, preprocessor: Preprocessor, tasks: list[str], train_columns: set[Any]
+) -> EncodedData:
+    what = "validation set"
+    if isinstance(validation, EncodedData):
+        data = validation
+    elif isinstance(validation, Mapping):
+        frames = task_tables(validation, tasks, what)
+        parts = [
+            preprocessor.transform(f, labels=True, only=t, what=f"{what} of task {t!r}")
+            for t, f in frames.items()
+        ]
+        data = EncodedData.concat(parts)
+    else:
+        df = read_table(validation, what=what)
+        extra = [str(c) for c in df.columns if c not in train_columns]
+        if extra:
+            raise DataError(
+                f"{what} has column(s) {extra} that the training set and the schema lack; "
+                "the two splits must come from the same table"
+            )
+        data = preprocessor.transform(df, labels=True, what=what)
+    if len(data) == 0:
+        raise DataError(f"{what} is empty: expected at least one row, found 0")
+    return data
+
+
+def _encoded_by(
+    preprocessor: Preprocessor | None, features: FeaturesConfig, tasks: dict[str, TaskSpec]
+) -> Preprocessor:
+    """The preprocessor that encoded a training set passed as `EncodedData`, checked to
+    be fitted on the model's features and tasks."""
+    if preprocessor is None or not preprocessor.fitted:
+        raise ConfigError(
+            "fit: an encoded training set needs the fitted Preprocessor that encoded it: "
+            "fit(encoded, preprocessor=...)"
+        )
+    if preprocessor.features != features or preprocessor.tasks != tasks:
+        raise ConfigError(
+            "fit: the preprocessor was built for other features or tasks "
+            f"({sorted(preprocessor.tasks)}) than the model's ({sorted(tasks)})"
+        )
+    return preprocessor
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping {task: table}"
+    return f"a {type(value).__name__}"
