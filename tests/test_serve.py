@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from polytask import MultiTaskModel
 from polytask.cli import main
@@ -241,3 +242,31 @@ def test_a_folder_that_cannot_be_loaded_fails_before_serving(
 
 def test_serve_env_does_not_leak_into_this_process() -> None:
     assert "POLYTASK_SERVE_OPTIONS" not in os.environ
+
+
+def test_the_row_encoder_encodes_as_the_preprocessor(model_dir: Path) -> None:
+    """The direct JSON-row encoding equals `Preprocessor.transform` of the table built from
+    the same rows, for every value type it takes; any other value sends the request down the
+    table path (None)."""
+    service = Service(model_dir)
+    pre = service.model.preprocessor_
+    rows = [
+        {"color": "red", "size": 2, "x": 0.5, "z": 1},
+        {"color": "purple", "size": True, "x": -3, "z": None},  # unseen, a bool, int, null
+        {"color": None, "size": 10**15, "x": 1e300, "z": -0.0},  # huge int and float
+        {"color": "", "size": -1, "x": float("inf"), "z": float("nan")},  # inf/NaN: missing
+        {"color": "blue", "size": None, "x": 2**62, "z": 7},
+    ]
+    for row in rows:  # each row alone (one dtype per column) and all rows together
+        for batch in ([row], rows):
+            fast = service.encoder.encode(batch)
+            assert fast is not None
+            table = pre.transform(pd.DataFrame.from_records(batch, columns=service.columns))
+            assert torch.equal(fast.categorical, table.categorical), batch
+            assert torch.equal(fast.numeric, table.numeric), batch
+    for odd in ({"size": 2.0}, {"size": 2**60}, {"x": "3.5"}, {"x": True}, {"color": 1.5}):
+        assert service.encoder.encode([{**rows[0], **odd}]) is None, odd
+    # ... and that path predicts what predict does: "3.5" as text is read as a number
+    out = service.predict(json.dumps({"rows": [{**rows[0], "x": "3.5"}]}).encode())
+    expected = service.model.predict(pd.DataFrame([{**rows[0], "x": 3.5}]))
+    _assert_matches(out["predictions"], expected)

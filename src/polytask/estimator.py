@@ -547,41 +547,47 @@ class MultiTaskModel:
         return graph_for(self, onnx_file)
 
     def _predict_frame(self, df: pd.DataFrame, graph: OnnxGraph | None = None) -> pd.DataFrame:
-        encoded = self.preprocessor_.transform(df, labels=False, what="prediction data").to(
-            self._device()
-        )
-        if graph is not None:
-            from polytask.export import predict_frame
+        encoded = self.preprocessor_.transform(df, labels=False, what="prediction data")
+        group = self.config.decision.group
+        groups = df[group].to_numpy() if group is not None and group in df.columns else None
+        return self._predict_encoded(encoded, df.index, graph, groups)
 
-            return self._decided(predict_frame(self, encoded, df.index, graph), df, None)
-        outputs = predict_outputs(self.network_, encoded, self.config.training.eval_batch_size)
+    def _predict_encoded(
+        self,
+        encoded: EncodedData,
+        index: pd.Index,
+        graph: OnnxGraph | None = None,
+        groups: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """`predict`'s frame for encoded rows: the raw outputs of the torch network, or of
+        its ONNX ``graph``, turned into columns by the task types, then calibrated and
+        scored (`_decided`; ``groups``: each row's ``decision.group`` value, if known)."""
+        if graph is None:
+            outputs = predict_outputs(
+                self.network_, encoded.to(self._device()), self.config.training.eval_batch_size
+            )
+        else:
+            outputs = graph.run(encoded)
         columns: dict[str, Any] = {}
         classes = self.preprocessor_.classes_
         for name, task in self.config.task_specs().items():
             columns.update(task_type(task).predict_columns(name, outputs[name], classes.get(name)))
         for name, kind in self.network_.auxiliary_outputs.items():
             columns.update(task_type(kind).predict_columns(name, outputs[name].astype(np.float64)))
-        return self._decided(pd.DataFrame(columns, index=df.index), df, outputs)
+        return self._decided(pd.DataFrame(columns, index=index), groups, outputs)
 
     def _decided(
-        self, frame: pd.DataFrame, df: pd.DataFrame, logits: Mapping[str, np.ndarray] | None
+        self, frame: pd.DataFrame, groups: np.ndarray | None, logits: Mapping[str, np.ndarray]
     ) -> pd.DataFrame:
         """Predict's frame with the calibrated probabilities (``<task>.raw`` keeps the
-        model's) and the fused ``score``; ``logits`` are the network's outputs, or None when
-        only the probabilities are at hand (the ONNX graph), whose logits are then used."""
+        model's) and the fused ``score``; ``logits`` are the network's raw outputs (torch's
+        or the ONNX graph's: the same)."""
         for name, cal in self.calibrators_.items():
             raw = frame[name].to_numpy(dtype=np.float64)
-            if logits is not None:
-                z = logits[name]
-            else:
-                with np.errstate(divide="ignore"):
-                    z = np.log(raw) - np.log1p(-raw)
             frame[f"{name}.raw"] = raw
-            frame[name] = cal(z)
+            frame[name] = cal(logits[name])
         spec = self._score_spec()
         if spec is not None:
-            group = self.config.decision.group
-            groups = df[group].to_numpy() if group is not None and group in df.columns else None
             scores = {t: frame[t].to_numpy(dtype=np.float64) for t in spec.weights}
             frame["score"] = fused_score(scores, spec, self._task_types(), groups)
         return frame

@@ -9,9 +9,11 @@ in the model folder's ``preprocessor.json``. The contract between the two (docs/
   the order of ``features.numeric``, then their missing indicators). A model without
   categorical (or numeric) features has no such input.
 - Outputs, one per task in task order, then one per auxiliary output (ESMM's ``cvr``), each
-  named after it: the probability of the positive class ``[B]`` (binary), the value ``[B]``
-  (regression), the class probabilities ``[B, K]`` (multiclass, classes in the order of
-  ``preprocessor.json``). These are what ``predict`` reports.
+  named after it: the network's raw output, as the task type's link reads it: a logit
+  ``[B]`` (binary: the probability is its sigmoid), the value ``[B]`` (regression), logits
+  ``[B, K]`` (multiclass: softmax, classes in the order of ``preprocessor.json``). polytask
+  turns them into `predict`'s columns with the same task-type code as for torch outputs, so
+  the two backends cannot decode differently, whatever task types exist.
 - ``metadata_props`` say which polytask wrote it, the model, the inputs' columns, the
   outputs' kinds and a digest of the weights, so a graph exported from other weights than
   the folder's is refused rather than silently used.
@@ -35,7 +37,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -86,8 +87,8 @@ def check_backend(backend: str) -> None:
 # ---------------------------------------------------------------------------------- contract
 @dataclass(frozen=True)
 class Output:
-    """One output of the graph: its name, kind (``binary``, ``regression``, ``multiclass``)
-    and width (the number of classes of a multiclass task, else 1)."""
+    """One output of the graph: its name, task type (``binary``, ``regression``, ...) and
+    width (the number of classes of a multiclass task, else 1)."""
 
     name: str
     kind: str
@@ -116,22 +117,22 @@ def graph_inputs(model: MultiTaskModel) -> dict[str, list[str]]:
 def graph_outputs(model: MultiTaskModel) -> list[Output]:
     """The graph's outputs in order: the tasks, then the network's auxiliary outputs."""
     outputs = [
-        Output(name, task.type, model.preprocessor_.num_classes(name))
-        for name, task in model.config.tasks.items()
+        Output(name, spec.type, model.preprocessor_.num_classes(name))
+        for name, spec in model.config.task_specs().items()
     ]
     outputs += [Output(name, kind) for name, kind in model.network_.auxiliary_outputs.items()]
     return outputs
 
 
 class _Graph(nn.Module):
-    """The network as the graph computes it: positional inputs per feature kind, outputs
-    decoded to what `predict` reports (probabilities, values), as a tuple in output order."""
+    """The network as the graph computes it: positional inputs per feature kind, the raw
+    outputs as a tuple in output order (float32)."""
 
-    def __init__(self, network: MultiTaskNet, inputs: Sequence[str], outputs: Sequence[Output]):
+    def __init__(self, network: MultiTaskNet, inputs: Sequence[str], outputs: Sequence[str]):
         super().__init__()
         self.network = network
         self.input_names = list(inputs)
-        self.outputs = list(outputs)
+        self.output_names = list(outputs)
 
     def forward(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         given = dict(zip(self.input_names, tensors, strict=True))
@@ -142,15 +143,7 @@ class _Graph(nn.Module):
             "numeric": given.get("numeric", ref.new_zeros((rows, 0), dtype=torch.float32)),
         }
         raw = self.network(batch, auxiliary=True)
-        decoded = []
-        for out in self.outputs:
-            value = raw[out.name].float()
-            if out.kind == "binary":
-                value = torch.sigmoid(value)
-            elif out.kind == "multiclass":
-                value = torch.softmax(value, dim=1)
-            decoded.append(value)
-        return tuple(decoded)
+        return tuple(raw[name].float() for name in self.output_names)
 
 
 def weights_digest(network: nn.Module) -> str:
@@ -209,7 +202,7 @@ def onnx_bytes(model: MultiTaskModel) -> bytes:
         raise ExportError("the model has no feature columns, so its graph would have no input")
     network = model.network_
     device = next(network.parameters()).device
-    graph = _Graph(network, list(inputs), outputs).to("cpu").eval()
+    graph = _Graph(network, list(inputs), [o.name for o in outputs]).to("cpu").eval()
     # Three rows: torch.export specializes a dimension of size 0 or 1, never one of 3.
     sample = tuple(
         torch.zeros((3, len(cols)), dtype=torch.long if kind == "categorical" else torch.float32)
@@ -308,14 +301,16 @@ class OnnxGraph:
                 f"not fit the model, which expects {list(graph_inputs(model))} and {expected}"
             )
 
-    def run(self, encoded: EncodedData) -> list[np.ndarray]:
+    def run(self, encoded: EncodedData) -> dict[str, np.ndarray]:
+        """Raw outputs for every row, by output name, as float32 arrays: what
+        `predict_outputs` gives for the torch network."""
         feeds: dict[str, np.ndarray] = {}
         if "categorical" in self.input_names:
             feeds["categorical"] = encoded.categorical.cpu().numpy().astype(np.int64, copy=False)
         if "numeric" in self.input_names:
             feeds["numeric"] = encoded.numeric.cpu().numpy().astype(np.float32, copy=False)
-        result: list[np.ndarray] = self.session.run(self.output_names, feeds)
-        return result
+        result = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, result, strict=True))
 
 
 # One graph per model object, rebuilt when its weights change (an in-place optimizer step
@@ -363,27 +358,3 @@ def graph_for(
     graph.check(model, weights_digest(model.network_))
     _CACHE[model] = (key, graph)
     return graph
-
-
-def predict_frame(
-    model: MultiTaskModel, encoded: EncodedData, index: pd.Index, graph: OnnxGraph
-) -> pd.DataFrame:
-    """`MultiTaskModel.predict`'s frame, computed by the ONNX graph: the same columns."""
-    values = graph.run(encoded) if len(encoded) else None
-    columns: dict[str, Any] = {}
-    pre = model.preprocessor_
-    for k, out in enumerate(graph_outputs(model)):
-        width = out.width if out.kind == "multiclass" else 1
-        v = (
-            np.zeros((0, width) if out.kind == "multiclass" else (0,), np.float32)
-            if values is None
-            else values[k]
-        )
-        if out.kind == "multiclass":
-            p = v.astype(np.float64)
-            columns[out.name] = pre.decode_class(out.name, p.argmax(axis=1))
-            for j, cls in enumerate(pre.classes_[out.name]):
-                columns[f"{out.name}.proba.{cls}"] = p[:, j]
-        else:
-            columns[out.name] = v.astype(np.float64)
-    return pd.DataFrame(columns, index=index)
