@@ -270,3 +270,37 @@ def test_the_row_encoder_encodes_as_the_preprocessor(model_dir: Path) -> None:
     out = service.predict(json.dumps({"rows": [{**rows[0], "x": "3.5"}]}).encode())
     expected = service.model.predict(pd.DataFrame([{**rows[0], "x": 3.5}]))
     _assert_matches(out["predictions"], expected)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_the_fused_score_is_served_ranked_within_the_group(tmp_path: Path, backend: str) -> None:
+    """A model with a decision.score answers a "score" per row as predict does, with the
+    rank transform taken within each row's decision.group (a column the model does not
+    read as a feature), on the direct and on the table path."""
+    df = _frame(400, 1)
+    df["user"] = np.arange(len(df)) % 7
+    model = MultiTaskModel(
+        features={"categorical": ["color", "size"], "numeric": ["x", "z"]},
+        tasks={"click": {"type": "binary"}, "dwell": {"type": "regression"}},
+        model={"name": "mmoe", "num_experts": 2, "expert_units": [8], "tower_units": [4]},
+        training={"epochs": 1, "progress": False},
+        decision={
+            "group": "user",
+            "score": {
+                "form": "sum",
+                "weights": {"click": 1.0, "dwell": 0.5},
+                "transforms": {"dwell": "rank"},
+            },
+        },
+    ).fit(df)
+    folder = model.save(tmp_path / "m")
+    export_onnx(model, folder / "model.onnx")
+    service = Service(folder, backend=backend)
+    assert "score" in service.outputs
+    test = _frame(30, 2)
+    test["user"] = [f"u{i % 3}" for i in range(len(test))]
+    expected = model.predict(test)
+    rows = _rows(test.drop(columns=["click", "dwell", "kind"]))
+    _assert_matches(service.predict(json.dumps({"rows": rows}).encode())["predictions"], expected)
+    rows[0]["x"] = str(rows[0]["x"])  # text in a numeric column: the table path
+    _assert_matches(service.predict(json.dumps({"rows": rows}).encode())["predictions"], expected)
