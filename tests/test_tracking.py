@@ -217,3 +217,29 @@ def test_a_missing_logger_package_names_the_extra(
 def test_an_unknown_logger_is_a_config_error(run_file: Path, capsys: Any) -> None:
     assert main(["train", str(run_file), "training.loggers=[wandb]"]) == 2
     assert "training.loggers.0" in capsys.readouterr().err
+
+
+def test_step_losses_are_logged_every_50_steps(
+    tmp_path: Path, toy_frame: pd.DataFrame, toy_features: Any
+) -> None:
+    from polytask import MultiTaskModel
+    from polytask.tracking import CSVLogger, Tracker
+
+    logger = CSVLogger(tmp_path / "history.csv")
+    tracker = Tracker([logger])
+    tasks = {"click": {"type": "binary"}, "dwell": {"type": "regression"}}
+    model = MultiTaskModel(
+        features=toy_features,
+        tasks=tasks,
+        model={"name": "shared_bottom", "shared_units": [8], "tower_units": [4]},
+        training={"epochs": 2, "batch_size": 16, "progress": False},
+    )
+    model.fit(toy_frame.iloc[:1500], validation=toy_frame.iloc[1500:], callbacks=[tracker])
+    # 1500 rows / 16 = 94 steps per epoch: steps 50, 100, 150 over two epochs
+    with open(tmp_path / "steps.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["50", "100", "150"]
+    assert set(rows[0]) == {"step", "step/loss/click", "step/loss/dwell"}
+    assert all(0 < float(r["step/loss/click"]) < 2 for r in rows)
+    with open(tmp_path / "history.csv", newline="") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]

@@ -27,6 +27,9 @@ BEST_EPOCH_GAP = 2
 """``polytask train`` says so when a task's best validation epoch is more than this many
 epochs from the monitor's."""
 
+STEP_EVERY = 50
+"""Task losses are logged every this many training steps (``step/loss/<task>``)."""
+
 GATE_ROWS = 8192
 """Gate entropies per epoch are measured on at most this many validation rows."""
 
@@ -135,17 +138,34 @@ def scalars(record: Mapping[str, Any]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------ loggers
+def _csv_text(rows: Sequence[Mapping[str, float]], index: str) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (int(v) if k == index else repr(v)) for k, v in row.items()})
+    return buf.getvalue()
+
+
 class CSVLogger:
     """``history.csv``: one row per epoch, one column per scalar, rewritten atomically each
-    epoch."""
+    epoch; ``steps.csv`` beside it: the task losses of every `STEP_EVERY`-th step."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.rows: list[dict[str, float]] = []
+        self.step_rows: list[dict[str, float]] = []
 
     def log_epoch(self, epoch: int, values: Mapping[str, float]) -> None:
         self.rows.append({"epoch": float(epoch), **values})
         self._write()
+
+    def log_step(self, step: int, values: Mapping[str, float]) -> None:
+        """Kept in memory; written to ``steps.csv`` beside the history with each epoch."""
+        self.step_rows.append({"step": float(step), **values})
 
     def rewrite(self, history: Sequence[Mapping[str, Any]]) -> None:
         """The whole history (a resumed fit's earlier epochs included)."""
@@ -153,15 +173,9 @@ class CSVLogger:
         self._write()
 
     def _write(self) -> None:
-        columns: list[str] = []
-        for row in self.rows:
-            columns += [k for k in row if k not in columns]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for row in self.rows:
-            writer.writerow({k: (int(v) if k == "epoch" else repr(v)) for k, v in row.items()})
-        atomic_write_text(self.path, buf.getvalue())
+        atomic_write_text(self.path, _csv_text(self.rows, "epoch"))
+        if self.step_rows:
+            atomic_write_text(self.path.with_name("steps.csv"), _csv_text(self.step_rows, "step"))
 
     def close(self) -> None:
         pass
@@ -185,6 +199,10 @@ class TensorBoardLogger:
         for name, value in values.items():
             self.writer.add_scalar(name, value, global_step=epoch)
         self.writer.flush()
+
+    def log_step(self, step: int, values: Mapping[str, float]) -> None:
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, global_step=step)
 
     def close(self) -> None:
         self.writer.close()
@@ -234,6 +252,9 @@ class MLflowLogger:
         finite = {k: v for k, v in values.items() if math.isfinite(v)}
         self.mlflow.log_metrics(finite, step=epoch)
 
+    def log_step(self, step: int, values: Mapping[str, float]) -> None:
+        self.mlflow.log_metrics(dict(values), step=step)
+
     def finish(
         self, metrics: Mapping[str, Any], files: Sequence[Path], folders: Sequence[Path]
     ) -> None:
@@ -270,17 +291,37 @@ class Tracker:
     gate entropies (once `bind` has given it the network and the validation split), stores
     them in the record as ``gate_entropy`` and sends `scalars` to every logger."""
 
-    def __init__(self, loggers: Sequence[Any], eval_batch_size: int = 8192) -> None:
+    def __init__(
+        self, loggers: Sequence[Any], eval_batch_size: int = 8192, step_every: int = STEP_EVERY
+    ) -> None:
         self.loggers = list(loggers)
         self.eval_batch_size = eval_batch_size
+        self.step_every = step_every
         self._network: Any = None
         self._gate_data: Any = None
+        self._task_names: list[str] = []
 
     def bind(self, network: Any, validation: Any) -> None:
         """Called by `MultiTaskModel.fit` before the first epoch."""
         self._network = network
+        self._task_names = list(network.task_names)
         if validation is not None:
             self._gate_data = validation.select(slice(0, GATE_ROWS))
+
+    def on_step(self, step: int, losses: Any, task: str | None) -> None:
+        """Every `STEP_EVERY`-th applied step: its task losses (an alternate step: its
+        task's only), one host read."""
+        if losses is None or step % self.step_every or not self.loggers:
+            return
+        values = losses.tolist()
+        names = self._task_names or [str(k) for k in range(len(values))]
+        logged = {
+            f"step/loss/{name}": float(v)
+            for name, v in zip(names, values, strict=True)
+            if task is None or name == task
+        }
+        for logger in self.loggers:
+            logger.log_step(step, logged)
 
     def __call__(self, record: dict[str, Any]) -> None:
         if self._network is not None and self._gate_data is not None:

@@ -148,6 +148,9 @@ def fit_loop(
 
     Each epoch's record goes to ``callbacks`` (rank 0 only under torchrun) and, with
     ``cfg.progress``, to the ``polytask`` logger as one line (`polytask.training.progress`).
+    A callback with an ``on_step(step, losses, task)`` method also gets every step's task
+    losses ``[K]`` (None for a skipped step; ``task`` for an alternate step), on the device:
+    reading them is the callback's choice (`polytask.tracking.Tracker` reads one step in 50).
 
     ``checkpoints.save(state)`` runs every ``checkpoints.every`` steps; ``start`` is the state
     a checkpoint restored (the model, optimizer, ... and ``train`` already restored with it).
@@ -167,6 +170,7 @@ def fit_loop(
     evaluate = evaluate_split if distributed is None else distributed.evaluate
     main = distributed is None or distributed.is_main
     shown = cfg.progress and main
+    step_hooks = [cb.on_step for cb in callbacks if main and hasattr(cb, "on_step")]
     if shown:
         ensure_visible()
     n_batches, n_rows = train.steps, train.rows_per_epoch
@@ -198,6 +202,8 @@ def fit_loop(
                     done = step(batch, task)
                     state.step += 1
                     state.position += 1
+                    for hook in step_hooks:  # each subsamples: a host read only when it logs
+                        hook(state.step, done.losses if done.applied else None, task)
                     if done.applied:
                         sums += done.losses
                         if task is None:
