@@ -126,3 +126,18 @@ def test_task_groups_must_cover_every_task_once(toy_frame: pd.DataFrame, toy_fea
             MultiTaskModel(
                 features=toy_features, tasks=tasks, model={"name": "home", "task_groups": groups}
             )
+
+
+def test_trains_under_bf16_autocast_with_float32_running_statistics(
+    toy_frame: pd.DataFrame, toy_features: Any
+) -> None:
+    model = MultiTaskModel(
+        features=toy_features,
+        tasks={"click": {"type": "binary"}, "dwell": {"type": "regression"}},
+        model={"name": "home", "expert_units": [8]},
+        training={"epochs": 1, "batch_size": 256, "progress": False, "precision": "bf16"},
+    ).fit(toy_frame)
+    bank = model.network_.meta_experts[0]
+    assert bank.running_mean0.dtype == torch.float32
+    assert torch.count_nonzero(bank.running_mean0) > 0  # updated by the bf16 steps
+    assert model.predict(toy_frame)["click"].between(0, 1).all()

@@ -262,6 +262,7 @@ class ExpertBank(nn.Module):
 
         gamma = cat([b.norm_weights[layer] for b in banks])
         beta = cat([b.norm_biases[layer] for b in banks])
+        h = h.float()  # statistics in float32 under bf16 autocast: the running ones are float32
         if banks[0].training and h.shape[1] > 1:
             # Centred once and reused: 1.6x faster forward and backward than var_mean over
             # the batch dimension ([6, 1024, 128] on this CPU).
