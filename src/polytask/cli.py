@@ -226,7 +226,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     table, name = _table_of(args)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
-        metrics = model.evaluate(table)
+        metrics = model.evaluate(table, group=args.group)
     # A task whose label column is absent has no metrics (evaluate warned, naming it).
     scored = {t: m for t, m in metrics.items() if set(m) != {"count"} or m["count"] > 0}
     if not scored:
@@ -245,6 +245,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from polytask.estimator import MultiTaskModel
 
     model = MultiTaskModel.load(args.model_dir)
+    if args.group is not None:
+        model.config.decision.group = args.group
     backend = _backend_options(args)
     streamed = args.chunk_rows is not None or (args.data is not None and is_parquet(args.data))
     if args.split is None and args.data is not None and streamed:
@@ -467,6 +469,14 @@ def cmd_decide(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_group(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--group",
+        help="the group column (a user or request id) for grouped ranking metrics and the "
+        "score's rank transform (default: the model's decision.group, saved from data.group)",
+    )
+
+
 def _add_table_source(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument(
         "data",
@@ -531,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model_dir", metavar="MODEL", help="a saved model folder (e.g. runs/x/model)")
     _add_table_source(p, "evaluate")
+    _add_group(p)
     p.add_argument(
         "--json", action="store_true", help="print JSON instead of a table (default: a table)"
     )
@@ -546,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model_dir", metavar="MODEL", help="a saved model folder (e.g. runs/x/model)")
     _add_table_source(p, "predict")
+    _add_group(p)
     p.add_argument(
         "-o",
         "--output",

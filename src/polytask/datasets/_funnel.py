@@ -160,3 +160,27 @@ def funnel_synthetic(n_samples: int, *, selection_bias: float = 1.0, seed: int =
             "cvr_true": cvr_true,
         }
     )
+
+
+def funnel_requests(
+    n_samples: int, *, per_request: int = 10, selection_bias: float = 1.0, seed: int = 0
+) -> pd.DataFrame:
+    """`funnel_synthetic` impressions grouped into requests, with order values: the table of
+    the decision example (examples/funnel_decision.yaml, docs/decisions.md).
+
+    Every ``per_request`` consecutive impressions form one request (``request``, an int, the
+    group a feed or auction ranks), and a purchase (``conversion`` = 1) has an
+    ``order_value``: the item's ``price`` times a log-normal basket factor exp(N(0, 0.25^2))
+    (NaN where there was no purchase). So ``P(conversion) x E[order_value]`` is the expected
+    revenue of an impression, and ``revenue`` (``order_value`` where purchased, else 0) is the
+    realised one, for evaluating rankings by revenue.
+    """
+    per = _check_int("funnel_requests", "per_request", per_request, minimum=1)
+    frame = funnel_synthetic(n_samples, selection_bias=selection_bias, seed=seed)
+    rng = np.random.default_rng([seed, 1])  # another stream than the impressions'
+    basket = rng.lognormal(0.0, 0.25, len(frame))
+    frame.insert(0, "request", np.arange(len(frame)) // per)
+    bought = frame["conversion"].to_numpy() == 1
+    frame["order_value"] = np.where(bought, frame["price"].to_numpy() * basket, np.nan)
+    frame["revenue"] = np.where(bought, frame["order_value"].to_numpy(), 0.0)
+    return frame
