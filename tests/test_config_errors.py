@@ -291,3 +291,113 @@ RUN_BASE = settings()
 )
 def test_data_section_that_would_be_partly_ignored(data, message):
     assert problems({**RUN_BASE, "data": data}, RunConfig) == [message]
+
+
+# ------------------------------------------------------------ numbers and sizes (issue 17.5)
+
+
+_FINITE = "expected a finite number, found"
+
+
+@pytest.mark.parametrize(
+    ("section", "line"),
+    [
+        ({"optimizer": {"lr": float("inf")}}, f"optimizer.lr: {_FINITE} inf"),
+        ({"optimizer": {"momentum": float("inf")}}, f"optimizer.momentum: {_FINITE} inf"),
+        (
+            {"optimizer": {"group_lr": {"towers.*": float("inf")}}},
+            f"optimizer.group_lr.towers.*: {_FINITE} inf",
+        ),
+        (
+            {"tasks": {"click": {"type": "binary", "weight": float("inf")}}},
+            f"tasks.click.weight: {_FINITE} inf",
+        ),
+        (
+            {"model": {"name": "mmoe", "gate_temperature": float("inf")}},
+            f"model.gate_temperature: {_FINITE} inf",
+        ),
+        (
+            {"loss": {"weighting": "weighted", "weights": {"click": float("nan")}}},
+            f"loss.weights.click: {_FINITE} nan",
+        ),
+        (
+            {"training": {"seed": 2**70}},
+            "training.seed: 22-digit integer; expected one below 2**63",
+        ),
+    ],
+)
+def test_non_finite_numbers_and_huge_integers_are_refused(section, line):
+    raw = {**settings(), **section}
+    assert problems(raw) == [line]
+
+
+def test_a_5000_digit_override_is_one_line():
+    with pytest.raises(ConfigError) as err:
+        apply_overrides({}, ["model.num_experts=" + "9" * 5000])
+    assert str(err.value).startswith(
+        "override model.num_experts: value cannot be read (Exceeds the limit (4300 digits)"
+    )
+    assert "\n" not in str(err.value)
+
+
+def test_a_5000_digit_number_in_a_run_file_is_one_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {num_experts: " + "9" * 5000 + "}\n")
+    with pytest.raises(ConfigError, match=r"a value cannot be read \(Exceeds the limit"):
+        load_run_file(path)
+
+
+def test_an_integer_too_large_for_torch_is_refused_before_building():
+    with pytest.raises(ConfigError) as err:
+        MultiTaskModel(features=FEATURES, tasks=TASKS, model={"name": "mmoe", "num_experts": 2**62})
+    assert str(err.value).startswith("model 'mmoe': ")
+    assert "more than model.max_parameters" in str(err.value) or "cannot be built" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"name": "shared_bottom", "tower_units": [100_000_000_000]},
+        {"name": "mmoe", "expert_units": [2_000_000_000]},
+        {"name": "ple", "num_shared_experts": 100_000, "expert_units": [100_000]},
+    ],
+)
+def test_a_model_past_the_parameter_budget_is_refused_with_the_figure(model, monkeypatch):
+    import torch
+
+    allocated = []
+    real_empty = torch.empty
+
+    def empty(*args, **kwargs):
+        if kwargs.get("device") is None and torch.get_default_device().type != "meta":
+            allocated.append(args)
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    with pytest.raises(ConfigError) as err:
+        MultiTaskModel(features=FEATURES, tasks=TASKS, model=model)
+    message = str(err.value)
+    assert message.startswith(f"model {model['name']!r}: ")
+    assert "parameters (" in message and "GiB of float32 weights), more than " in message
+    assert "model.max_parameters = 500,000,000" in message
+    assert allocated == []  # planned on the meta device only
+
+
+def test_the_parameter_budget_counts_exactly_and_can_be_raised():
+    small = {"name": "shared_bottom", "shared_units": [4], "tower_units": [2]}
+    # 2 embedding rows x 8 + numeric 1->8 (16) + shared 16->4 (68) + 2 towers 4->2->1 (13 each)
+    with pytest.raises(ConfigError, match=r"model 'shared_bottom': 126 parameters"):
+        MultiTaskModel(features=FEATURES, tasks=TASKS, model={**small, "max_parameters": 125})
+    MultiTaskModel(features=FEATURES, tasks=TASKS, model={**small, "max_parameters": 126})
+
+
+def test_the_budget_is_checked_again_once_the_vocabulary_is_known(toy_frame):
+    frame = toy_frame.iloc[:200]
+    small = {"name": "shared_bottom", "shared_units": [4], "tower_units": [2]}
+    colors = frame["color"].nunique()  # each adds one embedding row of 8 after fit
+    assert colors >= 2
+    estimator = MultiTaskModel(
+        features=FEATURES, tasks=TASKS, model={**small, "max_parameters": 126 + 8 * colors - 1}
+    )  # fits with the smallest vocabulary
+    with pytest.raises(ConfigError, match=rf"model 'shared_bottom': {126 + 8 * colors} param"):
+        estimator.fit(frame)

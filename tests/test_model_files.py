@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import yaml
 
 import polytask
 import polytask.estimator
-from polytask import ModelFileError, MultiTaskModel
+from polytask import ModelFileError, MultiTaskModel, modelfile
 from polytask.estimator import FORMAT_VERSION, READABLE_FORMATS
 
 FILES = ["config.yaml", "history.json", "polytask.json", "preprocessor.json", "weights.safetensors"]
@@ -54,6 +55,20 @@ def saved(tmp_path_factory) -> tuple[MultiTaskModel, Path, pd.DataFrame]:
 def copy(saved, tmp_path) -> Path:
     """A fresh copy of the saved folder, free to damage."""
     return Path(shutil.copytree(saved[1], tmp_path / "model"))
+
+
+def resign(folder: Path) -> None:
+    """List the folder's files as they are now in polytask.json's manifest, as if polytask
+    had written them: the checks behind the manifest are then what refuses a damaged file.
+    A file that is gone is dropped from the manifest."""
+    meta_file = folder / "polytask.json"
+    meta = json.loads(meta_file.read_text())
+    meta["files"] = {
+        name: modelfile.digest((folder / name).read_bytes())
+        for name in modelfile.FILES
+        if (folder / name).exists()
+    }
+    meta_file.write_text(json.dumps(meta))
 
 
 def test_folder_holds_exactly_the_documented_files(saved):
@@ -92,6 +107,7 @@ def test_pickled_weights_are_refused_without_running_them(copy, tmp_path):
     assert marker.exists()
     marker.unlink()
 
+    resign(copy)
     with pytest.raises(ModelFileError) as err:
         MultiTaskModel.load(copy)
     assert not marker.exists()
@@ -105,6 +121,7 @@ def test_truncated_weights(copy, keep):
     weights = copy / "weights.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[:keep])
+    resign(copy)
     with pytest.raises(ModelFileError, match=f"^{weights}: not a readable safetensors file"):
         MultiTaskModel.load(copy)
 
@@ -112,6 +129,7 @@ def test_truncated_weights(copy, keep):
 def test_weights_that_do_not_fit_the_config(copy):
     weights = copy / "weights.safetensors"
     safetensors.torch.save_file({"network.other": torch.zeros(2)}, str(weights))
+    resign(copy)
     with pytest.raises(ModelFileError, match=f"^{weights}: weights do not fit the saved config"):
         MultiTaskModel.load(copy)
 
@@ -125,6 +143,7 @@ def test_missing_file_is_named(copy, name):
 
 def test_missing_history_is_not_needed(copy):
     (copy / "history.json").unlink()
+    resign(copy)
     assert MultiTaskModel.load(copy).history_ == []
 
 
@@ -137,7 +156,9 @@ def test_missing_folder(tmp_path):
 @pytest.mark.parametrize("text", ["{truncated", "\ufeff{}", "\udc80"])
 def test_bad_json_is_named(copy, name, text):
     (copy / name).write_bytes(text.encode("utf-8", "surrogateescape"))
-    with pytest.raises(ModelFileError, match=f"^{copy / name}: not valid JSON"):
+    if name != "polytask.json":
+        resign(copy)
+    with pytest.raises(ModelFileError, match=f"^{copy / name}: not (valid JSON|UTF-8 text)"):
         MultiTaskModel.load(copy)
 
 
@@ -145,7 +166,7 @@ def test_bad_json_is_named(copy, name, text):
     ("name", "text", "message"),
     [
         ("polytask.json", "[1]", "expected a JSON object, found list"),
-        ("preprocessor.json", "[1]", "preprocessor state is malformed"),
+        ("preprocessor.json", "[1]", "(top level): Input should be a valid dictionary"),
         (
             "preprocessor.json",
             '{"vocabularies": {}, "numeric": {}, "classes": {}}',
@@ -158,6 +179,8 @@ def test_bad_json_is_named(copy, name, text):
 )
 def test_malformed_file_is_named(copy, name, text, message):
     (copy / name).write_text(text)
+    if name != "polytask.json":
+        resign(copy)
     with pytest.raises(ModelFileError) as err:
         MultiTaskModel.load(copy)
     assert str(err.value).startswith(str(copy / name))
@@ -168,6 +191,7 @@ def test_preprocessor_state_with_bad_statistics(copy):
     state = json.loads((copy / "preprocessor.json").read_text())
     state["numeric"]["x"]["std"] = 0.0
     (copy / "preprocessor.json").write_text(json.dumps(state))
+    resign(copy)
     with pytest.raises(ModelFileError, match=r"numeric column 'x' has mean .* and std 0\.0"):
         MultiTaskModel.load(copy)
 
@@ -197,6 +221,7 @@ def test_yaml_python_tags_are_refused_without_running_them(copy, tmp_path):
     assert marker.is_dir()
     marker.rmdir()
 
+    resign(copy)
     with pytest.raises(ModelFileError) as err:
         MultiTaskModel.load(copy)
     assert not marker.exists()
@@ -215,31 +240,66 @@ def test_failed_save_leaves_the_previous_model_and_no_temporary_folder(saved, co
     model = saved[0]
     before = folder_bytes(copy)
 
-    def fail(*args, **kwargs):
-        raise OSError("disk full")
+    write_bytes = Path.write_bytes
 
-    monkeypatch.setattr(safetensors.torch, "save_file", fail)
-    monkeypatch.setattr(polytask.estimator, "save_file", fail, raising=False)
-    with pytest.raises(OSError, match="disk full"):
-        model.save(copy)
+    def disk_full(self, data):
+        if self.name == "weights.safetensors":
+            raise OSError(28, "No space left on device", str(self))
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(polytask.errors.OutputError) as err:
+        model.save(copy, overwrite=True)
+    assert str(err.value) == f"cannot save the model to {str(copy)!r}: No space left on device"
     assert folder_bytes(copy) == before
     assert sorted(p.name for p in copy.parent.iterdir()) == ["model"]
     MultiTaskModel.load(copy)
 
 
-def test_save_replaces_a_previous_model_whole(saved, copy):
-    (copy / "stale.txt").write_text("from an older save")
-    saved[0].save(copy)
+def test_save_replaces_a_previous_model_whole_only_with_overwrite(saved, copy):
+    (copy / "history.json").unlink()  # an older save without history
+    resign(copy)
+    before = folder_bytes(copy)
+    with pytest.raises(polytask.errors.OutputError) as err:
+        saved[0].save(copy)
+    assert str(err.value) == (
+        f"cannot save the model to {str(copy)!r}: the folder already exists and is not empty; "
+        "pass overwrite=True (polytask train: --overwrite) to replace a model polytask wrote "
+        "there, or choose another path"
+    )
+    assert folder_bytes(copy) == before
+    saved[0].save(copy, overwrite=True)
     assert sorted(p.name for p in copy.iterdir()) == FILES
     assert sorted(p.name for p in copy.parent.iterdir()) == ["model"]
+
+
+def test_overwrite_never_deletes_what_polytask_did_not_write(saved, tmp_path):
+    foreign = tmp_path / "model"
+    (foreign / "src").mkdir(parents=True)
+    (foreign / "src" / "notes.txt").write_text("mine")
+    with pytest.raises(polytask.errors.OutputError, match="not a polytask model"):
+        saved[0].save(foreign, overwrite=True)
+    assert (foreign / "src" / "notes.txt").read_text() == "mine"
+    ours = saved[0].save(tmp_path / "ours")
+    (ours / "notes.txt").write_text("mine")
+    with pytest.raises(polytask.errors.OutputError, match=r"also holds \['notes.txt'\]"):
+        saved[0].save(ours, overwrite=True)
+    assert (ours / "notes.txt").read_text() == "mine"
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    with pytest.raises(polytask.errors.OutputError, match="it is a file, not a folder"):
+        saved[0].save(a_file, overwrite=True)
+    assert a_file.read_text() == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert MultiTaskModel.load(saved[0].save(empty)).config == saved[0].config
 
 
 def test_failed_first_save_leaves_nothing(saved, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", fail)
-    monkeypatch.setattr(polytask.estimator, "save_file", fail, raising=False)
+    monkeypatch.setattr(polytask.estimator, "save_safetensors", fail)
     with pytest.raises(RuntimeError):
         saved[0].save(tmp_path / "new")
     assert os.listdir(tmp_path) == []
@@ -293,3 +353,215 @@ def test_a_bad_load_device_is_named_as_the_argument(saved, monkeypatch):
     with pytest.raises(polytask.ConfigError) as err:
         MultiTaskModel.load(saved[1], device="cuda")
     assert str(err.value) == "device: 'cuda' requested but CUDA is not available"
+
+
+# ------------------------------------------------------------------ nothing read blindly
+
+
+def test_a_flipped_byte_in_the_tensor_data_is_refused(copy):
+    weights = copy / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # inside the last tensor's data: the file still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError) as err:
+        MultiTaskModel.load(copy)
+    assert str(err.value) == (
+        f"{weights}: its SHA-256 does not match polytask.json: the file was modified or corrupted"
+    )
+
+
+@pytest.mark.parametrize("name", ["preprocessor.json", "config.yaml", "weights.safetensors"])
+def test_a_file_modified_after_the_save_is_refused(copy, name):
+    with open(copy / name, "ab") as f:
+        f.write(b"\n")
+    with pytest.raises(ModelFileError, match=f"^{copy / name}: .*modified or corrupted"):
+        MultiTaskModel.load(copy)
+
+
+def test_a_symlink_to_dev_zero_is_refused_without_reading_it(copy):
+    (copy / "preprocessor.json").unlink()
+    (copy / "preprocessor.json").symlink_to("/dev/zero")
+    with pytest.raises(ModelFileError) as err:
+        MultiTaskModel.load(copy)
+    assert str(err.value) == (
+        f"{copy / 'preprocessor.json'}: is a symbolic link; polytask reads only regular files "
+        "in a model folder"
+    )
+
+
+def test_a_symlink_to_a_good_file_is_refused_too(copy, tmp_path):
+    good = tmp_path / "elsewhere.json"
+    (copy / "history.json").rename(good)
+    (copy / "history.json").symlink_to(good)
+    with pytest.raises(ModelFileError, match="is a symbolic link"):
+        MultiTaskModel.load(copy)
+
+
+def test_a_fifo_is_refused_without_blocking(copy):
+    (copy / "config.yaml").unlink()
+    os.mkfifo(copy / "config.yaml")  # opening it to read would block until a writer came
+    with pytest.raises(ModelFileError, match=r"config.yaml: is a FIFO; polytask reads only"):
+        MultiTaskModel.load(copy)
+
+
+def test_a_folder_in_a_files_place_is_refused(copy):
+    (copy / "history.json").unlink()
+    (copy / "history.json").mkdir()
+    with pytest.raises(ModelFileError, match=r"history.json: is a folder"):
+        MultiTaskModel.load(copy)
+
+
+def test_each_file_has_a_size_cap(copy, monkeypatch):
+    monkeypatch.setitem(modelfile.SIZE_CAPS, "preprocessor.json", 100)
+    size = (copy / "preprocessor.json").stat().st_size
+    with pytest.raises(ModelFileError) as err:
+        MultiTaskModel.load(copy)
+    assert str(err.value) == (
+        f"{copy / 'preprocessor.json'}: {size:,} bytes, more than the 100 bytes a "
+        "preprocessor.json may have"
+    )
+
+
+def _edit_json(folder: Path, name: str, edit) -> None:
+    state = json.loads((folder / name).read_text())
+    edit(state)
+    (folder / name).write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "message"),
+    [
+        (
+            "preprocessor.json",
+            lambda s: s["numeric"]["x"].update(log1p="false"),
+            "numeric.x.log1p: Input should be a valid boolean (found 'false')",
+        ),
+        (
+            "preprocessor.json",
+            lambda s: s["vocabularies"].update(color="redbluegreen"),
+            "vocabularies.color: Input should be a valid list (found 'redbluegreen')",
+        ),
+        (
+            "preprocessor.json",
+            lambda s: s["numeric"]["x"].update(mean="0.5"),
+            "numeric.x.mean: Input should be a valid number (found '0.5')",
+        ),
+        (
+            "preprocessor.json",
+            lambda s: s.update(extra=1),
+            "extra: unknown key",
+        ),
+        (
+            "polytask.json",
+            lambda s: s.update(n_train="60"),
+            "n_train: Input should be a valid integer (found '60')",
+        ),
+    ],
+)
+def test_wrong_json_types_are_refused_not_misread(copy, name, edit, message):
+    _edit_json(copy, name, edit)
+    resign(copy)
+    with pytest.raises(ModelFileError) as err:
+        MultiTaskModel.load(copy)
+    assert str(err.value) == f"{copy / name}: {message}"
+
+
+def test_format_version_true_is_not_version_1(copy):
+    _edit_json(copy, "polytask.json", lambda s: s.update(format_version=True))
+    with pytest.raises(ModelFileError, match=r"model format version True .* cannot be read"):
+        MultiTaskModel.load(copy)
+
+
+def test_wrong_yaml_types_in_the_config_are_refused(copy):
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["features"]["numeric"][0]["log1p"] = "false"
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    resign(copy)
+    with pytest.raises(ModelFileError) as err:
+        MultiTaskModel.load(copy)
+    assert str(err.value) == (
+        f"{copy / 'config.yaml'}: features.numeric.0.log1p: Input should be a valid boolean "
+        "(found 'false')"
+    )
+
+
+@pytest.mark.parametrize("name", ["polytask.json", "preprocessor.json", "history.json"])
+def test_deeply_nested_json_is_one_error(copy, name):
+    (copy / name).write_text("[" * 100_000 + "]" * 100_000)
+    if name != "polytask.json":
+        resign(copy)
+    with pytest.raises(ModelFileError) as err:
+        MultiTaskModel.load(copy)
+    assert str(err.value) == f"{copy / name}: not valid JSON: nested too deeply"
+
+
+def test_deeply_nested_yaml_is_one_error(copy):
+    (copy / "config.yaml").write_text("[" * 100_000 + "]" * 100_000)
+    resign(copy)
+    with pytest.raises(ModelFileError, match=r"config.yaml: not valid YAML"):
+        MultiTaskModel.load(copy)
+
+
+def test_shapes_are_checked_against_the_config_before_the_network_is_built(copy, monkeypatch):
+    """A config whose experts are 2e9 wide (64 GB of float32) beside the small weights is
+    refused from the safetensors header; nothing of that size is ever allocated."""
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["model"]["expert_units"] = [2_000_000_000]
+    config["model"]["max_parameters"] = 10**15  # past the budget: the header check refuses
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    resign(copy)
+    built = []
+    real = polytask.estimator._build_network
+    monkeypatch.setattr(
+        polytask.estimator,
+        "_build_network",
+        lambda cfg, pre: built.append(torch.get_default_device()) or real(cfg, pre),
+    )
+    with pytest.raises(ModelFileError) as err:
+        MultiTaskModel.load(copy)
+    assert re.fullmatch(
+        rf"{re.escape(str(copy))}/weights.safetensors: weights do not fit the saved config: "
+        r"network\.\S+ has shape \[[\d, ]+\], the config gives \[[\d, ]*2000000000[\d, ]*\]",
+        str(err.value),
+    )
+    assert all(device.type == "meta" for device in built)  # only ever planned
+
+
+def test_a_config_past_the_parameter_budget_is_refused_before_building(copy):
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["model"]["expert_units"] = [2_000_000_000]
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    resign(copy)
+    with pytest.raises(ModelFileError, match=r"config.yaml: .*more than model.max_parameters"):
+        MultiTaskModel.load(copy)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(copy, value):
+    weights = copy / "weights.safetensors"
+    tensors = safetensors.torch.load_file(str(weights))
+    name = next(k for k in tensors if k.startswith("network.towers"))
+    tensors[name].view(-1)[0] = value
+    safetensors.torch.save_file(tensors, str(weights))
+    resign(copy)
+    with pytest.raises(ModelFileError) as err:
+        MultiTaskModel.load(copy)
+    assert str(err.value) == (
+        f"{weights}: tensor {name!r} holds NaN or infinite values; a model with non-finite "
+        "weights predicts garbage"
+    )
+
+
+def test_a_version_1_folder_without_a_manifest_still_loads(saved, copy):
+    meta = json.loads((copy / "polytask.json").read_text())
+    del meta["files"], meta["run_id"]
+    meta["format_version"] = 1
+    (copy / "polytask.json").write_text(json.dumps(meta))
+    loaded = MultiTaskModel.load(copy)
+    pdt.assert_frame_equal(loaded.predict(saved[2]), saved[0].predict(saved[2]))
+
+
+def test_a_version_2_folder_without_its_manifest_is_refused(copy):
+    _edit_json(copy, "polytask.json", lambda s: s.pop("files"))
+    with pytest.raises(ModelFileError, match=r"has none: the file was modified or corrupted"):
+        MultiTaskModel.load(copy)

@@ -22,6 +22,7 @@ import torch
 from polytask import MultiTaskModel
 from polytask.cli import main
 from polytask.export import export_onnx
+from polytask.modelfile import FORMAT_VERSION
 from polytask.serve import RequestError, Service
 
 TOL = 1e-5
@@ -158,7 +159,7 @@ def test_health_and_metadata(server: tuple[str, str]) -> None:
     }
     assert meta["outputs"] == ["click", "dwell", "kind", "kind.proba.a", "kind.proba.b",
                                "kind.proba.c"]  # fmt: skip
-    assert meta["format_version"] == 1 and meta["max_rows"] == MAX_ROWS
+    assert meta["format_version"] == FORMAT_VERSION and meta["max_rows"] == MAX_ROWS
     assert meta["polytask_version"] == meta["model_polytask_version"]
 
 
@@ -233,7 +234,7 @@ def test_a_folder_that_cannot_be_loaded_fails_before_serving(
         (bad / f.name).write_bytes(f.read_bytes())
     (bad / "config.yaml").write_text("features: !!python/object/apply:os.system ['echo hi']\n")
     assert main(["serve", str(bad)]) == 2
-    assert "refused" in capsys.readouterr().err
+    assert "config.yaml: 54 bytes, polytask.json lists" in capsys.readouterr().err
     (bad / "config.yaml").write_bytes((model_dir / "config.yaml").read_bytes())
     (bad / "model.onnx").write_bytes(b"junk")
     assert main(["serve", str(bad), "--backend", "onnx"]) == 2

@@ -17,6 +17,7 @@ from polytask.errors import (
     MissingExtraError,
     ModelFileError,
     NotFittedError,
+    OutputError,
     PolytaskError,
     TrainingError,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "ModelFileError",
     "MultiTaskModel",
     "NotFittedError",
+    "OutputError",
     "PolytaskError",
     "RunConfig",
     "TrainingError",

@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def leftover_pattern(name: str) -> re.Pattern[str]:
+    """Names a write of ``name`` killed midway leaves beside it: ``.NAME.<8 random>.tmp``
+    (the file or folder being written: `tempfile`'s 8 characters) and
+    ``.NAME.old.<32 hex>.del`` (a previous folder being removed)."""
+    n = re.escape(name)
+    return re.compile(rf"\.{n}\.[a-z0-9_]{{8}}\.tmp|\.{n}\.old\.[0-9a-f]{{32}}\.del")
+
+
+def clean_stale(target: Path) -> list[str]:
+    """Remove what killed writes of ``target`` left beside it (`leftover_pattern`); never
+    `set_aside`'s ``.NAME.old``, the only copy of a folder whose swap was cut short. Returns
+    the names removed. Called by every atomic write, so leftovers last until the next
+    write of the same target."""
+    pattern = leftover_pattern(target.name)
+    removed: list[str] = []
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not pattern.fullmatch(entry.name):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry.name)
+    return removed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -46,6 +80,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     target = Path(target)
     mask = _umask()
     target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(target)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
@@ -76,7 +111,7 @@ def set_aside(target: Path) -> Path:
 
 def _discard(folder: Path) -> None:
     """Remove ``folder``, renaming it first so its name never holds a half-removed folder."""
-    trash = folder.with_name(f"{folder.name}.{uuid.uuid4().hex}.del")
+    trash = folder.with_name(f"{folder.name}.{uuid.uuid4().hex}.del")  # leftover_pattern
     try:
         os.replace(folder, trash)
     except OSError:
@@ -111,6 +146,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     mask = _umask()
     target.parent.mkdir(parents=True, exist_ok=True)
     restore_interrupted(target)
+    clean_stale(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp

@@ -166,7 +166,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     # A line per epoch on stdout, so `polytask train RUN > log` keeps them.
     with warnings.catch_warnings(), printed_to_stdout():
         warnings.showwarning = _show_warning
-        metrics = run_training(cfg, base, out, resume=args.resume, run_file=Path(args.run_file))
+        metrics = run_training(
+            cfg,
+            base,
+            out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            run_file=Path(args.run_file),
+        )
     if not main_process:
         return 0
     width = console.width
@@ -430,7 +437,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     before = model.evaluate(table)
     model.calibrate(table, methods)
     after = model.evaluate(table)
-    model.save(args.model_dir)
+    model.save(args.model_dir, overwrite=True)  # the same model, updated in place
     for task, method in model.config.calibration.items():
         print(
             f"{task}: {method} calibration on {name}; expected calibration error "
@@ -457,7 +464,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
         form=args.form,
         group=args.group,
     )
-    model.save(args.model_dir)
+    model.save(args.model_dir, overwrite=True)  # the same model, updated in place
     written = write_front(result, Path(args.model_dir) / "decision")
     weights = ", ".join(f"{t} {w:.3f}" for t, w in result.weights.items())
     print(f"chosen on {name}: {model.config.decision.score.form} of {{{weights}}}")  # type: ignore[union-attr]
@@ -526,6 +533,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue from the newest readable checkpoint in OUT/checkpoints (default: off, "
         "start from scratch)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into a non-empty OUT: replace the model/, metrics.json, config.yaml and "
+        "checkpoints/ a previous run wrote there, nothing else (default: off, a non-empty OUT "
+        "is refused)",
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     p.set_defaults(func=cmd_train)
@@ -763,13 +777,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args))
     except PolytaskError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C: one line, no traceback
         print(_interrupted(err, args), file=sys.stderr)
         return 130
+    except OSError as err:  # a path that cannot be read or written: one line, no traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
 
 
 def _interrupted(err: KeyboardInterrupt, args: argparse.Namespace) -> str:

@@ -51,6 +51,10 @@ __all__ = [
     "validate",
 ]
 
+DEFAULT_MAX_PARAMETERS = 500_000_000
+"""``model.max_parameters`` by default: 2 GiB of float32 weights (about 8 GiB with Adam's
+moments and the gradients)."""
+
 _RESERVED = {"mean", "loss"}  # monitor names ("mean.auc", "loss") must stay unambiguous
 
 
@@ -117,6 +121,15 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str = "mmoe"
+    max_parameters: int = Field(
+        default=DEFAULT_MAX_PARAMETERS,
+        ge=1,
+        description="the most parameters the model may have, checked before anything is "
+        "allocated (docs/robustness.md)",
+    )
+    """The most parameters a model may have (checked on the ``meta`` device before anything
+    is allocated, and again once the vocabularies are known); not passed to the
+    architecture."""
 
     @model_validator(mode="after")
     def _known(self) -> ModelConfig:
@@ -281,6 +294,7 @@ class EstimatorConfig(Strict):
                     raise ValueError(f"task {name!r}: inputs_from names the task itself")
         task_order({n: t.inputs_from for n, t in self.tasks.items()})  # raises on cycles
         self._decision_fits_tasks()
+        _check_numbers(self.model_dump(mode="python"))
         self._known_monitor()
         self._model_fits_tasks()
         self.check_combinations()
@@ -402,6 +416,26 @@ class RunConfig(EstimatorConfig):
                 "MultiTaskModel(...).fit({task: table, ...})"
             )
         return self
+
+
+_INT_LIMIT = 2**63
+"""Integers in a config must fit in 64 bits (torch sizes, seeds and counts do)."""
+
+
+def _check_numbers(value: Any, key: str = "") -> None:
+    """Every number in a config is finite and fits in 64 bits: ``lr: .inf`` or a 5000-digit
+    ``num_experts`` is an error naming the key, not a crash or a NaN loss later."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_numbers(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_numbers(v, f"{key}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key}: expected a finite number, found {value!r}")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_LIMIT:
+        digits = len(str(abs(value))) if abs(value) < 10**4000 else "thousands of"
+        raise ValueError(f"{key}: {digits}-digit integer; expected one below 2**63")
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,6 +580,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(
                 f"override {item!r}: value {text!r} is not valid YAML ({_yaml_problem(err)})"
             ) from None
+        except ValueError as err:  # an integer of more than 4300 digits
+            raise ConfigError(
+                f"override {key.strip()}: value cannot be read ({str(err).split(';')[0]}); "
+                "numbers in a config must fit in 64 bits"
+            ) from None
     return out
 
 
@@ -571,6 +610,11 @@ def load_run_file(path: str | Path, overrides: list[str] | None = None) -> tuple
         raise ConfigError(f"run file {str(p)!r} cannot be read as UTF-8 text: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"run file {str(p)!r} is not valid YAML: {_yaml_problem(err)}") from None
+    except ValueError as err:  # an integer of more than 4300 digits
+        raise ConfigError(
+            f"run file {str(p)!r}: a value cannot be read ({str(err).split(';')[0]}); "
+            "numbers in a config must fit in 64 bits"
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"run file {str(p)!r}: expected a mapping of sections, found {raw!r}")
     raw = apply_overrides(raw, overrides or [])

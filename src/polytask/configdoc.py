@@ -108,7 +108,14 @@ def sections() -> Iterator[tuple[str, dict[str, FieldInfo]]]:
     for key, field in RunConfig.model_fields.items():
         inner, suffix = _model_class(field.annotation)
         if key == "model":
-            yield "model", {"name": field_of(inner, "name"), **TowerParams.model_fields}
+            yield (
+                "model",
+                {
+                    "name": field_of(inner, "name"),
+                    "max_parameters": field_of(inner, "max_parameters"),
+                    **TowerParams.model_fields,
+                },
+            )
             for model_name, entry in MODELS.items():
                 own = {
                     k: f

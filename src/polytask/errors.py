@@ -35,6 +35,11 @@ class ModelFileError(PolytaskError):
     """A saved model or checkpoint is missing, corrupt or of an unsupported format version."""
 
 
+class OutputError(PolytaskError):
+    """An output path cannot be written (exists and may not be replaced, no permission, no
+    space, a name too long, ...)."""
+
+
 class TrainingError(PolytaskError):
     """Training cannot go on (for example a NaN loss)."""
 
@@ -62,6 +67,12 @@ def install_hint(extra: str) -> str:
     """How to install a pip extra, from PyPI and from a source checkout (where the package
     itself was installed with ``pip install -e .``)."""
     return f"pip install 'polytask[{extra}]' (from a source checkout: pip install -e '.[{extra}]')"
+
+
+def os_reason(err: OSError) -> str:
+    """An OS error's reason in a few words (``No space left on device``), without the
+    path the message around it already names."""
+    return err.strerror or str(err) or type(err).__name__
 
 
 def closest(name: str, candidates: Iterable[str]) -> str:

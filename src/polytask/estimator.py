@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -21,15 +22,15 @@ import torch
 import yaml
 from pydantic import ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
-from polytask._atomic import atomic_dir, set_aside
-from polytask._version import __version__
+from polytask import modelfile
+from polytask._atomic import set_aside
 from polytask.calibration import Calibrator, expected_calibration_error, fit_calibrator
 from polytask.config import (
     EstimatorConfig,
     TrainingConfig,
-    _yaml_problem,
     format_validation_error,
     validate,
 )
@@ -42,7 +43,9 @@ from polytask.errors import (
     MissingExtraError,
     ModelFileError,
     NotFittedError,
+    OutputError,
     TrainingInterrupted,
+    os_reason,
 )
 from polytask.models import MultiTaskNet
 from polytask.ranking import grouped_metrics
@@ -72,10 +75,8 @@ from polytask.weighting import Weighting
 if TYPE_CHECKING:
     from polytask.export import OnnxGraph
 
-FORMAT_VERSION = 1
-"""Version of the saved-model folder layout; readers accept exactly the versions listed in
-``READABLE_FORMATS``."""
-READABLE_FORMATS = (1,)
+FORMAT_VERSION = modelfile.FORMAT_VERSION
+READABLE_FORMATS = modelfile.READABLE_FORMATS
 
 
 def resolve_device(name: str, setting: str = "training.device") -> torch.device:
@@ -93,11 +94,70 @@ def resolve_device(name: str, setting: str = "training.device") -> torch.device:
     return device
 
 
-def build_network(cfg: EstimatorConfig, preprocessor: Preprocessor) -> MultiTaskNet:
-    """The network the config names, sized by the fitted preprocessor."""
+class _Sizes(Protocol):
+    """What sizes a network: the fitted `Preprocessor`, or `_SmallestSizes` before data."""
+
+    @property
+    def cardinalities(self) -> list[int]: ...
+
+    @property
+    def numeric_width(self) -> int: ...
+
+    def num_classes(self, task: str) -> int: ...
+
+
+class _SmallestSizes:
+    """The smallest sizes any data could give a config: two rows per embedding table
+    (missing and unseen), no missing-value indicators, two classes per multiclass task. A
+    network planned with them has fewer parameters than any the config can train."""
+
+    def __init__(self, cfg: EstimatorConfig) -> None:
+        self.cardinalities = [2] * len(cfg.features.categorical)
+        self.numeric_width = len(cfg.features.numeric)
+        self._types = {name: t.type for name, t in cfg.tasks.items()}
+
+    def num_classes(self, task: str) -> int:
+        return 2 if self._types[task] == "multiclass" else 1
+
+
+def build_network(cfg: EstimatorConfig, preprocessor: _Sizes) -> MultiTaskNet:
+    """The model the config names, sized by the fitted preprocessor; planned first
+    (`plan_network`), so a model beyond ``model.max_parameters`` allocates nothing."""
+    plan_network(cfg, preprocessor)
+    return _build_network(cfg, preprocessor)
+
+
+def plan_network(cfg: EstimatorConfig, preprocessor: _Sizes) -> MultiTaskNet:
+    """The network the config describes built on the ``meta`` device (shapes, no memory),
+    refused with a `ConfigError` that gives the figure when its parameter count exceeds
+    ``model.max_parameters`` or its sizes cannot be built at all."""
+    try:
+        with torch.device("meta"):
+            network = _build_network(cfg, preprocessor)
+    except (RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(
+            f"model {cfg.model.name!r}: cannot be built with these sizes ({first[:200]})"
+        ) from None
+    count = sum(p.numel() for p in network.parameters())
+    budget = cfg.model.max_parameters
+    if count > budget:
+        raise ConfigError(
+            f"model {cfg.model.name!r}: {count:,} parameters ({count * 4 / 2**30:,.1f} GiB of "
+            f"float32 weights), more than model.max_parameters = {budget:,}; make the model "
+            "smaller (units, experts, embedding_dim, min_freq) or raise model.max_parameters"
+        )
+    return network
+
+
+def _build_network(cfg: EstimatorConfig, preprocessor: _Sizes) -> MultiTaskNet:
     model = cfg.model
     return build.build_network(
-        cfg.features, cfg.task_specs(), model.name, model.params, preprocessor
+        cfg.features,
+        cfg.task_specs(),
+        model.name,
+        model.params,
+        cast(Preprocessor, preprocessor),  # only its sizes are read
     )
 
 
@@ -147,6 +207,9 @@ class MultiTaskModel:
         self.config: EstimatorConfig = validate(
             EstimatorConfig, _plain(raw), what="MultiTaskModel settings"
         )
+        # The smallest network these settings can give, before any data is read: a size
+        # beyond model.max_parameters fails here, not after the data is loaded.
+        plan_network(self.config, _SmallestSizes(self.config))
 
     @classmethod
     def from_config(cls, config: EstimatorConfig) -> MultiTaskModel:
@@ -309,6 +372,8 @@ class MultiTaskModel:
         self.n_train_ = data.rows
         self.skipped_batches_ = result.skipped_batches
         self.resumed_from_ = None if checkpoints is None else checkpoints.resumed_from
+        # stamped in the saved model and in its run's config.yaml and metrics.json
+        self.run_id_: str | None = uuid.uuid4().hex
         self.interrupted_ = result.interrupted
         self.calibrators_: dict[str, Calibrator] = {}
         if result.interrupted:
@@ -600,47 +665,58 @@ class MultiTaskModel:
         return gate_statistics(self.network_, encoded, self.config.training.eval_batch_size)
 
     # ------------------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model folder atomically: ``polytask.json`` (versions), ``config.yaml``,
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the model folder atomically (`polytask.modelfile`): ``polytask.json``
+        (versions, run id and the SHA-256 of every other file), ``config.yaml``,
         ``preprocessor.json``, ``weights.safetensors``, ``history.json``.
 
-        In distributed training only rank 0 writes; the other ranks hold the same model."""
+        An existing non-empty ``path`` is replaced only with ``overwrite=True``, and only
+        when it is a model folder polytask wrote holding nothing else; a file or any other
+        folder is never replaced. An OS error (no space, no permission) is an `OutputError`
+        naming the path and the reason. In distributed training only rank 0 writes; the
+        other ranks hold the same model."""
         self._check_fitted()
         target = Path(path)
         if not is_main_process():
             return target
+        modelfile.check_replaceable(target, overwrite=overwrite)
         tensors = {f"network.{k}": v for k, v in self.network_.state_dict().items()}
         tensors.update({f"weighting.{k}": v for k, v in self.weighting_.state_dict().items()})
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        with atomic_dir(target) as tmp:
-            (tmp / "polytask.json").write_text(
-                json.dumps(
-                    {
-                        "format_version": FORMAT_VERSION,
-                        "polytask_version": __version__,
-                        "best_epoch": self.best_epoch_,
-                        "n_train": self.n_train_,
-                    },
-                    indent=2,
-                )
-            )
-            (tmp / "config.yaml").write_text(
-                yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False)
-            )
-            (tmp / "preprocessor.json").write_text(
-                json.dumps(self.preprocessor_.state_dict(), ensure_ascii=False)
-            )
-            (tmp / "history.json").write_text(json.dumps(jsonable(self.history_), indent=1))
-            if self.calibrators_:
-                (tmp / "calibration.json").write_text(
-                    json.dumps({n: c.to_dict() for n, c in self.calibrators_.items()}, indent=1)
-                )
-            save_file(tensors, str(tmp / "weights.safetensors"))
-        return target
+        files = {
+            modelfile.CONFIG: yaml.safe_dump(
+                self.config.model_dump(mode="json"), sort_keys=False
+            ).encode("utf-8"),
+            modelfile.PREPROCESSOR: json.dumps(
+                self.preprocessor_.state_dict(), ensure_ascii=False
+            ).encode("utf-8"),
+            modelfile.HISTORY: json.dumps(jsonable(self.history_), indent=1).encode("utf-8"),
+            modelfile.WEIGHTS: save_safetensors(tensors),
+        }
+        if self.calibrators_:
+            files[modelfile.CALIBRATION] = json.dumps(
+                {n: c.to_dict() for n, c in self.calibrators_.items()}, indent=1
+            ).encode("utf-8")
+        meta = {
+            "best_epoch": self.best_epoch_,
+            "n_train": self.n_train_,
+            "run_id": getattr(self, "run_id_", None),
+        }
+        try:
+            return modelfile.write_folder(target, files, meta)
+        except OSError as err:
+            raise OutputError(
+                f"cannot save the model to {str(target)!r}: {os_reason(err)}"
+            ) from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str = "cpu") -> MultiTaskModel:
-        """Load a model folder written by `save`. Never executes code from the folder."""
+        """Load a model folder written by `save`. Never executes code from the folder, and
+        reads nothing blindly: regular files only, each under a size cap, every JSON/YAML
+        file checked against a strict schema, every file against the SHA-256 that
+        polytask.json lists, the weights' shapes (from the safetensors header) against the
+        config before the network is built, and every weight finite
+        (`polytask.modelfile`)."""
         folder = Path(path)
         if not folder.is_dir():
             old = set_aside(folder)
@@ -654,49 +730,53 @@ class MultiTaskModel:
                 f"model folder {str(folder)!r} does not exist (or is not a folder); expected "
                 f"the folder written by MultiTaskModel.save or `polytask train`{hint}"
             )
-        meta = _read_json(folder / "polytask.json")
-        if not isinstance(meta, dict):
-            raise ModelFileError(
-                f"{folder / 'polytask.json'}: expected a JSON object, found {type(meta).__name__}"
-            )
-        version = meta.get("format_version")
-        if version not in READABLE_FORMATS:
-            raise ModelFileError(
-                f"{folder}: model format version {version!r} (written by polytask "
-                f"{meta.get('polytask_version')!r}) cannot be read by polytask {__version__}, "
-                f"which reads format version(s) {list(READABLE_FORMATS)}"
-            )
-        config_file = folder / "config.yaml"
+        files = modelfile.read_folder(folder)
+        config_file = folder / modelfile.CONFIG
         try:
-            # safe_load: a `!!python/...` tag is an error, never a constructor call
-            raw_cfg = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-            config = validate(EstimatorConfig, raw_cfg, what="saved config")
-            model = cls.from_config(config)
-        except yaml.constructor.ConstructorError as err:
-            raise ModelFileError(
-                f"{config_file}: refused: {_yaml_problem(err)}; a model's config is plain YAML "
-                "and is read without constructing Python objects"
-            ) from None
-        except yaml.YAMLError as err:
-            raise ModelFileError(f"{config_file}: not valid YAML: {_yaml_problem(err)}") from None
-        except (OSError, UnicodeDecodeError, ConfigError) as err:
+            strict = EstimatorConfig.model_validate(files.config, strict=True)
+        except ValidationError as err:
+            problem = format_validation_error(err, EstimatorConfig).splitlines()[0]
+            raise ModelFileError(f"{config_file}: {problem}") from None
+        try:
+            model = cls.from_config(strict)
+        except ConfigError as err:
             raise ModelFileError(f"{config_file}: cannot be used: {err}") from None
+        config = model.config
         try:
             pre = Preprocessor(features=config.features, tasks=config.task_specs()).load_state_dict(
-                _read_json(folder / "preprocessor.json")
+                files.preprocessor.model_dump()
             )
         except DataError as err:
-            raise ModelFileError(f"{folder / 'preprocessor.json'}: {err}") from None
-        network = build_network(config, pre)
-        weights_file = folder / "weights.safetensors"
+            raise ModelFileError(f"{folder / modelfile.PREPROCESSOR}: {err}") from None
+        weights_file = folder / modelfile.WEIGHTS
         try:
-            tensors = load_file(str(weights_file))
-        except (OSError, SafetensorError, ValueError) as err:
+            shapes = modelfile.tensor_shapes(weights_file, files.weights)
+        except ModelFileError as err:
+            if not _looks_pickled(files.weights):
+                raise
             raise ModelFileError(
-                f"{weights_file}: not a readable safetensors file ({err})"
-                f"{_pickle_hint(weights_file)}; polytask reads weights only as safetensors and "
-                "never unpickles them"
+                f"{err} - it looks like a torch.save/pickle file, which could run code when "
+                "loaded; polytask reads weights only as safetensors and never unpickles them"
             ) from None
+        try:
+            planned = plan_network(config, pre)
+        except ConfigError as err:
+            raise ModelFileError(f"{config_file}: {err}") from None
+        _check_shapes(weights_file, planned, shapes)
+        try:
+            tensors = load_safetensors(files.weights)
+        except (SafetensorError, ValueError) as err:
+            raise ModelFileError(
+                f"{weights_file}: not a readable safetensors file ({err}); polytask reads "
+                "weights only as safetensors and never unpickles them"
+            ) from None
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ModelFileError(
+                    f"{weights_file}: tensor {name!r} holds NaN or infinite values; a model "
+                    "with non-finite weights predicts garbage"
+                )
+        network = build_network(config, pre)
         try:
             weighting = build_weighting(config)
         except MissingExtraError as err:
@@ -709,19 +789,22 @@ class MultiTaskModel:
             network.load_state_dict(_strip(tensors, "network."))
             weighting.load_state_dict(_strip(tensors, "weighting."))
         except RuntimeError as err:
+            first = str(err).splitlines()[0]
             raise ModelFileError(
-                f"{weights_file}: weights do not fit the saved config: {err}"
+                f"{weights_file}: weights do not fit the saved config: {first}"
             ) from None
         dev = resolve_device(device, "device")
         model.preprocessor_ = pre
         model.network_ = network.to(dev).eval()
         model.weighting_ = weighting.to(dev)
-        model.best_epoch_ = meta.get("best_epoch")
-        n_train = meta.get("n_train", 0)
-        model.n_train_ = n_train if isinstance(n_train, int) else 0
-        history_file = folder / "history.json"
-        model.history_ = _read_json(history_file) if history_file.exists() else []
-        model.calibrators_ = _read_calibrators(folder / "calibration.json", config)
+        model.best_epoch_ = files.meta.best_epoch
+        model.n_train_ = files.meta.n_train
+        model.run_id_ = files.meta.run_id
+        model.history_ = files.history
+        model.calibrators_ = _read_calibrators(folder / modelfile.CALIBRATION, files, config)
+        mixed = modelfile.check_run(folder, model.run_id_)
+        if mixed is not None:
+            warnings.warn(mixed, modelfile.MixedRunWarning, stacklevel=2)
         return model
 
     def __repr__(self) -> str:
@@ -763,11 +846,13 @@ class _UnavailableWeighting(Weighting):
         raise MissingExtraError(str(self.error))
 
 
-def _read_calibrators(path: Path, config: EstimatorConfig) -> dict[str, Calibrator]:
-    """The fitted calibrators of a model folder (none when the file is absent)."""
-    if not path.exists():
+def _read_calibrators(
+    path: Path, files: modelfile.ModelFolder, config: EstimatorConfig
+) -> dict[str, Calibrator]:
+    """The fitted calibrators of a model folder (none when it has no calibration.json)."""
+    raw = files.calibration
+    if raw is None:
         return {}
-    raw = _read_json(path)
     if not isinstance(raw, dict):
         raise ModelFileError(f"{path}: expected a JSON object, found {type(raw).__name__}")
     found: dict[str, Calibrator] = {}
@@ -784,26 +869,32 @@ def _read_calibrators(path: Path, config: EstimatorConfig) -> dict[str, Calibrat
     return found
 
 
-def _pickle_hint(path: Path) -> str:
-    """Say so when a weights file looks like ``torch.save``/pickle output (only its first
-    bytes are read; nothing is unpickled)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return ""
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return " - it looks like a torch.save/pickle file, which could run code when loaded"
-    return ""
+def _looks_pickled(data: bytes) -> bool:
+    """Whether weights look like ``torch.save``/pickle output (a zip or a pickle opcode);
+    nothing is unpickled."""
+    return data.startswith(b"PK\x03\x04") or data[:1] == b"\x80"
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: missing; is this a polytask model folder?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{path}: not valid JSON: {err}") from None
+def _check_shapes(
+    path: Path, planned: MultiTaskNet, found: Mapping[str, tuple[str, tuple[int, ...]]]
+) -> None:
+    """Refuse weights whose names or shapes (from the safetensors header) are not those of
+    the network the config describes, before that network is built."""
+    expected = {f"network.{k}": tuple(v.shape) for k, v in planned.state_dict().items()}
+    network = {k: shape for k, (_, shape) in found.items() if k.startswith("network.")}
+    missing = sorted(set(expected) - set(network))
+    unexpected = sorted(set(network) - set(expected))
+    if missing or unexpected:
+        raise ModelFileError(
+            f"{path}: weights do not fit the saved config: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    for name, shape in expected.items():
+        if network[name] != shape:
+            raise ModelFileError(
+                f"{path}: weights do not fit the saved config: {name} has shape "
+                f"{list(network[name])}, the config gives {list(shape)}"
+            )
 
 
 def _plain(value: Any) -> Any:

@@ -6,8 +6,11 @@ from Python (``run_training(load_run_file(path)[0], base, out)``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +18,18 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from polytask._atomic import atomic_write_text
+from polytask import modelfile
+from polytask._atomic import atomic_write_text, clean_stale, leftover_pattern
 from polytask.config import DataConfig, RunConfig, SplitConfig
 from polytask.data import read_table
-from polytask.errors import ConfigError, DataError, TrainingInterrupted
+from polytask.errors import (
+    ConfigError,
+    DataError,
+    OutputError,
+    PolytaskError,
+    TrainingInterrupted,
+    os_reason,
+)
 from polytask.estimator import MultiTaskModel, jsonable
 from polytask.tracking import Tracker, build_tracker
 from polytask.training.distributed import barrier, is_main_process
@@ -126,18 +137,128 @@ def train_samples_per_s(history: list[dict[str, Any]]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
+RUN_FILES = ("model", "metrics.json", "config.yaml", "checkpoints", "history.csv", "tensorboard")
+"""What `run_training` writes in its output folder (the last two with ``training.loggers``);
+it never touches anything else there."""
+
+
+def _is_leftover(name: str) -> bool:
+    """Whether ``name`` is what a killed write of one of `RUN_FILES` left in a run folder
+    (`polytask._atomic.leftover_pattern`)."""
+    return any(leftover_pattern(f).fullmatch(name) for f in RUN_FILES)
+
+
+def _written_by_polytask(path: Path) -> bool:
+    """Whether ``path`` (one of `RUN_FILES` in a run folder) is something polytask wrote.
+    Files of runs from before run ids are recognised by their shape."""
+    if path.is_symlink():
+        return False
+    if path.name == "model":
+        return path.is_dir() and modelfile.is_model_folder(path)
+    if path.name in ("checkpoints", "tensorboard"):
+        return path.is_dir()
+    if path.name == "history.csv":
+        return path.is_file()
+    if not path.is_file():
+        return False
+    if modelfile.run_stamp(path) is not None:
+        return True
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.name == "metrics.json":
+            return "train_samples_per_s" in json.loads(text)
+        return {"features", "tasks", "data"} <= set(yaml.safe_load(text))
+    except (OSError, ValueError, TypeError, RecursionError, yaml.YAMLError):
+        return False
+
+
+def prepare_output(out: Path, *, overwrite: bool = False, resume: bool = False) -> None:
+    """Check, before any training, that the run can be written to ``out``: create the
+    folder, write and remove a probe file (an existing file, a read-only folder, a name
+    too long fail here, not after training), then refuse a folder that holds anything
+    unless ``overwrite`` (or ``resume``) is given, and even then refuse to replace a
+    ``model``, ``metrics.json`` or ``config.yaml`` that polytask did not write. Anything
+    else in the folder is left alone. Leftovers of a killed write are removed, and with
+    ``overwrite`` the previous run's checkpoints too (a later --resume would continue it)."""
+    where = f"output folder {str(out)!r}"
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{where}: is a file, not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create {where}: {os_reason(err)}") from None
+    probe = out / f".polytask-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"polytask checks that it can write here")
+        probe.unlink()
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        raise OutputError(f"cannot write in {where}: {os_reason(err)}") from None
+    present = sorted(e.name for e in out.iterdir() if not _is_leftover(e.name))
+    if present and not (overwrite or resume):
+        shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+        raise OutputError(
+            f"{where} is not empty (it holds {shown}); pass --overwrite (run_training(..., "
+            "overwrite=True)) to replace what polytask writes there (model/, metrics.json, "
+            "config.yaml, checkpoints/, history.csv, tensorboard/), leaving everything else, or "
+            "choose another --out"
+        )
+    foreign = [
+        name for name in RUN_FILES if name in present and not _written_by_polytask(out / name)
+    ]
+    if foreign:
+        raise OutputError(
+            f"{where}: {foreign} were not written by polytask, and polytask never replaces "
+            "what it did not write, even with --overwrite: move them, or choose another --out"
+        )
+    if "model" in present:
+        modelfile.check_replaceable(out / "model", overwrite=True)  # nothing foreign inside
+    for name in RUN_FILES:
+        clean_stale(out / name)  # what killed writes left: gone before this run writes
+    if overwrite and not resume and (out / "checkpoints").is_dir():
+        from polytask.training.checkpoint import remove_checkpoints
+
+        remove_checkpoints(out / "checkpoints")
+
+
+def _rescue(model: MultiTaskModel, out: Path, checkpoint_dir: Path | None) -> Path | None:
+    """Somewhere else to keep a trained model that could not be saved where asked: the
+    checkpoint folder, beside the output folder, or the temporary folder."""
+    tag = (getattr(model, "run_id_", None) or "unsaved")[:12]
+    places = [] if checkpoint_dir is None else [checkpoint_dir / f"model-{tag}"]
+    places += [
+        out.with_name(f"{out.name}-model-{tag}"),
+        Path(tempfile.gettempdir()) / f"polytask-model-{tag}",
+    ]
+    for place in places:
+        try:
+            return model.save(place)
+        except PolytaskError:
+            continue
+    return None
+
+
 def run_training(
     cfg: RunConfig,
     base: Path,
     out: Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     run_file: Path | None = None,
 ) -> dict[str, Any]:
-    """Train the run, evaluate it, write ``out/model/``, ``out/metrics.json`` and
-    ``out/config.yaml``; return the metrics. Early stopping uses the validation split only;
+    """Train the run, evaluate it, write ``out/model/``, ``out/config.yaml`` and, last,
+    ``out/metrics.json``; return the metrics. Early stopping uses the validation split only;
     the test split is evaluated once, at the end. Under torchrun only rank 0 evaluates and
     writes; the other ranks return an empty dict.
+
+    ``out`` is checked before training (`prepare_output`): a non-empty folder needs
+    ``overwrite`` (or ``resume``). The three outputs carry the run id of the model
+    (``run_id`` in polytask.json and metrics.json, a first comment line in config.yaml),
+    and the previous run's metrics.json and config.yaml are removed before the new model
+    is written, so a kill between the writes never leaves one run's results beside
+    another's model; metrics.json, written last, marks a finished run.
 
     With ``training.checkpoint_every`` checkpoints go to ``out/checkpoints/``; ``resume``
     continues from the newest readable one there.
@@ -145,24 +266,31 @@ def run_training(
     ``training.loggers`` record each epoch (`polytask.tracking`): ``csv`` in
     ``out/history.csv``, ``tensorboard`` in ``out/tensorboard/``, ``mlflow`` in an MLflow
     run that also gets ``run_file`` and the model folder as artifacts."""
-    splits = load_splits(cfg.data, base, stream=cfg.training.stream is not None)
+    model = MultiTaskModel.from_config(cfg)  # a model past model.max_parameters fails here
+    created = not out.exists()
+    if is_main_process():
+        prepare_output(out, overwrite=overwrite, resume=resume)
     checkpoint_dir = out / "checkpoints" if cfg.training.checkpoint_every or resume else None
     tracker = None
-    if is_main_process():
-        tracker = build_tracker(
-            cfg.training.loggers,
-            out,
-            params=cfg.model_dump(mode="json", exclude={"data"}),
-            eval_batch_size=cfg.training.eval_batch_size,
-            run_name=out.name,
-        )
     try:
+        splits = load_splits(cfg.data, base, stream=cfg.training.stream is not None)
+        if is_main_process():
+            tracker = build_tracker(
+                cfg.training.loggers,
+                out,
+                params=cfg.model_dump(mode="json", exclude={"data"}),
+                eval_batch_size=cfg.training.eval_batch_size,
+                run_name=out.name,
+            )
         metrics = _train_and_write(
-            cfg, base, splits, out, checkpoint_dir, resume, tracker, run_file
+            model, cfg, base, splits, out, checkpoint_dir, resume, tracker, run_file
         )
     except BaseException:
         if tracker is not None:
             tracker.close(failed=True)
+        if created and is_main_process():
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty: a failed run leaves no empty folder behind
         raise
     if tracker is not None:
         tracker.close()
@@ -170,6 +298,7 @@ def run_training(
 
 
 def _train_and_write(
+    model: MultiTaskModel,
     cfg: RunConfig,
     base: Path,
     splits: Splits,
@@ -179,7 +308,6 @@ def _train_and_write(
     tracker: Tracker | None,
     run_file: Path | None,
 ) -> dict[str, Any]:
-    model = MultiTaskModel.from_config(cfg)
     try:
         model.fit(
             splits.train,
@@ -190,7 +318,7 @@ def _train_and_write(
         )
     except TrainingInterrupted as stop:  # Ctrl-C: keep the best model so far, unevaluated
         if is_main_process():
-            _write_run(model, {"interrupted": True}, cfg, base, out)
+            _write_run(model, {"interrupted": True}, cfg, base, out, checkpoint_dir)
             stop.saved = out / "model"
         raise
     if not is_main_process():
@@ -224,7 +352,7 @@ def _train_and_write(
         gates = model.gate_statistics(gates_on)
         if gates:
             metrics["gates"] = gates
-    _write_run(model, metrics, cfg, base, out)
+    _write_run(model, metrics, cfg, base, out, checkpoint_dir)
     if tracker is not None:
         files = [out / "config.yaml", out / "metrics.json"]
         if run_file is not None:
@@ -235,17 +363,48 @@ def _train_and_write(
 
 
 def _write_run(
-    model: MultiTaskModel, metrics: dict[str, Any], cfg: RunConfig, base: Path, out: Path
+    model: MultiTaskModel,
+    metrics: dict[str, Any],
+    cfg: RunConfig,
+    base: Path,
+    out: Path,
+    checkpoint_dir: Path | None,
 ) -> None:
-    """``out/model/``, ``out/metrics.json`` (``metrics`` and the training summary) and
-    ``out/config.yaml``."""
+    """``out/model/``, ``out/config.yaml`` and, last, ``out/metrics.json`` (``metrics`` and
+    the training summary), all three stamped with the model's run id; the previous run's
+    metrics.json and config.yaml are removed first. A model that cannot be saved in
+    ``out/model`` is saved elsewhere (`_rescue`) and the `OutputError` says where."""
     metrics.setdefault("train_samples_per_s", train_samples_per_s(model.history_))
     metrics.setdefault("best_epoch", model.best_epoch_)
     metrics.setdefault("epochs_run", len(model.history_))
     metrics.setdefault("skipped_batches", model.skipped_batches_)
     metrics.setdefault("rows", {"train": model.n_train_})
-    model.save(out / "model")  # creates out/, as atomic_write_text would
-    atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics), indent=2))
-    atomic_write_text(
-        out / "config.yaml", yaml.safe_dump(run_config_dump(cfg, base), sort_keys=False)
-    )
+    run_id = model.run_id_
+    metrics["run_id"] = run_id
+    for name in ("metrics.json", "config.yaml"):  # never another run's beside this model
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError as err:
+            raise OutputError(f"cannot replace {str(out / name)!r}: {os_reason(err)}") from None
+    try:
+        model.save(out / "model", overwrite=True)  # prepare_output checked it is ours
+    except OutputError as err:
+        rescued = _rescue(model, out, checkpoint_dir)
+        kept = (
+            f"; the trained model was saved to {str(rescued)!r} instead"
+            if rescued is not None
+            else "; it could not be saved anywhere else either"
+        )
+        raise OutputError(f"{err}{kept}") from None
+    config_text = yaml.safe_dump(run_config_dump(cfg, base), sort_keys=False)
+    for name, text in (
+        ("config.yaml", f"{modelfile.CONFIG_STAMP}{run_id}\n{config_text}"),
+        ("metrics.json", json.dumps(jsonable(metrics), indent=2)),  # last: the run is done
+    ):
+        try:
+            atomic_write_text(out / name, text)
+        except OSError as err:
+            raise OutputError(
+                f"cannot write {str(out / name)!r}: {os_reason(err)}; the model was saved to "
+                f"{str(out / 'model')!r}"
+            ) from None

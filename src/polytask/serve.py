@@ -58,7 +58,8 @@ class Service:
     ) -> None:
         import torch
 
-        from polytask.estimator import MultiTaskModel, _read_json
+        from polytask import modelfile
+        from polytask.estimator import MultiTaskModel
         from polytask.export import ONNX_FILE, check_backend
 
         check_backend(backend)
@@ -82,7 +83,10 @@ class Service:
         self.columns = list(self.kinds)
         self._required = frozenset(self.columns)
         self.encoder = RowEncoder(self.model.preprocessor_)
-        meta = _read_json(folder / "polytask.json")
+        meta_file = folder / modelfile.META  # read and verified by load just above
+        meta = modelfile.parse_json(
+            meta_file, modelfile.read_regular(meta_file, modelfile.SIZE_CAPS[modelfile.META])
+        )
         empty = self.model.predict(pd.DataFrame({c: [] for c in self.columns}))
         self.outputs = [str(c) for c in empty.columns]
         self._metadata = {

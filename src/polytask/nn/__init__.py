@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any, Literal, cast
@@ -72,7 +73,8 @@ class FeatureInput(nn.Module):
         for dim in sorted(set(embedding_dims)):
             cols = [j for j, d in enumerate(embedding_dims) if d == dim]
             sizes = [cardinalities[j] for j in cols]
-            offsets = torch.tensor([0, *torch.tensor(sizes).cumsum(0)[:-1].tolist()])
+            # Python sums, no tensor read back: the module builds on the meta device too
+            offsets = torch.tensor([0, *itertools.accumulate(sizes)][:-1])
             self.register_buffer(f"_offsets{len(self._groups)}", offsets, persistent=False)
             self.register_buffer(
                 f"_columns{len(self._groups)}", torch.tensor(cols), persistent=False

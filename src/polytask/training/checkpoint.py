@@ -32,7 +32,7 @@ the one the checkpoint was written with.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import io
 import json
 import os
@@ -54,6 +54,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
+from polytask import modelfile
 from polytask._atomic import atomic_dir
 from polytask._version import __version__
 from polytask.errors import ConfigError, DataError, ModelFileError
@@ -76,6 +77,7 @@ MAY_DIFFER = frozenset(
         "training.progress",
         "training.num_threads",
         "training.eval_batch_size",
+        "model.max_parameters",
     }
 )
 """Config keys a resumed run may change: they extend or report training without changing
@@ -221,10 +223,7 @@ def write_checkpoint(
         "numpy_random": [np_state[0], np_state[1], *np_state[2:]],
         "config": config,
         "data_fingerprint": fingerprint,
-        "files": {
-            name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            for name, data in files.items()
-        },
+        "files": {name: modelfile.digest(data) for name, data in files.items()},
     }
     text = json.dumps(meta, default=_plain)
     with atomic_dir(path) as tmp:
@@ -242,6 +241,21 @@ def prune(folder: Path, keep: int = KEEP) -> None:
     for leftover in folder.glob(".step-*"):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def remove_checkpoints(folder: Path) -> None:
+    """Remove every checkpoint in ``folder`` (and the temporary and ``.corrupt`` folders
+    checkpoints leave), nothing else; ``folder`` itself only when that leaves it empty."""
+    for entry in folder.iterdir():
+        name = entry.name.removesuffix(".corrupt")
+        if (
+            entry.is_dir()
+            and not entry.is_symlink()
+            and (_STEP_DIR.fullmatch(name) or name.startswith(".step-"))
+        ):
+            shutil.rmtree(entry, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 class Checkpointer:
@@ -290,16 +304,13 @@ class Checkpointer:
 # ------------------------------------------------------------------------------------- read
 def _read_meta(path: Path) -> dict[str, Any]:
     file = path / "checkpoint.json"
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelFileError(f"{file}: missing; the checkpoint is incomplete") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{file}: not valid JSON: {err}") from None
+    if not os.path.lexists(file):
+        raise ModelFileError(f"{file}: missing; the checkpoint is incomplete")
+    meta = modelfile.parse_json(file, modelfile.read_regular(file, modelfile.SIZE_CAPS[file.name]))
     if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
         raise ModelFileError(f"{file}: not a polytask checkpoint description")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise ModelFileError(
             f"{file}: checkpoint format version {version!r} (written by polytask "
             f"{meta.get('polytask_version')!r}); polytask {__version__} reads version "
@@ -309,21 +320,11 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def _read_verified(path: Path, name: str, meta: Mapping[str, Any]) -> bytes:
+    """One file of a checkpoint, read and checked as a model folder's files are
+    (`polytask.modelfile`: a regular file, its size and SHA-256 as checkpoint.json lists)."""
     file = path / name
-    expected = meta["files"].get(name)
-    if not isinstance(expected, dict):
-        raise ModelFileError(f"{path / 'checkpoint.json'}: no entry for {name}")
-    try:
-        data = file.read_bytes()
-    except OSError as err:
-        raise ModelFileError(f"{file}: cannot read: {err}") from None
-    if len(data) != expected.get("bytes"):
-        raise ModelFileError(
-            f"{file}: {len(data)} bytes, expected {expected.get('bytes')}: the file is "
-            "truncated or was overwritten"
-        )
-    if hashlib.sha256(data).hexdigest() != expected.get("sha256"):
-        raise ModelFileError(f"{file}: SHA-256 does not match checkpoint.json: the file is corrupt")
+    data = modelfile.read_regular(file, modelfile.SIZE_CAPS[modelfile.WEIGHTS])
+    modelfile.verify(file, data, meta["files"].get(name), manifest=path / "checkpoint.json")
     return data
 
 
