@@ -260,3 +260,17 @@ def test_predict_to_an_unwritable_place_is_one_line(run_dir, capsys):
         assert code == 2 and "Traceback" not in err
         line = error_line(err)
         assert "/sys/kernel" in line
+
+
+def test_predict_streams_a_csv_by_default(run_dir, capsys, monkeypatch):
+    out = run_dir / "out"
+    assert train(run_dir, out, capsys)[0] == 0
+
+    def whole(*args, **kwargs):
+        raise AssertionError("the file was read whole")
+
+    monkeypatch.setattr(MultiTaskModel, "predict", whole)
+    argv = ["predict", str(out / "model"), str(run_dir / "train.csv"), "-o", str(run_dir / "p.csv")]
+    assert main(argv) == 0
+    assert "(streamed, 65536 rows at a time)" in capsys.readouterr().out
+    assert len(pd.read_csv(run_dir / "p.csv")) == 20

@@ -248,15 +248,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from polytask.data import write_table
-    from polytask.data.chunks import is_parquet
     from polytask.estimator import MultiTaskModel
 
     model = MultiTaskModel.load(args.model_dir)
     if args.group is not None:
         model.config.decision.group = args.group
     backend = _backend_options(args)
-    streamed = args.chunk_rows is not None or (args.data is not None and is_parquet(args.data))
-    if args.split is None and args.data is not None and streamed:
+    # A file streams chunk by chunk whatever its format, so memory stays flat in its rows;
+    # a model with decision.group scores each group as a whole, so it reads the file whole.
+    whole = model.config.decision.group is not None and args.chunk_rows is None
+    if args.split is None and args.data is not None and not whole:
         chunk_rows = CHUNK_ROWS if args.chunk_rows is None else args.chunk_rows
         rows = model.predict_to(args.data, args.output, chunk_rows=chunk_rows, **backend)
         print(f"wrote {rows} rows to {args.output} (streamed, {chunk_rows} rows at a time)")
@@ -565,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="predictions of a saved model for a table",
         description="Predictions of a saved model, one column per task, rows in input order. "
-        "Parquet input streams chunk by chunk, so memory stays flat in the number of rows.",
+        "A CSV or Parquet file streams chunk by chunk, so memory stays flat in the number of rows.",
         epilog="examples: polytask predict runs/census/model --split test -o pred.parquet; "
         "polytask predict runs/census/model census.parquet -o scores.parquet",
     )
@@ -581,9 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chunk-rows",
         type=int,
-        help="stream the file this many rows at a time, so memory stays flat in the number "
-        f"of rows (default: Parquet input streams {CHUNK_ROWS} rows at a time, CSV is read "
-        "whole)",
+        help="rows per chunk: a CSV or Parquet file is read and predicted chunk by chunk, so "
+        f"memory stays flat in the number of rows (default: {CHUNK_ROWS}; a model with "
+        "decision.group reads the file whole unless this is given)",
     )
     p.add_argument(
         "--backend",

@@ -80,7 +80,19 @@ def load_splits(data: DataConfig, base: Path, *, stream: bool = False) -> Splits
         split = data.split or SplitConfig()
         fractions = [split.train, split.validation, split.test]  # sum to 1 (SplitConfig)
         nonzero = [f for f in fractions if f > 0]
-        parts = list(split_frame(frame, fractions=nonzero, seed=data.split_seed))
+        if len(frame) < len(nonzero):
+            rows = "no rows (only a header)" if len(frame) == 0 else f"{len(frame)} row(s)"
+            raise DataError(
+                f"data.path {data.path!r} has {rows}; data.split needs at least one row for "
+                f"each of its {len(nonzero)} split(s)"
+            )
+        try:
+            parts = list(split_frame(frame, fractions=nonzero, seed=data.split_seed))
+        except DataError as err:  # the reader does not know split_frame: name the settings
+            raise DataError(
+                f"data.split of data.path {data.path!r} ({len(frame)} rows): "
+                f"{str(err).removeprefix('split_frame: ')}"
+            ) from None
         out: list[pd.DataFrame | None] = []
         for f in fractions:
             out.append(parts.pop(0) if f > 0 else None)

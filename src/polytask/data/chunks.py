@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 
 from polytask._atomic import atomic_path
 from polytask._defaults import CHUNK_ROWS as CHUNK_ROWS  # defined there for the CLI's help
+from polytask.data.io import check_unique_columns, output_format, table_format
 from polytask.data.io import is_parquet as is_parquet  # re-exported: the CLI asks it here
-from polytask.data.io import output_format, table_format
 from polytask.errors import DataError
 
 
@@ -38,6 +38,7 @@ def read_chunks(
     if not source.exists():
         raise DataError(f"{what}: file {str(source)!r} does not exist")
     kind = table_format(source, what=what)
+    check_unique_columns(source, kind, what)
     try:
         if kind == "parquet":
             yield from _parquet_chunks(source, columns, chunk_rows)
@@ -45,7 +46,11 @@ def read_chunks(
             wanted = set(columns)
             sep = "\t" if kind == "tsv" else ","
             with pd.read_csv(
-                source, sep=sep, chunksize=chunk_rows, usecols=lambda c: c in wanted
+                source,
+                sep=sep,
+                chunksize=chunk_rows,
+                usecols=lambda c: c in wanted,
+                low_memory=False,  # no DtypeWarning within a chunk
             ) as reader:
                 empty = True
                 for frame in reader:

@@ -8,6 +8,7 @@ chunked reader in ``chunks.py`` both use it); `output_format` does the same for 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,16 +81,47 @@ def read_table(data: Any, *, format: str | None = None, what: str = "data") -> p
         if not path.exists():
             raise DataError(f"{what}: file {str(path)!r} does not exist")
         kind = table_format(path, format, what=what)
+        check_unique_columns(path, kind, what)
         try:
             if kind == "parquet":
                 return pd.read_parquet(path)
-            return pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
+            # low_memory=False: each column's type from the whole column, with no
+            # DtypeWarning for a column whose chunks pandas would have typed differently
+            return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", low_memory=False)
         except (OSError, ValueError, pa.ArrowException) as err:
             raise DataError(f"{what}: could not read {str(path)!r}: {err}") from None
     raise DataError(
         f"{what}: expected a pandas DataFrame or a path to a CSV/Parquet file, "
         f"found {type(data).__name__}"
     )
+
+
+def check_unique_columns(path: Path, kind: TableFormat, what: str) -> None:
+    """Refuse a file that names a column twice, the same way for CSV and Parquet (pandas
+    would rename a CSV's second ``age`` to ``age.1`` and use the first; pyarrow would fail
+    with its schema dump)."""
+    try:
+        if kind == "parquet" and path.is_dir():
+            import pyarrow.dataset as ds
+
+            names = ds.dataset(path, format="parquet").schema.names
+        elif kind == "parquet":
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(path).names
+        else:
+            header = pd.read_csv(
+                path, sep="\t" if kind == "tsv" else ",", header=None, nrows=1, dtype=str
+            )
+            names = [] if header.empty else [str(x) for x in header.iloc[0].tolist()]
+    except (OSError, ValueError, pa.ArrowException):
+        return  # unreadable: the reader that follows says so
+    repeated = sorted(n for n, k in Counter(names).items() if k > 1)
+    if repeated:
+        raise DataError(
+            f"{what}: column(s) {repeated} appear more than once in {str(path)!r}; expected "
+            "each column once"
+        )
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:

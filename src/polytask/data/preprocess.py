@@ -15,6 +15,7 @@ works on raw rows of the original table.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -239,8 +240,10 @@ class Preprocessor:
         vocabularies: dict[str, list[str]] = {}
         cat = np.zeros((n if encode else 0, len(self.features.categorical)), dtype=np.int64)
         for j, feat in enumerate(self.features.categorical):
+            _refuse_nested(df[feat.name], feat.name, what)
             values, missing = category_strings(df[feat.name])
             counts = pd.Series(values[~missing]).value_counts()
+            _warn_if_id_like(feat.name, len(counts), n, what)
             vocabularies[feat.name] = _vocabulary(counts, feat, self.features)
             if encode:
                 cat[:, j] = _category_codes(values, missing, vocabularies[feat.name])
@@ -328,6 +331,7 @@ class Preprocessor:
 
         cat = np.zeros((n, len(self.features.categorical)), dtype=np.int64)
         for j, feat in enumerate(self.features.categorical):
+            _refuse_nested(df[feat.name], feat.name, what)
             values, missing = category_strings(df[feat.name])
             cat[:, j] = _category_codes(values, missing, self.vocabularies_[feat.name])
 
@@ -433,6 +437,55 @@ class Preprocessor:
         self.classes_ = classes
         self.train_columns_ = train_columns
         return self
+
+
+ID_LIKE_DISTINCT = 100_000
+"""A categorical column with more distinct values than this (or than half its rows, when
+that is above `ID_LIKE_MIN`) draws a warning that it looks like an ID column."""
+ID_LIKE_MIN = 10_000
+
+
+class IdLikeColumnWarning(UserWarning):
+    """A categorical feature has so many distinct values that it looks like an identifier."""
+
+
+def _warn_if_id_like(column: str, distinct: int, rows: int, what: str) -> None:
+    if distinct > ID_LIKE_DISTINCT or (distinct > ID_LIKE_MIN and distinct > rows / 2):
+        warnings.warn(
+            f"{what}: categorical column {column!r} has {distinct:,} distinct values in "
+            f"{rows:,} rows: it looks like an ID column, whose embedding table is large and "
+            "learns little per value; drop it, or raise its min_freq so rare values share the "
+            "unseen row",
+            IdLikeColumnWarning,
+            stacklevel=4,
+        )
+
+
+_NESTED = (list, tuple, dict, np.ndarray)
+
+
+def _refuse_nested(series: pd.Series, column: str, what: str) -> None:
+    """A list- or struct-valued column (a Parquet list or struct column) is not a plain
+    categorical: refused rather than silently turned into strings."""
+    if series.dtype != object and not isinstance(series.dtype, pd.ArrowDtype):
+        return
+    if isinstance(series.dtype, pd.ArrowDtype):
+        import pyarrow as pa
+
+        arrow = series.dtype.pyarrow_dtype
+        nested = pa.types.is_nested(arrow)
+        kind = "struct" if pa.types.is_struct(arrow) else "list"
+    else:
+        found = next((v for v in series.to_numpy() if isinstance(v, _NESTED)), None)
+        nested = found is not None
+        kind = "struct" if isinstance(found, dict) else "list"
+    if nested:
+        raise DataError(
+            f"{what}: categorical column {column!r} holds {kind} values (a Parquet {kind} "
+            "column); a categorical feature takes one value per row, and list-valued "
+            "features are not supported: explode or join the values into one per row, or "
+            "leave the column out"
+        )
 
 
 def _finite(x: Any) -> bool:
