@@ -373,9 +373,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
-        result = compare(cfg, base, args.models, seeds=args.seeds, log=console.print)
+        result = compare(
+            cfg,
+            base,
+            args.models,
+            seeds=args.seeds,
+            log=lambda line: console.print(line, markup=False),  # errors may hold [brackets]
+        )
         written = write_outputs(result, out, title=str(args.run_file))
-    console.print((out / "compare.md").read_text(encoding="utf-8").split("\n## ")[0].rstrip())
+    table = (out / "compare.md").read_text(encoding="utf-8").split("\n## ")[0].rstrip()
+    console.print(table, markup=False)
     console.print(f"wrote {', '.join(str(p) for p in written)}")
     if result.failures:
         console.print(f"{len(result.failures)} run(s) failed; see {out / 'compare.md'}")
