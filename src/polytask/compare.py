@@ -273,6 +273,9 @@ def compare_splits(
                             "classes": {
                                 t: state["classes"][t] for t in state["classes"] if t in run.tasks
                             },
+                            "label_scaling": {
+                                t: v for t, v in state["label_scaling"].items() if t in run.tasks
+                            },
                         }
                     )
                     with warnings.catch_warnings():

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -69,6 +69,10 @@ class TaskConfig(Strict):
     the task's name. A binary label is 0/1, bool, or mapped to 1 where it equals
     ``positive``. ``inputs_from`` feeds other tasks' estimates into this task's tower;
     ``detach`` (stop-gradient, the default) keeps this task's loss from training them.
+    ``sample_weight`` names a column of non-negative row weights (the task's loss is then the
+    weighted mean over labelled rows). ``label_scaling: auto`` lets the task type scale the
+    label for training (regression: standardized; count: divided by its mean) and maps
+    predictions back; ``none`` trains on the label as it is.
     """
 
     type: str
@@ -79,6 +83,8 @@ class TaskConfig(Strict):
     weight: float = Field(default=1.0, ge=0)
     inputs_from: list[str] = Field(default_factory=list)
     detach: bool = True
+    sample_weight: str | None = None
+    label_scaling: Literal["auto", "none"] = "auto"
 
     @field_validator("type")
     @classmethod
@@ -97,6 +103,10 @@ class TaskConfig(Strict):
         if self.loss is None:
             object.__setattr__(self, "loss", kind.loss_name(self.spec()))
         return self
+
+    # A validated TaskConfig reads like an unfitted spec (tests hand one to the lower layers).
+    label_shift: ClassVar[float] = 0.0
+    label_scale: ClassVar[float] = 1.0
 
     def spec(self) -> TaskSpec:
         """The plain task spec the layers below take."""
@@ -283,6 +293,12 @@ class EstimatorConfig(Strict):
                 raise ValueError(
                     f"task {name!r}: label column {label!r} is also listed as a feature; "
                     "a label among the features leaks the answer"
+                )
+            if task.sample_weight is not None and task.sample_weight in (label, *features):
+                what = "its label" if task.sample_weight == label else "a feature"
+                raise ValueError(
+                    f"task {name!r}: sample_weight column {task.sample_weight!r} is {what}; "
+                    "expected a column of row weights of its own"
                 )
             for src in task.inputs_from:
                 if src not in self.tasks:

@@ -44,12 +44,13 @@ from polytask.errors import (
     ModelFileError,
     NotFittedError,
     OutputError,
+    TrainingError,
     TrainingInterrupted,
     os_reason,
 )
 from polytask.models import MultiTaskNet
 from polytask.ranking import grouped_metrics
-from polytask.tasks import task_type
+from polytask.tasks import TaskSpec, task_type
 from polytask.tracking import annotate_history, task_best_epochs
 from polytask.training import (
     FitResult,
@@ -287,6 +288,7 @@ class MultiTaskModel:
             distributed=group is not None,
         )
         data.warn_constant_labels(tasks)
+        tasks = data.preprocessor.tasks  # with the label scaling fitted on the training set
         torch.manual_seed(tcfg.seed)
         network, weighting = build_network(cfg, data.preprocessor), build_weighting(cfg)
         parts = Trainable.build(network, weighting, cfg.optimizer, tcfg.epochs, device)
@@ -310,11 +312,14 @@ class MultiTaskModel:
                 group=group,
             )
         _bind(callbacks, parts.network, data.validation)
-        result = fit_loop(
-            model=trained, weighting=parts.weighting, tasks=tasks, optimizer=parts.optimizer,
-            scheduler=parts.scheduler, train=source, validation=data.validation, cfg=tcfg,
-            checkpoints=checkpoints, start=start, distributed=parallel, callbacks=callbacks,
-        )  # fmt: skip
+        try:
+            result = fit_loop(
+                model=trained, weighting=parts.weighting, tasks=tasks, optimizer=parts.optimizer,
+                scheduler=parts.scheduler, train=source, validation=data.validation, cfg=tcfg,
+                checkpoints=checkpoints, start=start, distributed=parallel, callbacks=callbacks,
+            )  # fmt: skip
+        except TrainingError as err:  # a non-finite loss: say when a label's scale is why
+            raise TrainingError(f"{err}{data.preprocessor.scaling_hint()}") from None
         self.processes_ = 1 if group is None else group.world_size
         return self._fitted(cfg, parts, data, result, checkpoints)
 
@@ -447,18 +452,20 @@ class MultiTaskModel:
             frame = data
         encoded = self._encoded(data, labels=None, what="evaluation data")
         result = evaluate_split(
-            self.network_, self.config.task_specs(), encoded, self.config.training.eval_batch_size
+            self.network_, self.preprocessor_.tasks, encoded, self.config.training.eval_batch_size
         )
         outputs = self._raw_outputs(encoded)
         scores = self._task_scores(outputs)
         labels = {k: v.cpu().numpy().astype(np.float64) for k, v in encoded.labels.items()}
+        for name, task in self.preprocessor_.tasks.items():  # back in the label's own units
+            labels[name] = labels[name] * task.label_scale + task.label_shift
         for name, task in self.config.task_specs().items():
             if task.type != "binary" or not result[name].get("count"):
                 continue
             result[name]["ece"] = expected_calibration_error(scores[name], labels[name])
             if name in self.calibrators_:
                 result[name]["ece_raw"] = expected_calibration_error(
-                    task_type(task).predict_columns(name, outputs[name])[name], labels[name]
+                    task_type(task).predict_columns(name, task, outputs[name])[name], labels[name]
                 )
         group_column = group or self.config.decision.group
         if frame is None or group_column is None:
@@ -495,10 +502,10 @@ class MultiTaskModel:
         """The one number per row and task that a ranking uses: the (calibrated) probability
         of a binary task, the predicted value of a regression or count task."""
         scores: dict[str, np.ndarray] = {}
-        for name, task in self.config.task_specs().items():
+        for name, task in self.preprocessor_.tasks.items():  # fitted: label scaling included
             if task.type not in DEFAULT_TRANSFORM:
                 continue
-            value = task_type(task).predict_columns(name, outputs[name])[name]
+            value = task_type(task).predict_columns(name, task, outputs[name])[name]
             cal = self.calibrators_.get(name)
             scores[name] = cal(outputs[name]) if cal is not None else np.asarray(value)
         return scores
@@ -635,10 +642,12 @@ class MultiTaskModel:
             outputs = graph.run(encoded)
         columns: dict[str, Any] = {}
         classes = self.preprocessor_.classes_
-        for name, task in self.config.task_specs().items():
-            columns.update(task_type(task).predict_columns(name, outputs[name], classes.get(name)))
-        for name, kind in self.network_.auxiliary_outputs.items():
-            columns.update(task_type(kind).predict_columns(name, outputs[name].astype(np.float64)))
+        for name, task in self.preprocessor_.tasks.items():  # fitted: label scaling included
+            kind = task_type(task)
+            columns.update(kind.predict_columns(name, task, outputs[name], classes.get(name)))
+        for name, aux in self.network_.auxiliary_outputs.items():  # no label: no scaling
+            out = outputs[name].astype(np.float64)
+            columns.update(task_type(aux).predict_columns(name, TaskSpec(type=aux), out))
         return self._decided(pd.DataFrame(columns, index=index), groups, outputs)
 
     def _decided(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from polytask.tasks import TaskSpec, task_type
+from polytask.tasks import TaskSpec, task_type, weight_key
 
 
 def elementwise_loss(task: TaskSpec, output: Tensor, target: Tensor) -> Tensor:
@@ -18,21 +18,37 @@ def elementwise_loss(task: TaskSpec, output: Tensor, target: Tensor) -> Tensor:
     return task_type(task).loss(task, output, target)
 
 
-def masked_loss(task: TaskSpec, output: Tensor, label: Tensor) -> Tensor:
+def masked_loss(
+    task: TaskSpec, output: Tensor, label: Tensor, weight: Tensor | None = None
+) -> Tensor:
     """Mean loss over the rows whose label is not NaN (0 when there are none); no host sync.
 
     ``output`` and ``label`` are ``[B]`` (a scalar loss), or ``[B, k]`` for ``k`` tasks of the
-    same kind side by side (a ``[k]`` vector, one mean per column)."""
+    same kind side by side (a ``[k]`` vector, one mean per column). With ``weight`` (a task's
+    ``sample_weight``, ``[B]``) the mean is weighted: ``sum w l / sum w`` over labelled rows
+    (0 when the weights sum to 0)."""
     mask = ~torch.isnan(label)
     target = torch.where(mask, label, 0.0)
     per_row = torch.where(mask, elementwise_loss(task, output, target), 0.0)
-    return per_row.sum(0) / mask.sum(0).clamp(min=1)
+    if weight is None:
+        return per_row.sum(0) / mask.sum(0).clamp(min=1)
+    w = torch.where(mask, weight, 0.0)
+    return (per_row * w).sum(0) / w.sum(0).clamp(min=torch.finfo(w.dtype).tiny)
+
+
+def task_loss(
+    task: TaskSpec, name: str, outputs: dict[str, Tensor], labels: dict[str, Tensor]
+) -> Tensor:
+    """One task's masked loss (weighted when the task has sample weights)."""
+    weight = labels.get(weight_key(name)) if task.sample_weight else None
+    return masked_loss(task, outputs[name], labels[name], weight)
 
 
 def _group_key(index: int, task: TaskSpec) -> tuple[object, ...]:
     """Tasks with equal keys compute their loss on one ``[B, k]`` stack (the type's
-    `~polytask.tasks.TaskType.loss_key`)."""
-    return task_type(task).loss_key(task, index)
+    `~polytask.tasks.TaskType.loss_key`); a task with sample weights is never stacked."""
+    key = task_type(task).loss_key(task, index)
+    return (*key, "weighted", index) if task.sample_weight else key
 
 
 def task_losses(
@@ -58,8 +74,7 @@ def task_losses(
     for members in groups.values():
         task = tasks[names[members[0]]]
         if len(members) == 1:
-            name = names[members[0]]
-            part = masked_loss(task, outputs[name], labels[name]).unsqueeze(0)
+            part = task_loss(task, names[members[0]], outputs, labels).unsqueeze(0)
         else:
             out = torch.stack([outputs[names[k]] for k in members], dim=1)
             lab = torch.stack([labels[names[k]] for k in members], dim=1)

@@ -15,7 +15,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from polytask.tasks import TASK_TYPES, TaskSpec, log_softmax, sigmoid, softmax, task_type
+from polytask.tasks import (
+    TASK_TYPES,
+    TaskSpec,
+    log_softmax,
+    sigmoid,
+    softmax,
+    task_type,
+    weight_key,
+)
 
 HIGHER_IS_BETTER: dict[str, bool] = {
     m: True for kind in TASK_TYPES.values() for m in sorted(kind.higher_is_better)
@@ -36,15 +44,19 @@ __all__ = [
 ]
 
 
-def task_metrics(task: TaskSpec, output: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    """Metrics for one task from raw outputs (logits or values) and labels with NaN missing."""
+def task_metrics(
+    task: TaskSpec, output: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None
+) -> dict[str, float]:
+    """Metrics for one task from raw outputs (logits or values) and encoded labels with NaN
+    missing; ``weight`` (its sample weights) weighs the ``loss``."""
     mask = ~np.isnan(label)
     y = label[mask]
     out = output[mask].astype(np.float64)
     result: dict[str, float] = {"count": float(mask.sum())}
     if y.size == 0:
         return result
-    result.update(task_type(task).evaluate(task, out, y))
+    w = None if weight is None else weight[mask].astype(np.float64)
+    result.update(task_type(task).evaluate(task, out, y, w))
     return result
 
 
@@ -53,7 +65,11 @@ def all_metrics(
     outputs: Mapping[str, np.ndarray],
     labels: Mapping[str, np.ndarray],
 ) -> dict[str, dict[str, float]]:
-    return {name: task_metrics(t, outputs[name], labels[name]) for name, t in tasks.items()}
+    """Metrics per task; ``labels`` may hold a weighted task's weights under `weight_key`."""
+    return {
+        name: task_metrics(t, outputs[name], labels[name], labels.get(weight_key(name)))
+        for name, t in tasks.items()
+    }
 
 
 def monitor_value(metrics: Mapping[str, Mapping[str, float]], monitor: str) -> float:

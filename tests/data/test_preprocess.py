@@ -85,9 +85,14 @@ def test_label_mappings() -> None:
     labels = {k: v.numpy() for k, v in pre.transform(df).labels.items()}
     np.testing.assert_array_equal(labels["inc"], [1, 0, np.nan, 1])
     np.testing.assert_array_equal(labels["flag"], [1, 0, 1, 0])
-    np.testing.assert_array_equal(labels["r"], [1.5, np.nan, 2.5, 3.0])
+    # a regression label is learned standardized (training mean and std), unless told not to
+    r = np.array([1.5, 2.5, 3.0])
+    z = (np.array([1.5, np.nan, 2.5, 3.0]) - r.mean()) / r.std()
+    np.testing.assert_allclose(labels["r"], z.astype(np.float32), rtol=1e-6)
     np.testing.assert_array_equal(labels["m"], [1, 0, np.nan, 2])
     assert pre.classes_["m"] == ["a", "b", "c"]
+    raw = _pre({"numeric": ["x"]}, {"r": {"type": "regression", "label_scaling": "none"}})
+    np.testing.assert_array_equal(raw.fit_transform(df).labels["r"], [1.5, np.nan, 2.5, 3.0])
 
 
 def test_fit_does_not_depend_on_row_order(toy_frame: pd.DataFrame) -> None:

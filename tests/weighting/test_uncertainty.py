@@ -44,7 +44,11 @@ def test_learns_the_true_noise_of_two_regressions() -> None:
     df["quiet"] = 2 * x[:, 1] + rng.normal(scale=1.0, size=n)
     model = MultiTaskModel(
         features={"numeric": ["x0", "x1"]},
-        tasks={"loud": {"type": "regression"}, "quiet": {"type": "regression"}},
+        # in the labels' own units (scaled labels would give sigma / std of each label)
+        tasks={
+            "loud": {"type": "regression", "label_scaling": "none"},
+            "quiet": {"type": "regression", "label_scaling": "none"},
+        },
         model={"name": "shared_bottom", "shared_units": [16], "tower_units": [8]},
         loss="uncertainty",
         optimizer={"lr": 0.01, "group_lr": {"weighting": 0.05}},

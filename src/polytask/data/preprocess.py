@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from polytask._columns import as_float, category_strings, examples, not_real
+from polytask._columns import as_float, category_strings, examples, not_real, numeric_label
 from polytask.data.encoded import EncodedData
 from polytask.data.features import CategoricalFeature, FeaturesConfig, NumericFeature
 from polytask.errors import DataError, NotFittedError, closest
-from polytask.tasks import TaskSpec, task_type
+from polytask.tasks import TaskSpec, task_type, weight_key
 
 MISSING_INDEX = 0
 UNKNOWN_INDEX = 1
@@ -150,7 +150,13 @@ class Preprocessor:
 
     def __init__(self, *, features: FeaturesConfig, tasks: Mapping[str, TaskSpec]) -> None:
         self.features = features
-        self.tasks = {name: TaskSpec.of(t) for name, t in tasks.items()}
+        self.specs = {name: TaskSpec.of(t) for name, t in tasks.items()}
+        """The tasks as given."""
+        self.tasks = dict(self.specs)
+        """The tasks as the network learns them: `specs` plus the label scaling fitted on
+        the training labels (`TaskSpec.label_shift`, ``label_scale``)."""
+        self.label_max_: dict[str, float] = {}
+        """Largest absolute training label per task (set by a fit, not saved)."""
         self.vocabularies_: dict[str, list[str]] | None = None
         self.numeric_stats_: dict[str, _NumericStats] = {}
         self.classes_: dict[str, list[str]] = {}
@@ -159,6 +165,42 @@ class Preprocessor:
     # ---------------------------------------------------------------------------- helpers
     def label_column(self, task: str) -> str:
         return self.tasks[task].label or task
+
+    def label_columns(self, task: str) -> list[str]:
+        """The columns a task's labels are read from: the label, and its sample weights."""
+        weight = self.tasks[task].sample_weight
+        return [self.label_column(task), *([weight] if weight else [])]
+
+    def _fit_label_scaling(self, task: str, y: np.ndarray) -> None:
+        """Fit the task's label scaling on its raw training labels ``y`` (NaN missing)."""
+        present = y[~np.isnan(y)].astype(np.float64)
+        self.label_max_[task] = float(np.abs(present).max()) if present.size else 0.0
+        if task_type(self.specs[task]).fit_scaling(0.0, 1.0) is not None:  # a scaled type
+            self.set_label_scaling(task, *_mean_std(present))
+
+    def set_label_scaling(self, task: str, mean: float, std: float) -> None:
+        """The task's label scaling from its training labels' mean and std (its type's form;
+        none with ``label_scaling: none``)."""
+        spec = self.specs[task]
+        fitted = None if spec.label_scaling == "none" else task_type(spec).fit_scaling(mean, std)
+        shift, scale = fitted if fitted is not None else (0.0, 1.0)
+        self.tasks[task] = replace(spec, label_shift=shift, label_scale=scale)
+
+    def scaling_hint(self) -> str:
+        """What a non-finite loss most likely comes from when a task's labels are huge and
+        not scaled: ``"; the likely cause: ..."``, or empty."""
+        suspects = [
+            f"task {name!r}: label column {self.label_column(name)!r} reaches "
+            f"{self.label_max_[name]:.3g}"
+            for name, spec in self.tasks.items()
+            if self.label_max_.get(name, 0.0) / spec.label_scale > 1e6
+        ]
+        if not suspects:
+            return ""
+        return (
+            f"; the likely cause: {', '.join(suspects)}, a scale the network cannot learn "
+            "directly: keep label_scaling: auto (the default) or rescale the column"
+        )
 
     @property
     def fitted(self) -> bool:
@@ -224,15 +266,16 @@ class Preprocessor:
         the fit computes, column by column, so no more than one column's strings are held."""
         if len(df) == 0:
             raise DataError(f"{what} is empty: expected at least one row, found 0")
+        self.tasks = dict(self.specs)  # unscaled until the labels are fitted below
         if label_frames is None:
-            labels = [self.label_column(t) for t in self.tasks]
+            labels = [c for t in self.tasks for c in self.label_columns(t)]
             self._require_columns(df, self.features.columns + labels, what)
             label_frames = dict.fromkeys(self.tasks, df)
         else:
             self._require_columns(df, self.features.columns, what)
             for name in self.tasks:
                 self._require_columns(
-                    label_frames[name], [self.label_column(name)], f"training set of task {name!r}"
+                    label_frames[name], self.label_columns(name), f"training set of task {name!r}"
                 )
         train_columns = [str(c) for c in df.columns]
         n = len(df)
@@ -280,6 +323,8 @@ class Preprocessor:
         for name, task in self.tasks.items():
             frame = label_frames[name]
             y = self._encode_label(frame, name, what, strings=label_strings.pop(name, None))
+            self._fit_label_scaling(name, y)
+            y = task_type(self.tasks[name]).scale_label(y, self.tasks[name])
             if np.isnan(y).all():
                 raise DataError(
                     f"{what}: task {name!r}: label column {self.label_column(name)!r} has no "
@@ -292,8 +337,11 @@ class Preprocessor:
                     f"task {name!r}: positive value {task.positive!r} never occurs in label "
                     f"column {self.label_column(name)!r}; values found: {seen}"
                 )
+            weights = self._encode_weights(frame, name, y, what)
             if encode:
                 encoded[name] = torch.from_numpy(y)
+                if weights is not None:
+                    encoded[weight_key(name)] = torch.from_numpy(weights)
         return _encoded(cat, scaled, encoded) if encode else None
 
     # ---------------------------------------------------------------------------- transform
@@ -343,17 +391,44 @@ class Preprocessor:
 
         label_tensors: dict[str, torch.Tensor] = {}
         if labels is not False:
-            for name in self.tasks:
+            for name, spec in self.tasks.items():
                 col = self.label_column(name)
-                if only is not None and name != only:
-                    label_tensors[name] = torch.full((n,), float("nan"))
-                elif col not in df.columns:
-                    if labels:
+                if (only is not None and name != only) or col not in df.columns:
+                    if labels and only in (None, name):
                         self._require_columns(df, [col], what)
-                    label_tensors[name] = torch.full((n,), float("nan"))
+                    y = np.full(n, np.nan, dtype=np.float32)
                 else:
-                    label_tensors[name] = torch.from_numpy(self._encode_label(df, name, what))
+                    y = self._encode_label(df, name, what)
+                    y = task_type(spec).scale_label(y, spec)
+                label_tensors[name] = torch.from_numpy(y)
+                weights = self._encode_weights(df, name, y, what)
+                if weights is not None:
+                    label_tensors[weight_key(name)] = torch.from_numpy(weights)
         return _encoded(cat, scaled, label_tensors)
+
+    def _encode_weights(
+        self, df: pd.DataFrame, task: str, y: np.ndarray, what: str
+    ) -> np.ndarray | None:
+        """The task's sample weights (float32), or None for a task without; a labelled row
+        whose weight is missing or negative is a `DataError` naming the column."""
+        column = self.tasks[task].sample_weight
+        if column is None:
+            return None
+        labelled = ~np.isnan(y)
+        if column not in df.columns:
+            if not labelled.any():
+                return np.full(len(df), np.nan, dtype=np.float32)
+            self._require_columns(df, [column], what)
+        where = f"{what}: task {task!r}: sample_weight column {column!r}"
+        w = numeric_label(df[column], where, "sample_weight")
+        with np.errstate(invalid="ignore"):
+            bad = labelled & ~(w >= 0)
+        if bad.any():
+            raise DataError(
+                f"{where} has {int(bad.sum())} of {int(labelled.sum())} labelled rows with a "
+                "missing or negative weight; expected numbers >= 0"
+            )
+        return w.astype(np.float32)
 
     def _encode_label(
         self,
@@ -373,7 +448,7 @@ class Preprocessor:
             where=f"{what}: task {task!r}: label column {col!r}",
             classes=self.classes_.get(task),
             strings=strings,
-        )
+        )  # raw: `TaskType.scale_label` maps it to what the network learns
 
     # ---------------------------------------------------------------------------- decode
     def decode_categorical(self, column: str, indices: np.ndarray) -> np.ndarray:
@@ -395,6 +470,11 @@ class Preprocessor:
             "numeric": {k: vars(v) for k, v in self.numeric_stats_.items()},
             "classes": self.classes_,
             "train_columns": self.train_columns_,
+            "label_scaling": {
+                name: {"shift": t.label_shift, "scale": t.label_scale}
+                for name, t in self.tasks.items()
+                if (t.label_shift, t.label_scale) != (0.0, 1.0)
+            },
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> Preprocessor:
@@ -405,6 +485,10 @@ class Preprocessor:
             numeric = {k: _NumericStats(**v) for k, v in state["numeric"].items()}
             classes = {k: [str(x) for x in v] for k, v in state["classes"].items()}
             train_columns = [str(c) for c in state.get("train_columns", [])]
+            # absent from folders saved before label scaling: their labels were not scaled
+            label_scaling = {
+                str(k): (v["shift"], v["scale"]) for k, v in state.get("label_scaling", {}).items()
+            }
         except (KeyError, TypeError, AttributeError) as err:
             raise DataError(f"preprocessor state is malformed: {err!r}") from None
         expected: list[tuple[str, set[str], set[str]]] = [
@@ -432,10 +516,29 @@ class Preprocessor:
                     f"preprocessor state: numeric column {key!r} has mean {st.mean!r} and std "
                     f"{st.std!r}; expected finite numbers and std > 0"
                 )
+        unknown = sorted(set(label_scaling) - set(self.tasks))
+        if unknown:
+            raise DataError(f"preprocessor state has label scaling for unknown task(s) {unknown}")
+        for key, (shift, scale) in label_scaling.items():
+            if not (_finite(shift) and _finite(scale) and scale > 0):
+                raise DataError(
+                    f"preprocessor state: task {key!r} has label shift {shift!r} and scale "
+                    f"{scale!r}; expected finite numbers and scale > 0"
+                )
         self.vocabularies_ = vocabularies
         self.numeric_stats_ = numeric
         self.classes_ = classes
         self.train_columns_ = train_columns
+        self.tasks = {
+            name: replace(
+                spec,
+                label_shift=float(label_scaling[name][0]),
+                label_scale=float(label_scaling[name][1]),
+            )
+            if name in label_scaling
+            else spec
+            for name, spec in self.specs.items()
+        }
         return self
 
 

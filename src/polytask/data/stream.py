@@ -56,7 +56,8 @@ class StreamConfig(Strict):
 
 
 def _columns(pre: Preprocessor) -> list[str]:
-    return list(dict.fromkeys([*pre.features.columns, *(pre.label_column(t) for t in pre.tasks)]))
+    labels = [c for t in pre.tasks for c in pre.label_columns(t)]
+    return list(dict.fromkeys([*pre.features.columns, *labels]))
 
 
 def _open(path: str | PathLike[str], pre: Preprocessor) -> pq.ParquetFile:
@@ -174,16 +175,27 @@ def fit_preprocessor_streaming(
 
 def _check_labels(pre: Preprocessor, pf: pq.ParquetFile, columns: list[str], chunk: int) -> None:
     """The label checks of ``Preprocessor.fit`` over the whole stream: bad values fail (per
-    chunk), a task with no labelled row or a ``positive`` value that never occurs fails."""
+    chunk), a task with no labelled row or a ``positive`` value that never occurs fails. The
+    labels' moments give each task its label scaling, as ``fit`` does from the whole column."""
     labelled = dict.fromkeys(pre.tasks, 0)
     positives = dict.fromkeys(pre.tasks, 0)
-    labels = [pre.label_column(t) for t in pre.tasks]
+    moments = {name: _Moments() for name in pre.tasks}
+    largest = dict.fromkeys(pre.tasks, 0.0)
+    labels = [c for t in pre.tasks for c in pre.label_columns(t)]
     for rb in pf.iter_batches(batch_size=chunk, columns=list(dict.fromkeys(labels))):
         df = rb.to_pandas()
         for name in pre.tasks:
             y = pre._encode_label(df, name, "training set (streamed)")
-            labelled[name] += int((~np.isnan(y)).sum())
-            positives[name] += int((y == 1).sum())
+            pre._encode_weights(df, name, y, "training set (streamed)")  # checks them
+            present = y[~np.isnan(y)].astype(np.float64)
+            labelled[name] += present.size
+            positives[name] += int((present == 1).sum())
+            moments[name].add(present)
+            largest[name] = max(largest[name], float(np.abs(present).max(initial=0.0)))
+    pre.label_max_ = largest
+    for name, task in pre.specs.items():
+        if task_type(task).fit_scaling(0.0, 1.0) is not None:
+            pre.set_label_scaling(name, *moments[name].mean_std())
     for name, task in pre.tasks.items():
         col = pre.label_column(name)
         if labelled[name] == 0:

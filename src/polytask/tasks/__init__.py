@@ -8,15 +8,17 @@ that depends on it.
 from __future__ import annotations
 
 from polytask.tasks._binary import Binary
+from polytask.tasks._count import Count
 from polytask.tasks._multiclass import Multiclass
 from polytask.tasks._regression import Regression
 from polytask.tasks.base import TaskType, log_softmax, sigmoid, softmax
-from polytask.tasks.spec import TaskSpec, task_order
+from polytask.tasks.spec import WEIGHT_SUFFIX, TaskSpec, task_order, weight_key
 
 TASK_TYPES: dict[str, TaskType] = {
     "binary": Binary(),
     "regression": Regression(),
     "multiclass": Multiclass(),
+    "count": Count(),
 }
 
 
@@ -27,6 +29,7 @@ def task_type(spec: TaskSpec | str) -> TaskType:
 
 __all__ = [
     "TASK_TYPES",
+    "WEIGHT_SUFFIX",
     "TaskSpec",
     "TaskType",
     "log_softmax",
@@ -34,4 +37,5 @@ __all__ = [
     "softmax",
     "task_order",
     "task_type",
+    "weight_key",
 ]

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from polytask._columns import category_strings, float_strings, numeric_label
 from polytask.errors import DataError
-from polytask.tasks.base import TaskType, sigmoid
+from polytask.tasks.base import TaskType, mean_loss, sigmoid
 from polytask.tasks.spec import TaskSpec
 
 
@@ -61,15 +61,18 @@ class Binary(TaskType):
         return torch.sigmoid(output).unsqueeze(1)
 
     def predict_columns(
-        self, name: str, output: np.ndarray, classes: list[str] | None = None
+        self, name: str, spec: TaskSpec, output: np.ndarray, classes: list[str] | None = None
     ) -> dict[str, Any]:
         return {name: sigmoid(output)}
 
-    def evaluate(self, spec: TaskSpec, output: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    def evaluate(
+        self, spec: TaskSpec, output: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None
+    ) -> dict[str, float]:
         # BCE with logits, -y log(sigmoid z) - (1 - y) log(1 - sigmoid z) = log(1 + e^z) - y z,
         # exact for any logit (clipped probabilities would cap a row's loss at -log(1e-7)).
-        logloss = float(np.mean(np.logaddexp(0.0, output) - y * output))
-        result = {"loss": logloss, "logloss": logloss}
+        per_row = np.logaddexp(0.0, output) - y * output
+        logloss = float(np.mean(per_row))
+        result = {"loss": mean_loss(per_row, weight), "logloss": logloss}
         if 0 < y.sum() < y.size:
             from sklearn.metrics import roc_auc_score  # imported here: a second at startup
 

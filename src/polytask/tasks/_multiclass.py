@@ -14,7 +14,7 @@ from torch import Tensor
 
 from polytask._columns import category_strings
 from polytask.errors import DataError
-from polytask.tasks.base import TaskType, log_softmax, softmax
+from polytask.tasks.base import TaskType, log_softmax, mean_loss, softmax
 from polytask.tasks.spec import TaskSpec
 
 
@@ -75,7 +75,7 @@ class Multiclass(TaskType):
         return out_dim
 
     def predict_columns(
-        self, name: str, output: np.ndarray, classes: list[str] | None = None
+        self, name: str, spec: TaskSpec, output: np.ndarray, classes: list[str] | None = None
     ) -> dict[str, Any]:
         assert classes is not None
         p = softmax(output.reshape(-1, len(classes)))  # 0 rows: a flat array
@@ -86,13 +86,15 @@ class Multiclass(TaskType):
             columns[f"{name}.proba.{cls}"] = p[:, j]
         return columns
 
-    def evaluate(self, spec: TaskSpec, output: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    def evaluate(
+        self, spec: TaskSpec, output: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None
+    ) -> dict[str, float]:
         yi = y.astype(np.int64)
         # cross-entropy from the logits, as in training (not from clipped probabilities)
-        picked = np.take_along_axis(log_softmax(output), yi[:, None], axis=1)
+        picked = np.take_along_axis(log_softmax(output), yi[:, None], axis=1)[:, 0]
         logloss = float(-np.mean(picked))
         return {
-            "loss": logloss,
+            "loss": mean_loss(-picked, weight),
             "logloss": logloss,
             "accuracy": float(np.mean(output.argmax(axis=1) == yi)),
         }

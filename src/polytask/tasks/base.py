@@ -41,6 +41,14 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
+def mean_loss(per_row: np.ndarray, weight: np.ndarray | None) -> float:
+    """The mean of a per-row loss, or its weighted mean (0 when the weights sum to 0)."""
+    if weight is None:
+        return float(np.mean(per_row))
+    total = float(np.sum(weight))
+    return float(np.sum(per_row * weight) / total) if total > 0 else 0.0
+
+
 class TaskType(ABC):
     """One kind of task. Instances are stateless; what a fitted model learns about a label
     (a multiclass task's classes) is passed in by the caller that stores it."""
@@ -96,6 +104,18 @@ class TaskType(ABC):
         """The classes of a label from the values found in training (types with classes)."""
         raise NotImplementedError(f"{self.name} tasks have no classes")
 
+    def fit_scaling(self, mean: float, std: float) -> tuple[float, float] | None:
+        """``(shift, scale)`` for the spec's ``label_shift``/``label_scale`` from the training
+        labels' mean and standard deviation, or None when the type keeps labels as they are
+        (the default)."""
+        return None
+
+    def scale_label(self, y: np.ndarray, spec: TaskSpec) -> np.ndarray:
+        """Encoded labels in the units the network learns (float32, NaN kept)."""
+        if spec.label_shift == 0.0 and spec.label_scale == 1.0:
+            return y
+        return ((y.astype(np.float64) - spec.label_shift) / spec.label_scale).astype(np.float32)
+
     def out_dim(self, classes: list[str] | None) -> int:
         """Width of the network's raw output for the task."""
         return 1
@@ -123,11 +143,15 @@ class TaskType(ABC):
 
     @abstractmethod
     def predict_columns(
-        self, name: str, output: np.ndarray, classes: list[str] | None = None
+        self, name: str, spec: TaskSpec, output: np.ndarray, classes: list[str] | None = None
     ) -> dict[str, Any]:
         """Prediction columns for raw outputs ``output`` (rows in order)."""
 
     @abstractmethod
-    def evaluate(self, spec: TaskSpec, output: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        """Metrics over labelled rows only (at least one), ``loss`` included: the training
-        loss on the split, computed as in training."""
+    def evaluate(
+        self, spec: TaskSpec, output: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """Metrics over labelled rows only (at least one) from raw outputs and encoded
+        labels, ``loss`` included: the training loss on the split, computed as in training
+        (the ``weight``-ed mean for a task with ``sample_weight``); the other metrics in the
+        label's own units, unweighted."""

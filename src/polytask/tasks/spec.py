@@ -24,6 +24,16 @@ class TaskSpec:
     weight: float = 1.0
     inputs_from: tuple[str, ...] = ()
     detach: bool = True
+    sample_weight: str | None = None
+    """A column of non-negative row weights: the task's loss is the weighted mean over its
+    labelled rows."""
+    label_scaling: str = "auto"
+    """``auto``: the type's own scaling of the label (`TaskType.fit_scaling`); ``none``."""
+    label_shift: float = 0.0
+    label_scale: float = 1.0
+    """Fitted on the training labels (by the preprocessor): the network learns
+    ``(label - label_shift) / label_scale``; outputs are mapped back for predictions and
+    metrics."""
 
     @classmethod
     def of(cls, task: Any) -> TaskSpec:
@@ -34,6 +44,15 @@ class TaskSpec:
         values = {f.name: getattr(task, f.name) for f in fields(cls) if hasattr(task, f.name)}
         values["inputs_from"] = tuple(values.get("inputs_from", ()))
         return cls(**values)
+
+
+WEIGHT_SUFFIX = "@weight"
+"""A weighted task's row weights travel beside its labels under ``<task>@weight`` (a task
+name cannot contain ``@``)."""
+
+
+def weight_key(task: str) -> str:
+    return task + WEIGHT_SUFFIX
 
 
 def task_order(sources: Mapping[str, Sequence[str]]) -> list[str]:

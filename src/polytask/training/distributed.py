@@ -309,7 +309,7 @@ class DistributedTraining(Reduction):
             outputs = {name: self._gather_rows(mine[name], n) for name in mine}
         metrics: list[Any] = [None]
         if self.is_main:
-            labels = {name: data.labels[name].cpu().numpy() for name in tasks}
+            labels = {name: v.cpu().numpy() for name, v in data.labels.items()}  # weights too
             metrics[0] = all_metrics(tasks, outputs, labels)
         # One computation, broadcast: ranks on different machines could round differently,
         # and early stopping must decide the same everywhere.

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from polytask.data import LABEL_PREFIX, Batch
-from polytask.losses import add_terms, masked_loss, task_losses
+from polytask.losses import add_terms, task_loss, task_losses
 from polytask.models import MultiTaskNet
-from polytask.tasks import TaskSpec
+from polytask.tasks import TaskSpec, weight_key
 from polytask.training._aggregate import (
     backward_objective,
     parameter_split,
@@ -35,7 +35,12 @@ from polytask.weighting import GradientWeighting, Weighting
 
 
 def batch_labels(batch: Batch, tasks: dict[str, TaskSpec]) -> dict[str, Tensor]:
-    return {name: batch[LABEL_PREFIX + name] for name in tasks}
+    """Each task's labels, and a weighted task's weights (under `weight_key`)."""
+    labels = {name: batch[LABEL_PREFIX + name] for name in tasks}
+    for name, t in tasks.items():
+        if t.sample_weight:
+            labels[weight_key(name)] = batch[LABEL_PREFIX + weight_key(name)]
+    return labels
 
 
 def task_loss_vector(model: MultiTaskNet, tasks: dict[str, TaskSpec], batch: Batch) -> Tensor:
@@ -68,9 +73,9 @@ def forward_objective(
         return weighting(losses), losses
     k = weighting.task_index[task]
     # A task's own dataset (alternate training) may lack the other tasks' labels.
-    labels = {n: batch[LABEL_PREFIX + n] for n in tasks if LABEL_PREFIX + n in batch}
+    labels = {n[len(LABEL_PREFIX) :]: v for n, v in batch.items() if n.startswith(LABEL_PREFIX)}
     outputs, terms = model.training_forward(batch, labels, [task])
-    loss = masked_loss(tasks[task], outputs[task], labels[task])
+    loss = task_loss(tasks[task], task, outputs, labels)
     if task in terms:
         loss = loss + terms[task]
     if scale is not None:

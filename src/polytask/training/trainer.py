@@ -99,7 +99,7 @@ def evaluate_split(
 ) -> dict[str, dict[str, float]]:
     """Exact per-task metrics over the whole split."""
     outputs = predict_outputs(model, data, batch_size)
-    labels = {name: data.labels[name].cpu().numpy() for name in tasks}
+    labels = {name: v.cpu().numpy() for name, v in data.labels.items()}  # weights too
     return all_metrics(tasks, outputs, labels)
 
 
