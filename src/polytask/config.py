@@ -321,7 +321,8 @@ class EstimatorConfig(Strict):
         validation; `MultiTaskModel.fit` runs it again on the settings it trains with."""
         # The class tells; building it would run its constructor (RLW seeds its generator
         # from the global seed).
-        combines = WEIGHTINGS[self.loss.weighting].build.single is Weighting.single
+        build = WEIGHTINGS[self.loss.weighting].build
+        combines = getattr(build, "single", Weighting.single) is Weighting.single
         if self.training.schedule == "alternate" and combines:
             raise ValueError(
                 f"loss.weighting {self.loss.weighting!r} combines tasks within a step and "

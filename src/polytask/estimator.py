@@ -46,6 +46,7 @@ from polytask.errors import (
     OutputError,
     TrainingError,
     TrainingInterrupted,
+    closest,
     os_reason,
 )
 from polytask.models import MultiTaskNet
@@ -196,21 +197,45 @@ class MultiTaskModel:
         calibration: Mapping[str, str] | None = None,
         decision: Mapping[str, Any] | Any | None = None,
     ) -> None:
-        raw: dict[str, Any] = {"features": features, "tasks": tasks, "model": model, "loss": loss}
-        for key, value in (
-            ("optimizer", optimizer),
-            ("training", training),
-            ("calibration", calibration),
-            ("decision", decision),
-        ):
-            if value is not None:
-                raw[key] = value
-        self.config: EstimatorConfig = validate(
-            EstimatorConfig, _plain(raw), what="MultiTaskModel settings"
-        )
+        # Kept as given, so `get_params` returns the very objects (scikit-learn's clone checks).
+        self._params: dict[str, Any] = {
+            "features": features,
+            "tasks": tasks,
+            "model": model,
+            "loss": loss,
+            "optimizer": optimizer,
+            "training": training,
+            "calibration": calibration,
+            "decision": decision,
+        }
+        self.config: EstimatorConfig = _validated(self._params)
         # The smallest network these settings can give, before any data is read: a size
         # beyond model.max_parameters fails here, not after the data is loaded.
         plan_network(self.config, _SmallestSizes(self.config))
+
+    # ------------------------------------------------------------------------------ params
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's arguments, as given (scikit-learn convention): with them,
+        ``MultiTaskModel(**model.get_params())`` (and ``sklearn.base.clone(model)``) is an
+        unfitted model with the same settings. ``deep`` is accepted for scikit-learn; there
+        are no nested estimators."""
+        return dict(self._params)
+
+    def set_params(self, **params: Any) -> MultiTaskModel:
+        """Replace constructor arguments (whole sections: ``set_params(training={...})``) and
+        validate the result as the constructor does; returns ``self``. A fitted model keeps
+        its learned state until the next ``fit``."""
+        unknown = sorted(set(params) - set(self._params))
+        if unknown:
+            raise ValueError(
+                f"set_params: unknown parameter(s) {unknown}; MultiTaskModel takes "
+                f"{sorted(self._params)}{closest(unknown[0], self._params)}"
+            )
+        merged = {**self._params, **params}
+        config = _validated(merged)
+        plan_network(config, _SmallestSizes(config))
+        self.config, self._params = config, merged
+        return self
 
     @classmethod
     def from_config(cls, config: EstimatorConfig) -> MultiTaskModel:
@@ -904,6 +929,13 @@ def _check_shapes(
                 f"{path}: weights do not fit the saved config: {name} has shape "
                 f"{list(network[name])}, the config gives {list(shape)}"
             )
+
+
+def _validated(params: Mapping[str, Any]) -> EstimatorConfig:
+    """The constructor's arguments validated into one config (None: the section's default)."""
+    raw = {k: v for k, v in params.items() if v is not None}
+    config: EstimatorConfig = validate(EstimatorConfig, _plain(raw), what="MultiTaskModel settings")
+    return config
 
 
 def _plain(value: Any) -> Any:

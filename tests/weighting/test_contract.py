@@ -3,7 +3,7 @@
 - it builds from its defaults, and its params schema rejects an unknown key;
 - its outputs are finite, also for a task whose gradient is zero (no label in the batch) and
   for linearly dependent task gradients;
-- it never calls backward() nor steps an optimizer (STYLE rule 2);
+- it never calls backward() or torch.autograd.grad() nor steps an optimizer (STYLE rule 2);
 - a short training run on a two-task problem lowers both task losses;
 - permuting the tasks permutes what it reports and leaves the update unchanged (exactly for
   deterministic methods, in expectation for the random ones);
@@ -111,15 +111,46 @@ def test_outputs_are_finite(
     assert all(isinstance(v, float) and v == v for v in weighting.report().values())
 
 
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def test_the_traps_catch_each_call() -> None:
+    """The traps of `test_never_calls_backward` fire (a trap that cannot fire proves nothing)."""
+    mp = pytest.MonkeyPatch()
+    try:
+        calls: list[str] = []
+        mp.setattr(torch.autograd, "grad", lambda *a, **k: calls.append("grad"))
+        mp.setattr(torch.optim.SGD, "step", lambda *a, **k: calls.append("step"))
+        x = torch.ones(2, requires_grad=True)
+        torch.autograd.grad(x.sum(), x)
+        torch.optim.SGD([x], lr=0.1).step()
+        assert calls == ["grad", "step"]
+    finally:
+        mp.undo()
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_never_calls_backward(
     name: str, build_weighting: Callable[..., Weighting], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def forbidden(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("a weighting called backward()")
+    def forbidden(what: str) -> Callable[..., None]:
+        def trap(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError(f"a weighting called {what}")
 
-    monkeypatch.setattr(torch.Tensor, "backward", forbidden)
-    monkeypatch.setattr(torch.autograd, "backward", forbidden)
+        return trap
+
+    monkeypatch.setattr(torch.Tensor, "backward", forbidden("Tensor.backward()"))
+    monkeypatch.setattr(torch.autograd, "backward", forbidden("torch.autograd.backward()"))
+    monkeypatch.setattr(torch.autograd, "grad", forbidden("torch.autograd.grad()"))
+    # every optimizer's step, whatever the class (they all override Optimizer.step)
+    optimizers = [torch.optim.Optimizer, *_subclasses(torch.optim.Optimizer)]
+    for cls in optimizers:
+        if "step" in vars(cls):
+            monkeypatch.setattr(cls, "step", forbidden(f"{cls.__name__}.step()"))
     weighting = build_weighting(name, TASKS3)
     _update(weighting, LOSSES3, _jacobian3())
     if isinstance(weighting, GradientWeighting):

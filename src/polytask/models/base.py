@@ -262,7 +262,9 @@ class ModelEntry:
     validated, so a mismatch fails before any data is read."""
 
     params: type[TowerParams]
-    build: Any  # Callable[[FeatureInput, Sequence[Head], TowerParams], MultiTaskNet]
+    build: Callable[..., MultiTaskNet]
+    """Called as ``build(inputs=FeatureInput, heads=[Head, ...], params=<params>)``: a
+    `MultiTaskNet` subclass or a function (a preset such as ``cgc``)."""
     check_heads: Callable[[Any, Sequence[Head]], None] | None = None
     """Raises ValueError naming the parameter, what it expects and what it found."""
     check_features: Callable[[Any, Sequence[str]], None] | None = None

@@ -8,7 +8,7 @@ from the training step, which owns every backward pass.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -104,4 +104,6 @@ class GradientWeighting(Weighting):
 @dataclass(frozen=True)
 class WeightingEntry:
     params: type[BaseModel]
-    build: Any  # Callable[..., Weighting]
+    build: Callable[..., Weighting]
+    """Called as ``build(tasks=..., params=...)``. When it is the class, the config tells
+    from its ``single`` (without building one) whether it mixes tasks within a step."""

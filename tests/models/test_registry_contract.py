@@ -1,0 +1,150 @@
+"""The model contract, on networks built through the registry (`MODELS[name].build`), not
+through ``fit``: task order and links between tasks are properties of every architecture."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from polytask.models import MODELS, Head, MultiTaskNet
+from polytask.nn import FeatureInput
+
+K = 3  # tasks; every task-indexed module list has this length (and no other list here has)
+SMALL: dict[str, dict[str, Any]] = {
+    "shared_bottom": {"shared_units": [8]},
+    "moe": {"num_experts": 2, "expert_units": [8]},
+    "mmoe": {"num_experts": 2, "expert_units": [8]},
+    "ple": {"expert_units": [8], "num_levels": 2},
+    "cgc": {"expert_units": [8]},
+    "adatt": {"expert_units": [8]},
+    "stem": {"expert_units": [8]},
+    "pepnet": {"gate_units": 8},
+    "home": {"expert_units": [8]},
+}
+# ESMM serves its two fixed tasks (a CTR and a CTCVR estimate) and refuses inputs_from.
+ESMM_HEADS = [Head("ctr", "binary"), Head("ctcvr", "binary")]
+
+
+def _heads() -> list[Head]:
+    return [Head("a", "binary"), Head("b", "regression"), Head("c", "multiclass", out_dim=4)]
+
+
+def build(name: str, heads: Sequence[Head], seed: int = 0) -> MultiTaskNet:
+    """A network from the registry alone: its parameter schema, its head check, its builder."""
+    entry = MODELS[name]
+    params = entry.params.model_validate({"tower_units": [6], **SMALL.get(name, {})})
+    if entry.check_heads is not None:
+        entry.check_heads(params, heads)
+    torch.manual_seed(seed)
+    inputs = FeatureInput(
+        cardinalities=[5, 7], embedding_dims=[3, 3], numeric_width=2, numeric_dim=4
+    )
+    return entry.build(inputs=inputs, heads=list(heads), params=params)
+
+
+def batch(rows: int = 16) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "categorical": torch.stack(
+            [torch.randint(0, 5, (rows,), generator=g), torch.randint(0, 7, (rows,), generator=g)],
+            dim=1,
+        ),
+        "numeric": torch.randn(rows, 2, generator=g),
+    }
+
+
+def _task_lists(net: nn.Module) -> set[str]:
+    """Prefixes of the module/parameter lists indexed by task (length K)."""
+    return {
+        name
+        for name, module in net.named_modules()
+        if isinstance(module, nn.ModuleList | nn.ParameterList) and len(module) == K
+    }
+
+
+def _permuted_state(
+    state: dict[str, torch.Tensor], lists: set[str], order: list[int]
+) -> dict[str, torch.Tensor]:
+    """``state`` of a network on tasks ``[t_0, ..]`` as the state of the same network built on
+    ``[t_order[0], ..]``: entry ``j`` of each task-indexed list takes entry ``order[j]``."""
+    inverse = {old: new for new, old in enumerate(order)}
+    out = {}
+    for key, value in state.items():
+        new_key = key
+        for prefix in sorted(lists, key=len, reverse=True):
+            match = re.match(rf"^{re.escape(prefix)}\.(\d+)(\.|$)", key)
+            if match:
+                i = inverse[int(match.group(1))]
+                new_key = f"{prefix}.{i}{key[match.end(1) :]}"
+                break
+        out[new_key] = value
+    return out
+
+
+# Models whose gates mix every task's experts in one weight matrix: permuting the tasks also
+# permutes columns inside those matrices, which the generic key remapping below cannot do.
+# For them the test checks the shapes: each parameter group holds the same tensors.
+MIXED_GATES = {"adatt", "home", "ple", "stem"}
+
+
+def _shapes(net: MultiTaskNet) -> dict[str, list[tuple[int, ...]]]:
+    return {g: sorted(tuple(p.shape) for p in ps) for g, ps in net.parameter_groups().items()}
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"esmm"}))
+def test_permuting_the_tasks_permutes_the_outputs_and_nothing_else(name: str) -> None:
+    heads = _heads()
+    order = [2, 0, 1]
+    net = build(name, heads).eval()
+    other = build(name, [heads[i] for i in order], seed=5).eval()
+    assert set(other.parameter_groups()) == set(net.parameter_groups())
+    towers = [g for g in other.parameter_groups() if g.startswith("towers.")]
+    assert towers == [f"towers.{heads[i].name}" for i in order]
+    assert _shapes(other) == _shapes(net)
+    if name in MIXED_GATES:
+        assert list(other(batch())) == [heads[i].name for i in order]
+        return
+    lists = _task_lists(net)
+    state = _permuted_state(net.state_dict(), lists, order)
+    other.load_state_dict(state)  # every parameter has its counterpart
+    x = batch()
+    with torch.no_grad():
+        a, b = net(x), other(x)
+    assert list(b) == [heads[i].name for i in order]
+    for h in heads:
+        torch.testing.assert_close(a[h.name], b[h.name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("detach", [True, False])
+def test_inputs_from_feeds_the_estimate_and_detach_stops_its_gradient(
+    name: str, detach: bool
+) -> None:
+    heads = [Head("a", "binary"), Head("b", "regression", inputs_from=("a",), detach=detach)]
+    if name == "esmm":  # its tasks are fixed and may not take inputs from each other
+        with pytest.raises(ValueError, match="inputs_from"):
+            build(name, [ESMM_HEADS[0], Head("ctcvr", "binary", inputs_from=("ctr",))])
+        return
+    net = build(name, heads).train()
+    out = net(batch(), ["b"])  # b needs a: both run
+    assert set(out) == {"a", "b"}
+    net.zero_grad()
+    out["b"].sum().backward()
+    source = list(net.towers["a"].parameters())
+    grads = [p.grad for p in source]
+    if detach:
+        assert all(g is None or bool((g == 0).all()) for g in grads)
+    else:
+        assert any(g is not None and bool((g != 0).any()) for g in grads)
+    # b's tower takes a's estimate as one more input
+    with torch.no_grad():
+        base = net(batch(), ["b"])["b"]
+        first = net.towers["a"][-1]
+        assert isinstance(first, nn.Linear)
+        first.bias += 5.0  # moves a's logit, so a's probability, so b's input
+        assert not torch.allclose(net(batch(), ["b"])["b"], base)
