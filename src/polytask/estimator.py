@@ -481,9 +481,7 @@ class MultiTaskModel:
         )
         outputs = self._raw_outputs(encoded)
         scores = self._task_scores(outputs)
-        labels = {k: v.cpu().numpy().astype(np.float64) for k, v in encoded.labels.items()}
-        for name, task in self.preprocessor_.tasks.items():  # back in the label's own units
-            labels[name] = labels[name] * task.label_scale + task.label_shift
+        labels = self._label_values(encoded)
         for name, task in self.config.task_specs().items():
             if task.type != "binary" or not result[name].get("count"):
                 continue
@@ -509,6 +507,14 @@ class MultiTaskModel:
                     kpis = self._kpis(name, groups, fused, labels[name], k)
                     result["score"].update({f"{name}.{m}": v for m, v in kpis.items()})
         return result
+
+    def _label_values(self, encoded: EncodedData) -> dict[str, np.ndarray]:
+        """Each task's encoded labels in the label's own units (label scaling undone), float64
+        with NaN where missing."""
+        labels = {k: v.cpu().numpy().astype(np.float64) for k, v in encoded.labels.items()}
+        for name, task in self.preprocessor_.tasks.items():
+            labels[name] = labels[name] * task.label_scale + task.label_shift
+        return labels
 
     # ------------------------------------------------------------------------ decisions
     def _task_types(self) -> dict[str, str]:
