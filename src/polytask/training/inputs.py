@@ -211,7 +211,7 @@ def _encoded_by(
             "fit: an encoded training set needs the fitted Preprocessor that encoded it: "
             "fit(encoded, preprocessor=...)"
         )
-    if preprocessor.features != features or preprocessor.tasks != tasks:
+    if preprocessor.features != features or preprocessor.specs != tasks:
         raise ConfigError(
             "fit: the preprocessor was built for other features or tasks "
             f"({sorted(preprocessor.tasks)}) than the model's ({sorted(tasks)})"
