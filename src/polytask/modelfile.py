@@ -234,6 +234,11 @@ class NumericState(_Schema):
     indicator: StrictBool
 
 
+class LabelScaling(_Schema):
+    shift: float
+    scale: float
+
+
 class PreprocessorState(_Schema):
     """preprocessor.json (`polytask.data.Preprocessor.state_dict`)."""
 
@@ -241,6 +246,8 @@ class PreprocessorState(_Schema):
     numeric: dict[str, NumericState]
     classes: dict[str, list[str]]
     train_columns: list[str] = Field(default_factory=list)
+    label_scaling: dict[str, LabelScaling] = Field(default_factory=dict)
+    """Absent from folders saved before label scaling existed: their labels were not scaled."""
 
 
 def check_schema(path: Path, schema: type[BaseModel], raw: Any) -> Any:
