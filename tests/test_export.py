@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+import polytask.export
 from polytask import MultiTaskModel
 from polytask.cli import main
 from polytask.errors import ConfigError, MissingExtraError, ModelFileError
@@ -183,15 +184,31 @@ def test_cli_export_then_predict_with_onnx_equals_torch(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_a_graph_from_other_weights_is_refused(tmp_path: Path) -> None:
+def test_a_graph_from_other_weights_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = _model("shared_bottom").fit(_frame())
     export_onnx(model, tmp_path / "old.onnx")
     with torch.no_grad():
         next(model.network_.parameters()).add_(0.1)
     with pytest.raises(ModelFileError, match="exported from other weights"):
         model.predict(_frame(10), backend="onnx", onnx_file=tmp_path / "old.onnx")
-    # in memory, the graph follows the weights: re-exported after they changed
+    # in memory, the graph follows the weights: exported once, again after they change
+    exports = []
+    real = polytask.export.onnx_bytes
+
+    def counted(m: MultiTaskModel) -> bytes:
+        exports.append(1)
+        return real(m)
+
+    monkeypatch.setattr(polytask.export, "onnx_bytes", counted)
+    for _ in range(3):
+        _assert_same(model.predict(_frame(50)), model.predict(_frame(50), backend="onnx"))
+    assert len(exports) == 1
+    with torch.no_grad():
+        next(model.network_.parameters()).add_(0.1)
     _assert_same(model.predict(_frame(50)), model.predict(_frame(50), backend="onnx"))
+    assert len(exports) == 2
 
 
 def test_bad_onnx_files_and_backends_are_one_line_errors(

@@ -321,7 +321,10 @@ _CACHE: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], OnnxGraph]] = (
 
 
 def _weights_version(network: nn.Module) -> tuple[Any, ...]:
-    return tuple((id(t), t._version) for t in network.state_dict().values())
+    """Identity and in-place version of every parameter and buffer: changes when the weights
+    do (an optimizer step, load_state_dict). ``keep_vars``: the tensors themselves, whose ids
+    are stable, not detached copies."""
+    return tuple((id(t), t._version) for t in network.state_dict(keep_vars=True).values())
 
 
 def graph_for(
@@ -332,7 +335,9 @@ def graph_for(
 ) -> OnnxGraph:
     """The onnxruntime graph of ``model``: read from ``onnx_file`` (checked to be exported
     from these weights), or exported in memory when ``None``; cached on the model.
-    ``threads``: onnxruntime's intra-op threads (default: its own choice)."""
+    ``threads``: onnxruntime's intra-op threads (default: torch's, so both backends run
+    with the same)."""
+    threads = threads or torch.get_num_threads()
     key = (
         _weights_version(model.network_),
         None if onnx_file is None else str(onnx_file),
