@@ -167,6 +167,7 @@ ROW = {"color": "red", "size": 2, "x": 0.5, "z": 1.0}
 BAD_REQUESTS: list[tuple[str, bytes, int, str]] = [
     ("malformed JSON", b'{"rows": [', 400, "malformed JSON"),
     ("not JSON text", b"\xff\xfe", 400, "malformed JSON"),
+    ("nested too deeply", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
     ("no rows key", b'{"data": []}', 422, "expected a JSON object"),
     ("rows not a list", b'{"rows": {"color": "red"}}', 422, "expected a list of objects"),
     ("row not an object", b'{"rows": [[1, 2]]}', 422, "row 0: expected an object"),

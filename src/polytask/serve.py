@@ -125,6 +125,8 @@ class Service:
             payload = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise RequestError(400, f"malformed JSON: {err}") from None
+        except RecursionError:
+            raise RequestError(400, "malformed JSON: nested too deeply") from None
         if not isinstance(payload, dict) or "rows" not in payload:
             found = "an object without 'rows'" if isinstance(payload, dict) else _kind(payload)
             raise RequestError(422, f'expected a JSON object {{"rows": [...]}}, found {found}')
