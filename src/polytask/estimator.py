@@ -476,10 +476,14 @@ class MultiTaskModel:
                     )
             frame = data
         encoded = self._encoded(data, labels=None, what="evaluation data")
-        result = evaluate_split(
-            self.network_, self.preprocessor_.tasks, encoded, self.config.training.eval_batch_size
-        )
         outputs = self._raw_outputs(encoded)
+        result = evaluate_split(
+            self.network_,
+            self.preprocessor_.tasks,
+            encoded,
+            self.config.training.eval_batch_size,
+            outputs=outputs,
+        )
         scores = self._task_scores(outputs)
         labels = self._label_values(encoded)
         for name, task in self.config.task_specs().items():
