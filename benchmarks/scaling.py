@@ -37,7 +37,7 @@ import torch
 
 from polytask.config import OptimizerConfig, TaskConfig, TrainingConfig
 from polytask.data import EncodedData
-from polytask.models import MMoE, MoEParams
+from polytask.models import MoEParams, mmoe
 from polytask.models.base import Head
 from polytask.nn import FeatureInput
 from polytask.training import build_optimizer, fit_loop
@@ -85,7 +85,7 @@ def seconds_per_epoch(data: EncodedData, experts: int, shape: Shape) -> float:
         numeric_dim=8,
     )
     params = MoEParams(num_experts=experts, expert_units=list(shape.expert_units))
-    model = MMoE(inputs=inputs, heads=[Head(name=n, type="binary") for n in names], params=params)
+    model = mmoe(inputs=inputs, heads=[Head(name=n, type="binary") for n in names], params=params)
     optimizer = build_optimizer(model.parameter_groups(), OptimizerConfig())
     result = fit_loop(
         model=model,

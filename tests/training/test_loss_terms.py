@@ -11,7 +11,7 @@ from torch import Tensor
 from polytask.config import TaskConfig
 from polytask.data import LABEL_PREFIX
 from polytask.losses import add_terms, task_losses
-from polytask.models import Head, SharedBottom, SharedBottomParams
+from polytask.models import Head, SharedBottomParams, SharedMLPNet
 from polytask.models.base import Representation
 from polytask.nn import FeatureInput
 from polytask.training.step import TrainStep, forward_objective
@@ -20,7 +20,7 @@ from polytask.weighting import WEIGHTINGS
 TASKS = {"a": TaskConfig(type="binary"), "b": TaskConfig(type="regression")}
 
 
-class _WithTerms(SharedBottom):
+class _WithTerms(SharedMLPNet):
     """Task ``b`` gets ``mean(output_b ** 2)`` from the outputs and task ``a`` the body's
     ``3 * mean(h)``."""
 
@@ -40,7 +40,8 @@ def _net() -> _WithTerms:
     torch.manual_seed(0)
     inputs = FeatureInput(cardinalities=[4], embedding_dims=[3], numeric_width=2, numeric_dim=2)
     heads = [Head("a", "binary"), Head("b", "regression")]
-    return _WithTerms(inputs=inputs, heads=heads, params=SharedBottomParams(shared_units=[5]))
+    params = SharedBottomParams(shared_units=[5])
+    return _WithTerms(inputs=inputs, heads=heads, params=params, shared_units=[5])
 
 
 def _batch(n: int = 16) -> dict[str, Tensor]:

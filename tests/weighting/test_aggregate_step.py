@@ -213,7 +213,7 @@ def test_non_finite_update_skips_the_update(
     weighting = Aggregation(tasks=two_tasks, aggregator=_NaNAggregator())
     done = aggregate_step(model, weighting, two_tasks, optimizer, two_task_data.slice(0, 64))
     assert not done.applied
-    assert done.problem(list(two_tasks)).startswith("the update direction (Aggregation) is nan")
+    assert done.problem(list(two_tasks)).startswith("the update direction (_NaNAggregator) is nan")
     assert not optimizer.state
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k

@@ -9,17 +9,17 @@ from polytask.models._dselect_k import DSelectK, DSelectKParams
 from polytask.models._escm2 import ESCM2, ESCM2Params, check_escm2_heads, counterfactual_risk
 from polytask.models._esmm import ESMM, ESMMParams, check_esmm_heads, ctcvr_logit
 from polytask.models._home import HoME, HoMEParams, check_home_heads
-from polytask.models._moe import MMoE, MoE, MoEParams
+from polytask.models._moe import GatedExperts, MoEParams, mmoe, moe
 from polytask.models._pepnet import PEPNet, PEPNetParams, check_pepnet_features
 from polytask.models._ple import PLE, CGCParams, PLEParams, cgc
-from polytask.models._shared_bottom import SharedBottom, SharedBottomParams
+from polytask.models._shared_bottom import SharedBottomParams, SharedMLPNet, shared_bottom
 from polytask.models._stem import STEM, STEMParams
 from polytask.models.base import Head, ModelEntry, MultiTaskNet, Representation, TowerParams
 
 MODELS: dict[str, ModelEntry] = {
-    "shared_bottom": ModelEntry(SharedBottomParams, SharedBottom),
-    "moe": ModelEntry(MoEParams, MoE),
-    "mmoe": ModelEntry(MoEParams, MMoE),
+    "shared_bottom": ModelEntry(SharedBottomParams, shared_bottom),
+    "moe": ModelEntry(MoEParams, moe),
+    "mmoe": ModelEntry(MoEParams, mmoe),
     "ple": ModelEntry(PLEParams, PLE),
     "cgc": ModelEntry(CGCParams, cgc),
     "esmm": ModelEntry(ESMMParams, ESMM, check_heads=check_esmm_heads),
@@ -50,11 +50,10 @@ __all__ = [
     "DSelectKParams",
     "ESCM2Params",
     "ESMMParams",
+    "GatedExperts",
     "Head",
     "HoME",
     "HoMEParams",
-    "MMoE",
-    "MoE",
     "MoEParams",
     "ModelEntry",
     "MultiTaskNet",
@@ -63,10 +62,13 @@ __all__ = [
     "PLEParams",
     "Representation",
     "STEMParams",
-    "SharedBottom",
     "SharedBottomParams",
+    "SharedMLPNet",
     "TowerParams",
     "cgc",
     "counterfactual_risk",
     "ctcvr_logit",
+    "mmoe",
+    "moe",
+    "shared_bottom",
 ]

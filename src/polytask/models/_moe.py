@@ -23,15 +23,17 @@ class MoEParams(TowerParams):
     gate_temperature: float = Field(default=1.0, gt=0)
 
 
-class _GatedExperts(MultiTaskNet):
-    """Shared expert bank plus ``num_gates`` softmax gates."""
+class GatedExperts(MultiTaskNet):
+    """A shared bank of experts mixed by softmax gates: one gate per task (MMoE), or one gate
+    shared by every task (``per_task=False``, the MMoE paper's one-gate MoE baseline)."""
 
     def __init__(
-        self, *, inputs: FeatureInput, heads: Sequence[Head], params: MoEParams, num_gates: int
+        self, *, inputs: FeatureInput, heads: Sequence[Head], params: MoEParams, per_task: bool
     ) -> None:
         super().__init__(
             inputs=inputs, heads=heads, body_dim=params.expert_units[-1], params=params
         )
+        self.per_task = per_task
         self.experts = ExpertBank(
             in_dim=inputs.out_dim,
             num_experts=params.num_experts,
@@ -41,9 +43,19 @@ class _GatedExperts(MultiTaskNet):
         )
         self.gates = Gates(
             in_dim=inputs.out_dim,
-            num_gates=num_gates,
+            num_gates=len(heads) if per_task else 1,
             num_experts=params.num_experts,
             temperature=params.gate_temperature,
+        )
+
+    def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
+        if not self.per_task:
+            g = self.gates(x)
+            return Representation(shared=mix(g, self.experts(x))[0], gates={"shared": g[:, 0]})
+        g = self.gates(x, active)
+        return Representation(
+            per_task=mix(g, self.experts(x)),
+            gates={self.task_names[k]: g[:, j] for j, k in enumerate(active)},
         )
 
     def body_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -53,26 +65,11 @@ class _GatedExperts(MultiTaskNet):
         return [self.experts.weights[-1], self.experts.biases[-1]]
 
 
-class MoE(_GatedExperts):
+def moe(*, inputs: FeatureInput, heads: Sequence[Head], params: MoEParams) -> GatedExperts:
     """One gate shared by all tasks (the MMoE paper's OMoE baseline)."""
-
-    def __init__(self, *, inputs: FeatureInput, heads: Sequence[Head], params: MoEParams) -> None:
-        super().__init__(inputs=inputs, heads=heads, params=params, num_gates=1)
-
-    def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
-        g = self.gates(x)
-        return Representation(shared=mix(g, self.experts(x))[0], gates={"shared": g[:, 0]})
+    return GatedExperts(inputs=inputs, heads=heads, params=params, per_task=False)
 
 
-class MMoE(_GatedExperts):
+def mmoe(*, inputs: FeatureInput, heads: Sequence[Head], params: MoEParams) -> GatedExperts:
     """One gate per task over a shared bank of experts."""
-
-    def __init__(self, *, inputs: FeatureInput, heads: Sequence[Head], params: MoEParams) -> None:
-        super().__init__(inputs=inputs, heads=heads, params=params, num_gates=len(heads))
-
-    def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
-        g = self.gates(x, active)
-        return Representation(
-            per_task=mix(g, self.experts(x)),
-            gates={self.task_names[k]: g[:, j] for j, k in enumerate(active)},
-        )
+    return GatedExperts(inputs=inputs, heads=heads, params=params, per_task=True)

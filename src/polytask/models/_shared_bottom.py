@@ -19,7 +19,7 @@ class SharedBottomParams(TowerParams):
 
 
 class SharedMLPNet(MultiTaskNet):
-    """``input -> shared MLP (shared_units) -> tower per task``: the body of `SharedBottom`
+    """``input -> shared MLP (shared_units) -> tower per task``: the body of `shared_bottom`
     and of ESMM. Empty ``shared_units`` (ESMM only) is no MLP: the towers read the feature
     input. Groups: ``input``, ``shared`` (with ``shared_units``), ``towers.*``."""
 
@@ -54,12 +54,8 @@ class SharedMLPNet(MultiTaskNet):
         return list(linears[-1].parameters()) if linears else list(self.inputs.parameters())
 
 
-class SharedBottom(SharedMLPNet):
+def shared_bottom(
+    *, inputs: FeatureInput, heads: Sequence[Head], params: SharedBottomParams
+) -> SharedMLPNet:
     """``input -> shared MLP -> tower per task``. Groups: ``input``, ``shared``, ``towers.*``."""
-
-    def __init__(
-        self, *, inputs: FeatureInput, heads: Sequence[Head], params: SharedBottomParams
-    ) -> None:
-        super().__init__(
-            inputs=inputs, heads=heads, params=params, shared_units=params.shared_units
-        )
+    return SharedMLPNet(inputs=inputs, heads=heads, params=params, shared_units=params.shared_units)

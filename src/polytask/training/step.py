@@ -183,7 +183,7 @@ class TrainStep:
         checked = r.mean(torch.cat([losses.detach(), objective.detach().reshape(1)]))
         self.optimizer.zero_grad(set_to_none=True)
         if not bool(torch.isfinite(checked).all()):  # the step's one host read
-            name = type(self.weighting).__name__
+            name = self.weighting.name
             what = f"the weighted total ({name})"
             if task is not None:
                 what = f"the weighted loss of {task!r} ({name})"
@@ -219,7 +219,7 @@ class TrainStep:
         direction_ok = torch.isfinite(direction).all()
         if not bool(direction_ok & torch.isfinite(rest).all()):  # one host read
             self.optimizer.zero_grad(set_to_none=True)
-            name = type(weighting).__name__
+            name = weighting.name
             if not bool(direction_ok):
                 return StepResult(global_losses, False, f"the update direction ({name})", direction)
             return StepResult(global_losses, False, f"the objective ({name})", rest)

@@ -86,8 +86,15 @@ class Aggregation(GradientWeighting):
     aggregators whose output is a weighted sum of the rows of ``J``.
     """
 
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], aggregator: agg.Aggregator) -> None:
+    def __init__(
+        self,
+        *,
+        tasks: Mapping[str, TaskSpec],
+        aggregator: agg.Aggregator,
+        name: str | None = None,
+    ) -> None:
         super().__init__(tasks=tasks)
+        self.name = name or type(aggregator).__name__
         # Kept out of the module tree on purpose: some aggregators (GradVac, ExcessMTL) create
         # buffers lazily on their first call, which would make the saved weighting's state_dict
         # differ from a freshly built one and break loading.
@@ -139,11 +146,14 @@ class Aggregation(GradientWeighting):
         self._weight_steps = int(state.get("weight_steps", 0))
 
     def extra_repr(self) -> str:
-        return repr(self.aggregator)
+        return f"{self.name}: {self.aggregator!r}"
 
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# The presets: one function per registry name, ``build(tasks=..., params=...)``.
 
 
 class ProjectionParams(_Params):
@@ -154,28 +164,25 @@ class ProjectionParams(_Params):
     reg_eps: float = Field(default=1e-4, ge=0, description="QP solver: ridge on the Gramian")
 
 
-class UPGrad(Aggregation):
+def upgrad(*, tasks: Mapping[str, TaskSpec], params: ProjectionParams) -> Aggregation:
     """Projects each task gradient onto the dual cone of all of them and averages: a direction
     that conflicts with no task (Quinton & Rey, "Jacobian Descent for Multi-Objective
     Optimization", arXiv:2406.16232, 2024). Needs ``polytask[quadprog]``."""
-
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: ProjectionParams) -> None:
-        require_extra("upgrad", "quadprog", ("numpy", "qpsolvers", "quadprog"))
-        projector = linalg.QuadprogProjector(norm_eps=params.norm_eps, reg_eps=params.reg_eps)
-        pref = per_task(params.pref_vector, tasks, "upgrad pref_vector")
-        super().__init__(tasks=tasks, aggregator=agg.UPGrad(pref, projector=projector))
+    require_extra("upgrad", "quadprog", ("numpy", "qpsolvers", "quadprog"))
+    projector = linalg.QuadprogProjector(norm_eps=params.norm_eps, reg_eps=params.reg_eps)
+    pref = per_task(params.pref_vector, tasks, "upgrad pref_vector")
+    return Aggregation(tasks=tasks, aggregator=agg.UPGrad(pref, projector=projector), name="upgrad")
 
 
-class DualProj(Aggregation):
+def dualproj(*, tasks: Mapping[str, TaskSpec], params: ProjectionParams) -> Aggregation:
     """Averages the task gradients, then projects the mean onto their dual cone (Lopez-Paz &
     Ranzato, "Gradient Episodic Memory for Continual Learning", NeurIPS 2017, eq. 11; as an
     aggregator in Quinton & Rey 2024). Needs ``polytask[quadprog]``."""
-
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: ProjectionParams) -> None:
-        require_extra("dualproj", "quadprog", ("numpy", "qpsolvers", "quadprog"))
-        projector = linalg.QuadprogProjector(norm_eps=params.norm_eps, reg_eps=params.reg_eps)
-        pref = per_task(params.pref_vector, tasks, "dualproj pref_vector")
-        super().__init__(tasks=tasks, aggregator=agg.DualProj(pref, projector=projector))
+    require_extra("dualproj", "quadprog", ("numpy", "qpsolvers", "quadprog"))
+    projector = linalg.QuadprogProjector(norm_eps=params.norm_eps, reg_eps=params.reg_eps)
+    pref = per_task(params.pref_vector, tasks, "dualproj pref_vector")
+    aggregator = agg.DualProj(pref, projector=projector)
+    return Aggregation(tasks=tasks, aggregator=aggregator, name="dualproj")
 
 
 class MGDAParams(_Params):
@@ -183,24 +190,19 @@ class MGDAParams(_Params):
     max_iters: int = Field(default=100, ge=1)
 
 
-class MGDA(Aggregation):
+def mgda(*, tasks: Mapping[str, TaskSpec], params: MGDAParams) -> Aggregation:
     """Minimum-norm point of the convex hull of the task gradients (Désidéri, "Multiple-gradient
     descent algorithm (MGDA) for multiobjective optimization", C. R. Math. 2012; Sener & Koltun,
     "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018, Frank-Wolfe solver)."""
-
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: MGDAParams) -> None:
-        super().__init__(
-            tasks=tasks, aggregator=agg.MGDA(epsilon=params.epsilon, max_iters=params.max_iters)
-        )
+    aggregator = agg.MGDA(epsilon=params.epsilon, max_iters=params.max_iters)
+    return Aggregation(tasks=tasks, aggregator=aggregator, name="mgda")
 
 
-class PCGrad(Aggregation):
+def pcgrad(*, tasks: Mapping[str, TaskSpec], params: NoParams) -> Aggregation:
     """Projects each task gradient off the normal plane of every task gradient it conflicts
     with, in random order, and sums (Yu et al., "Gradient Surgery for Multi-Task Learning",
     NeurIPS 2020)."""
-
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: NoParams) -> None:
-        super().__init__(tasks=tasks, aggregator=agg.PCGrad())
+    return Aggregation(tasks=tasks, aggregator=agg.PCGrad(), name="pcgrad")
 
 
 class CAGradParams(_Params):
@@ -210,23 +212,20 @@ class CAGradParams(_Params):
     norm_eps: float = Field(default=1e-4, ge=0)
 
 
-class CAGrad(Aggregation):
+def cagrad(*, tasks: Mapping[str, TaskSpec], params: CAGradParams) -> Aggregation:
     """Maximises the worst task's improvement within a ball of radius ``c ||g_0||`` around the
     mean gradient ``g_0`` (Liu et al., "Conflict-Averse Gradient Descent for Multi-task
     Learning", NeurIPS 2021). ``c = 0`` is the mean gradient. Needs ``polytask[cagrad]``."""
+    require_extra("cagrad", "cagrad", ("numpy", "cvxpy", "clarabel"))
+    aggregator = agg.CAGrad(c=params.c, norm_eps=params.norm_eps)
+    return Aggregation(tasks=tasks, aggregator=aggregator, name="cagrad")
 
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: CAGradParams) -> None:
-        require_extra("cagrad", "cagrad", ("numpy", "cvxpy", "clarabel"))
-        super().__init__(tasks=tasks, aggregator=agg.CAGrad(c=params.c, norm_eps=params.norm_eps))
 
-
-class IMTLG(Aggregation):
+def imtl_g(*, tasks: Mapping[str, TaskSpec], params: NoParams) -> Aggregation:
     """Weights the task gradients so that the update has equal projections on every task's
     unit gradient (Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021; torchjd's
     generalisation to linearly dependent gradients)."""
-
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: NoParams) -> None:
-        super().__init__(tasks=tasks, aggregator=agg.IMTLG())
+    return Aggregation(tasks=tasks, aggregator=agg.IMTLG(), name="imtl_g")
 
 
 class AlignedMTLParams(_Params):
@@ -238,14 +237,13 @@ class AlignedMTLParams(_Params):
     )
 
 
-class AlignedMTL(Aggregation):
+def aligned_mtl(*, tasks: Mapping[str, TaskSpec], params: AlignedMTLParams) -> Aggregation:
     """Aligns the principal components of the task gradients so the Gramian is a multiple of
     the identity, then combines them (Senushkin et al., "Independent Component Alignment for
     Multi-Task Learning", CVPR 2023)."""
-
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: AlignedMTLParams) -> None:
-        pref = per_task(params.pref_vector, tasks, "aligned_mtl pref_vector")
-        super().__init__(tasks=tasks, aggregator=agg.AlignedMTL(pref, scale_mode=params.scale_mode))
+    pref = per_task(params.pref_vector, tasks, "aligned_mtl pref_vector")
+    aggregator = agg.AlignedMTL(pref, scale_mode=params.scale_mode)
+    return Aggregation(tasks=tasks, aggregator=aggregator, name="aligned_mtl")
 
 
 class NashMTLParams(_Params):
@@ -254,20 +252,18 @@ class NashMTLParams(_Params):
     optim_niter: int = Field(default=20, ge=1, description="solver iterations")
 
 
-class NashMTL(Aggregation):
+def nash_mtl(*, tasks: Mapping[str, TaskSpec], params: NashMTLParams) -> Aggregation:
     """Nash bargaining solution: weights ``w`` with ``(J J^T) w = 1 / w`` (Navon et al.,
     "Multi-Task Learning as a Bargaining Game", ICML 2022). Stateful; a convex solve per step
     (``update_weights_every`` trades accuracy for speed). Needs ``polytask[nash-mtl]``."""
-
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: NashMTLParams) -> None:
-        require_extra("nash_mtl", "nash-mtl", ("numpy", "cvxpy", "ecos"))
-        aggregator = agg.NashMTL(
-            n_tasks=len(tasks),
-            max_norm=params.max_norm,
-            update_weights_every=params.update_weights_every,
-            optim_niter=params.optim_niter,
-        )
-        super().__init__(tasks=tasks, aggregator=aggregator)
+    require_extra("nash_mtl", "nash-mtl", ("numpy", "cvxpy", "ecos"))
+    aggregator = agg.NashMTL(
+        n_tasks=len(tasks),
+        max_norm=params.max_norm,
+        update_weights_every=params.update_weights_every,
+        optim_niter=params.optim_niter,
+    )
+    return Aggregation(tasks=tasks, aggregator=aggregator, name="nash_mtl")
 
 
 class GradVacParams(_Params):
@@ -275,13 +271,12 @@ class GradVacParams(_Params):
     eps: float = Field(default=1e-8, ge=0)
 
 
-class GradVac(Aggregation):
+def gradvac(*, tasks: Mapping[str, TaskSpec], params: GradVacParams) -> Aggregation:
     """Nudges each pair of task gradients toward an EMA target cosine similarity, not only away
     from conflict (Wang et al., "Gradient Vaccine: Investigating and Improving Multi-task
     Optimization in Massively Multilingual Models", ICLR 2021). Stateful; random pair order."""
-
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: GradVacParams) -> None:
-        super().__init__(tasks=tasks, aggregator=agg.GradVac(beta=params.beta, eps=params.eps))
+    aggregator = agg.GradVac(beta=params.beta, eps=params.eps)
+    return Aggregation(tasks=tasks, aggregator=aggregator, name="gradvac")
 
 
 class GradDropParams(_Params):
@@ -290,14 +285,12 @@ class GradDropParams(_Params):
     )
 
 
-class GradDrop(Aggregation):
+def graddrop(*, tasks: Mapping[str, TaskSpec], params: GradDropParams) -> Aggregation:
     """Keeps, per coordinate, the gradients of one sign chosen at random in proportion to the
     sign purity (Chen et al., "Just Pick a Sign: Optimizing Deep Multitask Models with Gradient
     Sign Dropout", NeurIPS 2020). Random; applied to all shared parameters at once."""
-
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: GradDropParams) -> None:
-        leak = per_task(params.leak, tasks, "graddrop leak")
-        super().__init__(tasks=tasks, aggregator=agg.GradDrop(leak=leak))
+    leak = per_task(params.leak, tasks, "graddrop leak")
+    return Aggregation(tasks=tasks, aggregator=agg.GradDrop(leak=leak), name="graddrop")
 
 
 class ConFIGParams(_Params):
@@ -306,14 +299,12 @@ class ConFIGParams(_Params):
     )
 
 
-class ConFIG(Aggregation):
+def conflict_free(*, tasks: Mapping[str, TaskSpec], params: ConFIGParams) -> Aggregation:
     """A direction with equal positive cosine to every task gradient, scaled by the sum of
     their projections on it (Liu, Chu & Thuerey, "ConFIG: Towards Conflict-free Training of
     Physics Informed Neural Networks", ICLR 2025)."""
-
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: ConFIGParams) -> None:
-        pref = per_task(params.pref_vector, tasks, "config pref_vector")
-        super().__init__(tasks=tasks, aggregator=agg.ConFIG(pref))
+    pref = per_task(params.pref_vector, tasks, "config pref_vector")
+    return Aggregation(tasks=tasks, aggregator=agg.ConFIG(pref), name="config")
 
 
 class FairGradParams(_Params):
@@ -323,14 +314,11 @@ class FairGradParams(_Params):
     max_iters: int | None = Field(default=None, ge=1, description="solver iterations")
 
 
-class FairGrad(Aggregation):
+def fairgrad(*, tasks: Mapping[str, TaskSpec], params: FairGradParams) -> Aggregation:
     """Weights from alpha-fair utility maximisation over the tasks' improvements (Ban & Ji,
     "Fair Resource Allocation in Multi-Task Learning", ICML 2024)."""
-
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: FairGradParams) -> None:
-        super().__init__(
-            tasks=tasks, aggregator=agg.FairGrad(alpha=params.alpha, max_iters=params.max_iters)
-        )
+    aggregator = agg.FairGrad(alpha=params.alpha, max_iters=params.max_iters)
+    return Aggregation(tasks=tasks, aggregator=aggregator, name="fairgrad")
 
 
 class ExcessMTLParams(_Params):
@@ -338,22 +326,18 @@ class ExcessMTLParams(_Params):
     n_warmup_steps: int = Field(default=0, ge=0, description="uniform-weight steps first")
 
 
-class ExcessMTL(Aggregation):
+def excess_mtl(*, tasks: Mapping[str, TaskSpec], params: ExcessMTLParams) -> Aggregation:
     """Weights tasks by their estimated excess risk (distance to their own optimum), updated by
     exponentiated gradient (He et al., "Robust Multi-Task Learning with Excess Risks", ICML
     2024). Stateful."""
-
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: ExcessMTLParams) -> None:
-        aggregator = agg.ExcessMTL(
-            robust_step_size=params.robust_step_size, n_warmup_steps=params.n_warmup_steps
-        )
-        super().__init__(tasks=tasks, aggregator=aggregator)
+    aggregator = agg.ExcessMTL(
+        robust_step_size=params.robust_step_size, n_warmup_steps=params.n_warmup_steps
+    )
+    return Aggregation(tasks=tasks, aggregator=aggregator, name="excess_mtl")
 
 
-class RGW(Aggregation):
+def rgw(*, tasks: Mapping[str, TaskSpec], params: NoParams) -> Aggregation:
     """Random gradient weighting: the task gradients combined with ``softmax(N(0, I))``
     weights redrawn every step (Lin et al., "Reasonable Effectiveness of Random Weighting: A
     Litmus Test for Multi-Task Learning", TMLR 2022)."""
-
-    def __init__(self, *, tasks: Mapping[str, TaskSpec], params: NoParams) -> None:
-        super().__init__(tasks=tasks, aggregator=agg.Random())
+    return Aggregation(tasks=tasks, aggregator=agg.Random(), name="rgw")

@@ -32,6 +32,8 @@ class Weighting(nn.Module):
         self.task_names = list(tasks)
         self.task_index = {name: k for k, name in enumerate(self.task_names)}
         """Each task's position ``k`` (in `single`, and in the losses ``[K]``)."""
+        self.name = type(self).__name__
+        """What messages call it (a preset names its registry entry)."""
 
     def forward(self, losses: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -105,5 +107,6 @@ class GradientWeighting(Weighting):
 class WeightingEntry:
     params: type[BaseModel]
     build: Callable[..., Weighting]
-    """Called as ``build(tasks=..., params=...)``. When it is the class, the config tells
-    from its ``single`` (without building one) whether it mixes tasks within a step."""
+    """Called as ``build(tasks=..., params=...)``: a `Weighting` subclass or a preset function.
+    For a class the config tells from its ``single`` (without building one) whether it mixes
+    tasks within a step; a function (the gradient aggregators) always does."""
