@@ -163,135 +163,30 @@ def fit_loop(
     With ``distributed`` (one rank of a torchrun job) every rank walks the same global batches
     and trains on its share of each; see `polytask.training.distributed`.
     """
-    names = list(tasks)
-    index = {name: k for k, name in enumerate(names)}
     if isinstance(train, EncodedData | StreamingBatches):
         generator = torch.Generator().manual_seed(cfg.seed)
         train = JointBatches(train, batch_size=cfg.batch_size, generator=generator)
-    state = start if start is not None else LoopState()
-    result = state.result
-    mode = monitor_mode(cfg.monitor)
-    step = TrainStep(model, weighting, tasks, optimizer, distributed or LOCAL)
-    evaluate = evaluate_split if distributed is None else distributed.evaluate
-    main = distributed is None or distributed.is_main
-    shown = cfg.progress and main
-    step_hooks = [cb.on_step for cb in callbacks if main and hasattr(cb, "on_step")]
-    if shown:
-        ensure_visible()
-    n_batches, n_rows = train.steps, train.rows_per_epoch
-    device = next(model.parameters()).device
-    if start is not None and shown:
-        source = "" if checkpoints is None else f" from {checkpoints.latest}"
-        logger.info(
-            f"resumed{source} at step {state.step}: epoch {state.epoch}, "
-            f"{state.position} of its {n_batches} batches done"
-        )
-
-    left_out: set[str] = set()  # tasks a mean.<metric> monitor left out (warned)
+    loop = _Loop(
+        model,
+        weighting,
+        tasks,
+        optimizer,
+        train,
+        cfg,
+        callbacks,
+        checkpoints,
+        start or LoopState(),
+        distributed,
+    )
+    state, result = loop.state, loop.state.result
+    if start is not None:
+        loop.say_resumed()
     with interruptible(distributed is None) as stop:
         while state.epoch <= cfg.epochs and not result.interrupted:
-            epoch = state.epoch
-            model.train()
-            bar_at = (shown, f"epoch {epoch}/{cfg.epochs}", n_batches, state.position)
-            with batch_bar(*bar_at) as bar:
-                if state.position == 0 or state.loss_sums is None or state.loss_counts is None:
-                    state.loss_sums = torch.zeros(len(names), device=device)
-                    state.loss_counts = torch.zeros(len(names), device=device)
-                    state.finite_steps = state.skipped_in_epoch = 0
-                    state.elapsed = 0.0
-                sums, counts = state.loss_sums, state.loss_counts
-                began = time.perf_counter() - state.elapsed
-                for task, batch in train.epoch():
-                    # The step decides (one host read) whether its losses and update are
-                    # finite; nothing here reads the device.
-                    done = step(batch, task)
-                    state.step += 1
-                    state.position += 1
-                    for hook in step_hooks:  # each subsamples: a host read only when it logs
-                        hook(state.step, done.losses if done.applied else None, task)
-                    if done.applied:
-                        sums += done.losses
-                        if task is None:
-                            counts += 1
-                        else:
-                            counts[index[task]] += 1
-                        state.finite_steps += 1
-                    elif cfg.on_nan == "skip":
-                        state.skipped_in_epoch += 1
-                        result.skipped_batches += 1
-                    else:
-                        where = _where(state, n_batches, checkpoints)
-                        raise TrainingError(f"{done.problem(names)} at step {state.step}{where}")
-                    saved = checkpoints is not None and state.step % checkpoints.every == 0
-                    if saved or stop.requested:
-                        state.elapsed = time.perf_counter() - began
-                    if checkpoints is not None and (saved or stop.requested):
-                        checkpoints.save(state)
-                    if stop.requested:
-                        result.interrupted = True
-                        break
-                    if shown and state.position % 20 == 0:
-                        bar.advance(state.position)
-                elapsed = time.perf_counter() - began
+            elapsed, began = loop.train_epoch(stop)
             if result.interrupted:
                 break
-            mean_losses = sums / counts.clamp(min=1)
-            weighting.epoch_end(mean_losses)
-            record: dict[str, Any] = {
-                "epoch": epoch,
-                "train_loss": dict(zip(names, mean_losses.tolist(), strict=True)),
-                "train_samples_per_s": n_rows / elapsed if elapsed > 0 else math.inf,
-                "lr": group_lrs(optimizer),
-                **weighting.report(),
-            }
-            if state.skipped_in_epoch:
-                record["skipped_batches"] = state.skipped_in_epoch
-            plateau: float | None = None  # what ReduceLROnPlateau minimises
-            if validation is not None:
-                metrics = evaluate(model, tasks, validation, cfg.eval_batch_size)
-                record["validation"] = metrics
-                value = monitor_value(metrics, cfg.monitor)
-                for t, why in undefined_in_mean(metrics, cfg.monitor).items():
-                    if main and t not in left_out:  # once per task and fit
-                        left_out.add(t)
-                        warnings.warn(
-                            f"training.monitor {cfg.monitor}: task {t!r} is left out of the "
-                            f"mean, its metric is undefined on the validation split ({why})",
-                            stacklevel=2,
-                        )
-                record["monitor"] = {cfg.monitor: value}
-                best = result.best_value
-                # The first epoch is the best so far whatever its value; a NaN best (e.g. an
-                # AUC over one class) is no best: any later finite value improves on it.
-                improved = best is None or (
-                    not math.isnan(value)
-                    and (math.isnan(best) or (value > best if mode == "max" else value < best))
-                )
-                if improved:
-                    result.best_value, result.best_epoch, state.bad_epochs = value, epoch, 0
-                    if cfg.restore_best:
-                        state.best_state = copy.deepcopy(model.state_dict())
-                else:
-                    state.bad_epochs += 1
-                plateau = value if mode == "min" else -value
-            if scheduler is not None:
-                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    # The monitor, else the summed mean training loss.
-                    scheduler.step(float(mean_losses.sum()) if plateau is None else plateau)
-                else:
-                    scheduler.step()
-            record["seconds"] = time.perf_counter() - began
-            result.history.append(record)
-            if shown:
-                logger.info(epoch_line(record, cfg.epochs))
-            if main:
-                for callback in callbacks:
-                    callback(record)
-            if state.finite_steps == 0:
-                raise TrainingError(
-                    f"epoch {epoch}: every batch had a non-finite loss or update and was skipped"
-                )
-            state.epoch, state.position = epoch + 1, 0
+            loop.end_epoch(elapsed, began, scheduler, validation)
             patience = cfg.patience
             if patience is not None and validation is not None and state.bad_epochs > patience:
                 break
@@ -303,3 +198,163 @@ def fit_loop(
     ):
         model.load_state_dict(state.best_state)
     return result
+
+
+class _Loop:
+    """What one `fit_loop` call shares between its epochs: the step, the loop state, where
+    records go, and who shows them."""
+
+    def __init__(
+        self,
+        model: MultiTaskNet,
+        weighting: Weighting,
+        tasks: dict[str, TaskSpec],
+        optimizer: torch.optim.Optimizer,
+        train: BatchSource,
+        cfg: TrainingConfig,
+        callbacks: Sequence[EpochCallback],
+        checkpoints: Checkpoints | None,
+        state: LoopState,
+        distributed: DistributedTraining | None,
+    ) -> None:
+        self.model, self.weighting, self.tasks, self.optimizer = model, weighting, tasks, optimizer
+        self.train, self.cfg, self.checkpoints, self.state = train, cfg, checkpoints, state
+        self.callbacks, self.distributed = callbacks, distributed
+        self.names = list(tasks)
+        self.index = {name: k for k, name in enumerate(self.names)}
+        self.step = TrainStep(model, weighting, tasks, optimizer, distributed or LOCAL)
+        self.main = distributed is None or distributed.is_main
+        self.shown = cfg.progress and self.main
+        self.step_hooks = [cb.on_step for cb in callbacks if self.main and hasattr(cb, "on_step")]
+        self.device = next(model.parameters()).device
+        self.left_out: set[str] = set()  # tasks a mean.<metric> monitor left out (warned)
+        if self.shown:
+            ensure_visible()
+
+    def say_resumed(self) -> None:
+        if self.shown:
+            state, checkpoints = self.state, self.checkpoints
+            source = "" if checkpoints is None else f" from {checkpoints.latest}"
+            logger.info(
+                f"resumed{source} at step {state.step}: epoch {state.epoch}, "
+                f"{state.position} of its {self.train.steps} batches done"
+            )
+
+    def train_epoch(self, stop: StopRequest) -> tuple[float, float]:
+        """The steps of the current epoch from its position (a resumed epoch continues);
+        returns the seconds it took and its start on the ``perf_counter`` clock."""
+        state, result, cfg, checkpoints = self.state, self.state.result, self.cfg, self.checkpoints
+        self.model.train()
+        bar_at = (self.shown, f"epoch {state.epoch}/{cfg.epochs}", self.train.steps, state.position)
+        with batch_bar(*bar_at) as bar:
+            if state.position == 0 or state.loss_sums is None or state.loss_counts is None:
+                state.loss_sums = torch.zeros(len(self.names), device=self.device)
+                state.loss_counts = torch.zeros(len(self.names), device=self.device)
+                state.finite_steps = state.skipped_in_epoch = 0
+                state.elapsed = 0.0
+            sums, counts = state.loss_sums, state.loss_counts
+            began = time.perf_counter() - state.elapsed
+            for task, batch in self.train.epoch():
+                # The step decides (one host read) whether its losses and update are finite;
+                # nothing here reads the device.
+                done = self.step(batch, task)
+                state.step += 1
+                state.position += 1
+                for hook in self.step_hooks:  # each subsamples: a host read only when it logs
+                    hook(state.step, done.losses if done.applied else None, task)
+                if done.applied:
+                    sums += done.losses
+                    if task is None:
+                        counts += 1
+                    else:
+                        counts[self.index[task]] += 1
+                    state.finite_steps += 1
+                elif cfg.on_nan == "skip":
+                    state.skipped_in_epoch += 1
+                    result.skipped_batches += 1
+                else:
+                    where = _where(state, self.train.steps, checkpoints)
+                    raise TrainingError(f"{done.problem(self.names)} at step {state.step}{where}")
+                saved = checkpoints is not None and state.step % checkpoints.every == 0
+                if saved or stop.requested:
+                    state.elapsed = time.perf_counter() - began
+                if checkpoints is not None and (saved or stop.requested):
+                    checkpoints.save(state)
+                if stop.requested:
+                    result.interrupted = True
+                    break
+                if self.shown and state.position % 20 == 0:
+                    bar.advance(state.position)
+            return time.perf_counter() - began, began
+
+    def end_epoch(
+        self, elapsed: float, began: float, scheduler: Any, validation: EncodedData | None
+    ) -> None:
+        """The epoch's record (losses, throughput, validation and monitor), the best epoch,
+        the scheduler's step; the record goes to the log and the callbacks."""
+        state, result, cfg = self.state, self.state.result, self.cfg
+        assert state.loss_sums is not None and state.loss_counts is not None
+        mean_losses = state.loss_sums / state.loss_counts.clamp(min=1)
+        self.weighting.epoch_end(mean_losses)
+        record: dict[str, Any] = {
+            "epoch": state.epoch,
+            "train_loss": dict(zip(self.names, mean_losses.tolist(), strict=True)),
+            "train_samples_per_s": self.train.rows_per_epoch / elapsed if elapsed > 0 else math.inf,
+            "lr": group_lrs(self.optimizer),
+            **self.weighting.report(),
+        }
+        if state.skipped_in_epoch:
+            record["skipped_batches"] = state.skipped_in_epoch
+        plateau: float | None = None  # what ReduceLROnPlateau minimises
+        if validation is not None:
+            plateau = self._validate(record, validation)
+        if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                # The monitor, else the summed mean training loss.
+                scheduler.step(float(mean_losses.sum()) if plateau is None else plateau)
+            else:
+                scheduler.step()
+        record["seconds"] = time.perf_counter() - began
+        result.history.append(record)
+        if self.shown:
+            logger.info(epoch_line(record, cfg.epochs))
+        if self.main:
+            for callback in self.callbacks:
+                callback(record)
+        if state.finite_steps == 0:
+            raise TrainingError(
+                f"epoch {state.epoch}: every batch had a non-finite loss or update and was skipped"
+            )
+        state.epoch, state.position = state.epoch + 1, 0
+
+    def _validate(self, record: dict[str, Any], validation: EncodedData) -> float:
+        """Validation metrics and the monitor into ``record``; tracks the best epoch. Returns
+        the monitor as a value to minimise."""
+        state, result, cfg = self.state, self.state.result, self.cfg
+        evaluate = evaluate_split if self.distributed is None else self.distributed.evaluate
+        metrics = evaluate(self.model, self.tasks, validation, cfg.eval_batch_size)
+        record["validation"] = metrics
+        value = monitor_value(metrics, cfg.monitor)
+        for t, why in undefined_in_mean(metrics, cfg.monitor).items():
+            if self.main and t not in self.left_out:  # once per task and fit
+                self.left_out.add(t)
+                warnings.warn(
+                    f"training.monitor {cfg.monitor}: task {t!r} is left out of the mean, its "
+                    f"metric is undefined on the validation split ({why})",
+                    stacklevel=4,
+                )
+        record["monitor"] = {cfg.monitor: value}
+        mode, best = monitor_mode(cfg.monitor), result.best_value
+        # The first epoch is the best so far whatever its value; a NaN best (e.g. an AUC over
+        # one class) is no best: any later finite value improves on it.
+        improved = best is None or (
+            not math.isnan(value)
+            and (math.isnan(best) or (value > best if mode == "max" else value < best))
+        )
+        if improved:
+            result.best_value, result.best_epoch, state.bad_epochs = value, state.epoch, 0
+            if cfg.restore_best:
+                state.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            state.bad_epochs += 1
+        return value if mode == "min" else -value
