@@ -418,8 +418,8 @@ class RunConfig(EstimatorConfig):
             if self.data.path is not None:
                 raise ValueError(
                     "training.stream reads the training set chunk by chunk and cannot split "
-                    "data.path: data.train must name a Parquet file (validation and test "
-                    "tables as data.validation and data.test)"
+                    "data.path: data.train must name a Parquet file, a directory of them or a "
+                    "glob (validation and test tables as data.validation and data.test)"
                 )
             if self.data.loader not in ("auto", "parquet"):
                 raise ValueError(

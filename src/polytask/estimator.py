@@ -322,7 +322,8 @@ class MultiTaskModel:
         if group is not None:
             parallel = DistributedTraining(
                 group, network=trained, weighting=parts.weighting, tasks=tasks, training=tcfg,
-                data=data.encoded(),
+                data=data.encoded(), local_batches=data.shard is not None,
+                fingerprint_extra=data.stream_identity(),
             )  # fmt: skip
         source = data.batches(tcfg)
         checkpoints, start = None, None

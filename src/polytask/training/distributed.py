@@ -12,7 +12,9 @@ process training on the same global batches, up to float summation order:
   ``l_k^r = W * n_k^r / N_k * mean_r(l_ik)`` (``n_k^r`` labelled rows in its share): the mean
   over ranks of ``l_k^r`` is exactly ``L_k``, where the plain mean of per-rank means would
   over-weight the rows of a rank with few labels. ``N_k`` needs no communication: every rank
-  sees the whole global batch's labels.
+  sees the whole global batch's labels. For a task with sample weights ``n`` and ``N`` are
+  sums of the labelled rows' weights. With sharded streaming (``local_batches``) each rank
+  has only its own rows and ``N_k`` is all-reduced (``K`` numbers per step).
 - Loss weightings are affine in the task losses within a step (their weights are fixed for the
   step, or learned like Kendall's ``s_k``), so averaging the gradients of
   ``weighting(l^r)`` over ranks gives the gradient of ``weighting(L)``, for the network and the
@@ -50,7 +52,7 @@ from polytask.data import LABEL_PREFIX, Batch, EncodedData, data_fingerprint
 from polytask.errors import ConfigError, DataError
 from polytask.metrics import all_metrics
 from polytask.models import MultiTaskNet
-from polytask.tasks import TaskSpec
+from polytask.tasks import TaskSpec, weight_key
 from polytask.training._aggregate import write_grads
 from polytask.training.loops import predict_outputs
 from polytask.training.settings import TrainingConfig
@@ -182,7 +184,9 @@ class DistributedTraining(Reduction):
 
     ``network`` and ``weighting`` must already be on ``group.device``; they are wrapped in one
     `DistributedDataParallel` module (which also broadcasts rank 0's initial parameters).
-    ``data`` are the encoded splits, checked to be identical on every rank.
+    ``data`` are the encoded splits, checked to be identical on every rank (with
+    ``fingerprint_extra``: a streamed split's fitted preprocessor). With ``local_batches``
+    (sharded streaming) each rank's batches are its own rows, not a global batch.
     """
 
     def __init__(
@@ -194,8 +198,11 @@ class DistributedTraining(Reduction):
         tasks: dict[str, TaskSpec],
         training: TrainingConfig,
         data: Sequence[EncodedData | None],
+        local_batches: bool = False,
+        fingerprint_extra: str = "",
     ) -> None:
         self.rank, self.world_size, self.device = group.rank, group.world_size, group.device
+        self.local_batches = local_batches
         if training.batch_size < self.world_size:
             raise ConfigError(
                 f"training.batch_size is the global batch, shared by the {self.world_size} "
@@ -203,7 +210,7 @@ class DistributedTraining(Reduction):
             )
         digests: list[Any] = [None] * self.world_size
         present = {str(i): d for i, d in enumerate(data) if d is not None}  # names keep positions
-        dist.all_gather_object(digests, data_fingerprint(present))
+        dist.all_gather_object(digests, data_fingerprint(present, extra=fingerprint_extra))
         differ = [r for r, d in enumerate(digests) if d != digests[0]]
         if differ:
             raise DataError(
@@ -240,19 +247,39 @@ class DistributedTraining(Reduction):
             _broadcast(self._synced)
 
     # ---------------------------------------------------------------- the step's reduction
+    def _amounts(self, batch: Batch) -> Tensor:
+        """``[K]`` what each task's loss averages over in ``batch``: its labelled rows, or
+        the sum of their weights for a task with ``sample_weight``."""
+        amounts = []
+        for t in self.names:
+            labelled = ~torch.isnan(batch[LABEL_PREFIX + t])
+            w = batch.get(LABEL_PREFIX + weight_key(t)) if self.tasks[t].sample_weight else None
+            if w is not None:
+                amounts.append(torch.where(labelled, w, 0.0).sum().to(torch.float64))
+            else:
+                amounts.append(labelled.sum().to(torch.float64))
+        return torch.stack(amounts)
+
     def shard(self, batch: Batch) -> tuple[Batch, Tensor]:
         """This rank's rows of a global batch and the per-task loss scale
-        ``W * n_k^r / N_k`` (0 for a task with no label in the global batch)."""
-        n = len(batch["categorical"])
-        lo, hi = shard_bounds(n, self.rank, self.world_size)
-        labelled = torch.stack([~torch.isnan(batch[LABEL_PREFIX + t]) for t in self.names])
-        total = labelled.sum(1)
-        mine = labelled[:, lo:hi].sum(1)
+        ``W * n_k^r / N_k`` (0 for a task with no label in the global batch), where ``n``
+        counts labelled rows, or sums their weights for a weighted task. With local batches
+        (sharded streaming) the batch is this rank's already and ``N_k`` is all-reduced."""
+        if self.local_batches:
+            mine = self._amounts(batch)
+            total = mine.clone()
+            dist.all_reduce(total)
+            local = batch
+        else:
+            n = len(batch["categorical"])
+            lo, hi = shard_bounds(n, self.rank, self.world_size)
+            local = {k: v[lo:hi] for k, v in batch.items()}
+            total, mine = self._amounts(batch), self._amounts(local)
         # DDP averages the ranks' gradients. With this scale the average of the ranks' losses
-        # is sum(l_ik) / N_k, the global batch's mean over its labelled rows, where a plain
-        # mean of per-rank means would favour the rows of a rank with few labels.
-        scale = self.world_size * mine / total.clamp(min=1)
-        return {k: v[lo:hi] for k, v in batch.items()}, scale
+        # is sum(w_i l_ik) / sum(w_i), the global batch's (weighted) mean over its labelled
+        # rows, where a plain mean of per-rank means would favour a rank with few labels.
+        scale = torch.where(total > 0, self.world_size * mine / total, 0.0)
+        return local, scale.to(torch.float32)
 
     def objective(
         self, step: TrainStep, batch: Batch, scale: Tensor | None, task: str | None

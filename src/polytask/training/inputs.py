@@ -19,10 +19,16 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 
 from polytask.data import EncodedData, Preprocessor, data_fingerprint, read_table
 from polytask.data.features import FeaturesConfig
-from polytask.data.stream import StreamingBatches, fit_preprocessor_streaming
+from polytask.data.stream import (
+    FitCounts,
+    ShardedStream,
+    StreamingBatches,
+    fit_preprocessor_streaming,
+)
 from polytask.errors import ConfigError, DataError, closest
 from polytask.tasks import TaskSpec
 from polytask.training.schedules import AlternateBatches, JointBatches
@@ -39,6 +45,8 @@ class TrainingData:
     """``{"train": data}`` (frames), ``{task: data}`` (per_task), ``{}`` (stream)."""
     validation: EncodedData | None
     streamed: StreamingBatches | None = None
+    shard: tuple[int, int] | None = None
+    """``(rank, world_size)`` when torchrun's ranks stream their own row groups."""
 
     @property
     def rows(self) -> int:
@@ -50,8 +58,17 @@ class TrainingData:
         """Every split held in memory, validation last (None without one)."""
         return [*self.splits.values(), self.validation]
 
-    def batches(self, training: TrainingConfig) -> JointBatches | AlternateBatches:
+    def batches(self, training: TrainingConfig) -> JointBatches | AlternateBatches | ShardedStream:
         """The resumable batch source of the fit's epochs, shuffled from ``training.seed``."""
+        if self.streamed is not None and self.shard is not None:
+            rank, world = self.shard
+            return ShardedStream(
+                self.streamed,
+                batch_size=training.batch_size,
+                seed=training.seed,
+                rank=rank,
+                world_size=world,
+            )
         generator = torch.Generator().manual_seed(training.seed)
         if self.kind == "per_task":
             return AlternateBatches(
@@ -63,16 +80,20 @@ class TrainingData:
         rows = self.streamed if self.streamed is not None else self.splits["train"]
         return JointBatches(rows, batch_size=training.batch_size, generator=generator)
 
+    def stream_identity(self) -> str:
+        """What stands for a streamed training set in fingerprints: its fitted preprocessor
+        and row count ("" without one)."""
+        if self.streamed is None:
+            return ""
+        return json.dumps([self.preprocessor.state_dict(), self.rows], sort_keys=True)
+
     def fingerprint(self) -> str:
         """What a checkpoint checks it resumes on: a hash of every split in memory; a
         streamed file, too large to hash, is stood for by its fitted preprocessor and rows."""
         splits = dict(self.splits)
         if self.validation is not None:
             splits["validation"] = self.validation
-        extra = ""
-        if self.streamed is not None:
-            extra = json.dumps([self.preprocessor.state_dict(), self.rows], sort_keys=True)
-        return data_fingerprint(splits, extra=extra)
+        return data_fingerprint(splits, extra=self.stream_identity())
 
     def warn_constant_labels(self, tasks: Mapping[str, TaskSpec]) -> None:
         """Warn, before training, of a binary task whose training labels are all one class:
@@ -122,6 +143,7 @@ def read_training_data(
         pre = Preprocessor(features=features, tasks=tasks)
     kind: Literal["frames", "per_task", "stream"] = "frames"
     streamed = None
+    shard: tuple[int, int] | None = None
     if isinstance(train, Mapping):
         frames = task_tables(train, list(tasks), "training set")
         columns = features.columns
@@ -142,9 +164,14 @@ def read_training_data(
             splits = {"train": EncodedData.concat(list(splits.values()))}
         train_columns = set().union(*(set(f.columns) for f in frames.values()))
     elif training.stream is not None:  # out-of-core (data/stream.py)
-        if distributed:
-            raise ConfigError("training.stream is not supported with distributed training")
-        fit_preprocessor_streaming(pre, train, chunk_rows=training.stream.chunk_rows)
+        chunk_rows = training.stream.chunk_rows
+        if distributed:  # every rank counts its row groups, the counts are merged
+            shard = (dist.get_rank(), dist.get_world_size())
+            fit_preprocessor_streaming(
+                pre, train, chunk_rows=chunk_rows, shard=shard, gather=_gather
+            )
+        else:
+            fit_preprocessor_streaming(pre, train, chunk_rows=chunk_rows)
         streamed = StreamingBatches.from_config(train, pre, training.stream, device)
         kind, splits, train_columns = "stream", {}, set(pre.train_columns_)
     elif isinstance(train, EncodedData):  # encoded by the given preprocessor
@@ -157,7 +184,14 @@ def read_training_data(
     if validation is not None:
         valid = encode_validation(validation, pre, list(tasks), train_columns).to(device)
     splits = {k: d.to(device) for k, d in splits.items()}
-    return TrainingData(kind, pre, splits, valid, streamed)
+    return TrainingData(kind, pre, splits, valid, streamed, shard)
+
+
+def _gather(mine: FitCounts) -> list[FitCounts]:
+    """Every rank's fit counts, in rank order, on every rank."""
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, mine)
+    return parts
 
 
 def task_tables(data: Mapping[str, Any], tasks: list[str], what: str) -> dict[str, pd.DataFrame]:

@@ -1,0 +1,198 @@
+"""Sharded streaming under torchrun (2 CPU processes, gloo): a Parquet directory streamed by
+both ranks, each reading its own row groups; a killed run resumes bit-identically; sample
+weights combine exactly across ranks. This file is also the worker script (``__main__``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from polytask import MultiTaskModel
+from polytask.config import FeaturesConfig, TaskConfig
+from polytask.data import Preprocessor
+from polytask.data.stream import ShardedStream, StreamingBatches, fit_preprocessor_streaming
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_distributed import torchrun
+
+FEATURES = {"categorical": ["color", {"name": "size", "min_freq": 2}], "numeric": ["x", "z"]}
+TASKS = {"click": {"type": "binary"}, "dwell": {"type": "regression"}}
+WEIGHTED = {"click": {"type": "binary", "sample_weight": "w"}, "dwell": {"type": "regression"}}
+SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
+MODEL = {"name": "mmoe", "num_experts": 2, "expert_units": [8], "tower_units": [4], "dropout": 0.2}
+
+
+def toy_table(n: int = 900) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {
+            "color": rng.choice(["red", "green", "blue"], n),
+            "size": rng.integers(0, 40, n),
+            "x": rng.normal(size=n),
+            "z": rng.normal(size=n) * 3 + 1,
+            "w": rng.exponential(1.0, n),
+        }
+    )
+    logit = 1.5 * df.x + (df.color == "red") - 0.5 + 0.3 * rng.normal(size=n)
+    df["click"] = np.where(rng.random(n) < 0.25, np.nan, (logit > 0).astype(float))
+    df["dwell"] = np.where(rng.random(n) < 0.2, np.nan, 2.0 * df.x + rng.normal(size=n))
+    return df
+
+
+def write_directory(df: pd.DataFrame, folder: Path) -> None:
+    """Three files, row groups of 40 to 130 rows: the ranks' dealt rows differ."""
+    folder.mkdir()
+    start = 0
+    for i, (rows, group) in enumerate([(400, 130), (300, 70), (200, 40)]):
+        part = pa.Table.from_pandas(df.iloc[start : start + rows], preserve_index=False)
+        pq.write_table(part, folder / f"part-{i}.parquet", row_group_size=group)
+        start += rows
+
+
+def streamed_model(**training: Any) -> MultiTaskModel:
+    return MultiTaskModel(
+        features=FEATURES,
+        tasks=TASKS,
+        model=MODEL,
+        loss="uncertainty",
+        optimizer=SGD,
+        training={
+            "epochs": 3,
+            "batch_size": 41,  # shares of 20 and 21 rows
+            "progress": False,
+            "stream": {"buffer_rows": 150, "chunk_rows": 50},
+            **training,
+        },
+    )
+
+
+def weighted_model() -> MultiTaskModel:
+    return MultiTaskModel(
+        features=FEATURES,
+        tasks=WEIGHTED,
+        model={**MODEL, "dropout": 0.0},
+        optimizer=SGD,
+        training={"epochs": 2, "batch_size": 64, "progress": False},
+    )
+
+
+class Killed(Exception):
+    pass
+
+
+def test_streamed_training_under_torchrun(tmp_path: Path) -> None:
+    df = toy_table()
+    write_directory(df, tmp_path / "train")
+    df.iloc[:200].to_parquet(tmp_path / "valid.parquet")
+    torchrun(__file__, str(tmp_path), cwd=tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    # the merged preprocessor is every rank's, and the one-process fit's
+    pre_single = fit_preprocessor_streaming(
+        Preprocessor(
+            features=FeaturesConfig.model_validate(FEATURES),
+            tasks={k: TaskConfig.model_validate(v) for k, v in TASKS.items()},
+        ),
+        tmp_path / "train",
+    )
+    single = pre_single.state_dict()
+    for rank in ranks:
+        pre = rank["preprocessor"]
+        assert pre["vocabularies"] == single["vocabularies"]
+        for name, st in single["numeric"].items():
+            assert pre["numeric"][name]["mean"] == pytest.approx(st["mean"], rel=1e-12)
+            assert pre["numeric"][name]["std"] == pytest.approx(st["std"], rel=1e-12)
+    for key, value in ranks[0]["full"].items():
+        assert torch.equal(value, ranks[1]["full"][key]), key  # the replicas agree
+    for rank in ranks:
+        # killed mid-epoch 2 (after the step-28 checkpoint) and resumed: bit-identical
+        for key, value in rank["full"].items():
+            assert torch.equal(rank["resumed"][key], value), key
+        assert rank["resumed_from"].endswith("step-000000028")
+    history = json.loads(ranks[0]["history"])
+    assert len(history) == 3 and all("validation" in h for h in history)
+    data = StreamingBatches(tmp_path / "train", pre_single, buffer_rows=150, chunk_rows=50)
+    plans = [
+        ShardedStream(data, batch_size=41, seed=0, rank=0, world_size=2).plan(e) for e in (0, 1)
+    ]
+    assert plans[0].steps < 28 < plans[0].steps + plans[1].steps  # step 28 is in epoch 2
+    # each epoch the ranks read disjoint row groups that together are the whole table
+    reads = [r["groups_read"] for r in ranks]
+    assert len(reads[0]) == len(reads[1]) == 3
+    for mine, theirs in zip(*reads, strict=True):
+        assert not set(mine) & set(theirs) and mine and theirs
+        assert sorted(mine + theirs) == list(range(4 + 5 + 5))
+    # sample weights: the weighted mean over the global batch, as in one process
+    one = weighted_model().fit(df.iloc[:700], validation=df.iloc[700:])
+    for key, value in one.network_.state_dict().items():
+        got = ranks[0]["weighted"][key]
+        assert float((got - value).abs().max()) < 1e-5, key
+
+
+def _worker(out: Path) -> None:
+    from unittest import mock
+
+    from polytask.training import step as step_module
+
+    rank = int(os.environ["RANK"])
+    valid = pd.read_parquet(out / "valid.parquet")
+    groups_read: list[list[int]] = []
+    chunks = StreamingBatches._chunks
+
+    def recording(self: StreamingBatches, groups: list[int]) -> Any:
+        groups_read.append(list(groups))
+        return chunks(self, groups)
+
+    with mock.patch.object(StreamingBatches, "_chunks", recording):
+        full = streamed_model().fit(
+            str(out / "train"), validation=valid, checkpoint_dir=out / "full", checkpoint_every=7
+        )
+    original = step_module.TrainStep.__call__
+    calls = [0]
+
+    def killing(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 31:  # in epoch 2 (about 21 steps per epoch), after the step-28 save
+            raise Killed
+        return original(self, *args, **kwargs)
+
+    with mock.patch.object(step_module.TrainStep, "__call__", killing):
+        try:
+            streamed_model().fit(
+                str(out / "train"), validation=valid, checkpoint_dir=out / "part",
+                checkpoint_every=7,
+            )  # fmt: skip
+            raise AssertionError("not killed")
+        except Killed:
+            pass
+    resumed = streamed_model().fit(
+        str(out / "train"), validation=valid, checkpoint_dir=out / "part", checkpoint_every=7,
+        resume=True,
+    )  # fmt: skip
+    df = toy_table()
+    weighted = weighted_model().fit(df.iloc[:700], validation=df.iloc[700:])
+    torch.save(
+        {
+            "preprocessor": full.preprocessor_.state_dict(),
+            "full": full.network_.state_dict(),
+            "resumed": resumed.network_.state_dict(),
+            "resumed_from": str(resumed.resumed_from_),
+            "history": json.dumps(full.history_),
+            "groups_read": groups_read,
+            "weighted": weighted.network_.state_dict(),
+        },
+        out / f"rank{rank}.pt",
+    )
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
