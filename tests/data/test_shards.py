@@ -200,6 +200,7 @@ def test_unequal_row_groups_give_every_rank_the_same_steps(tmp_path: Path) -> No
                 == min(n // s for n, s in zip(loads, (16, 17, 17), strict=True))
             )
             assert {len(b["categorical"]) for b in batches} == {stream.local_batch}
+            assert stream.rows_per_epoch == plan.steps * 50  # the finished epoch's, reported
             codes = torch.cat([b["categorical"][:, 2] for b in batches])
             # only rows of the rank's own row groups; each at most once
             own = torch.cat([codes_of[_rows(sizes, g)] for g in plan.hands[r]])
