@@ -209,6 +209,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_preprocessor(args: argparse.Namespace) -> int:
+    from polytask.config import load_run_file
+    from polytask.run import fit_preprocessor_to
+    from polytask.training.distributed import is_main_process
+
+    cfg, base = load_run_file(args.run_file, args.overrides)
+    summary = fit_preprocessor_to(cfg, base, Path(args.output))
+    if is_main_process():
+        sizes = ", ".join(f"{k} {n:,}" for k, n in summary["vocabularies"].items())
+        by = f" by {summary['processes']} processes" if summary["processes"] > 1 else ""
+        print(
+            f"fitted{by} on {summary['rows']:,} rows (vocabularies: {sizes or 'none'}); wrote "
+            f"{args.output}; use it with data.preprocessor={args.output}"
+        )
+    return 0
+
+
 def _table_of(args: argparse.Namespace) -> tuple[Any, str]:
     """The table ``evaluate``/``predict`` read: the DATA file, or with ``--split`` that split
     of the run that trained the model (its ``config.yaml`` names the data)."""
@@ -551,6 +568,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "fit-preprocessor",
+        help="fit a run file's preprocessor once, to reuse it (data.preprocessor)",
+        description="Fit the preprocessor (vocabularies, numeric statistics, label classes) on "
+        "the run file's training split and write it to a folder; runs with "
+        "data.preprocessor: DIR use it as it is. With training.stream the fit streams the "
+        "Parquet file(s); under torchrun it is sharded over the processes.",
+        epilog="example: polytask fit-preprocessor run.yaml -o prep; "
+        "polytask train run.yaml data.preprocessor=prep",
+    )
+    p.add_argument("run_file", help="YAML run file (keys: docs/config.md)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="the folder to write (required; written atomically, replacing an earlier "
+        "preprocessor folder there)",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    p.set_defaults(func=cmd_fit_preprocessor)
 
     p = sub.add_parser(
         "evaluate",

@@ -199,7 +199,10 @@ class DataConfig(Strict):
     cut by ``split`` with ``split_seed``. ``loader`` reads a file: ``auto`` (CSV or Parquet by
     extension) or a built-in dataset loader (``census_income``). Relative paths are resolved
     against the run file's folder. ``group`` names a user or request id column: it is saved
-    with the model as ``decision.group`` (grouped ranking metrics, `polytask decide`)."""
+    with the model as ``decision.group`` (grouped ranking metrics, `polytask decide`).
+    ``train`` may be a directory of Parquet files or a glob with ``training.stream``.
+    ``preprocessor`` is a folder written by ``polytask fit-preprocessor``: its fitted
+    vocabularies and statistics are used as they are, not fitted on ``train`` again."""
 
     loader: Literal["auto", "csv", "parquet", "census_income"] = "auto"
     path: str | None = None
@@ -209,6 +212,11 @@ class DataConfig(Strict):
     validation: str | None = None
     test: str | None = None
     group: str | None = None
+    preprocessor: str | None = Field(
+        default=None,
+        description="a folder written by `polytask fit-preprocessor`: its vocabularies and "
+        "statistics are used as they are, not fitted on `train` again",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

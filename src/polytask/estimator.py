@@ -298,6 +298,8 @@ class MultiTaskModel:
         ``train`` and ``validation`` may also be `EncodedData` encoded by ``preprocessor``, a
         fitted `Preprocessor` of the same features and tasks (which the model keeps): several
         models then train on one encoded copy of the data (``polytask compare`` does so).
+        A fitted ``preprocessor`` given with tables is used as it is, not fitted again (a
+        run file's ``data.preprocessor``, from ``polytask fit-preprocessor``).
         """
         cfg = self._fit_config(epochs, batch_size, checkpoint_every, checkpoint_dir, resume)
         tcfg, tasks = cfg.training, cfg.task_specs()

@@ -108,7 +108,7 @@ def load_splits(data: DataConfig, base: Path, *, stream: bool = False) -> Splits
     )
 
 
-DATA_PATH_KEYS = ("path", "train", "validation", "test")
+DATA_PATH_KEYS = ("path", "train", "validation", "test", "preprocessor")
 
 
 def run_config_dump(cfg: RunConfig, base: Path) -> dict[str, Any]:
@@ -320,6 +320,12 @@ def _train_and_write(
     tracker: Tracker | None,
     run_file: Path | None,
 ) -> dict[str, Any]:
+    prefitted = None
+    if cfg.data.preprocessor is not None:
+        from polytask.data.prefit import load_fitted
+
+        folder = _resolve(base, cfg.data.preprocessor)
+        prefitted = load_fitted(folder, cfg.features, cfg.task_specs())
     try:
         model.fit(
             splits.train,
@@ -327,6 +333,7 @@ def _train_and_write(
             checkpoint_dir=checkpoint_dir,
             resume=resume,
             callbacks=[] if tracker is None else [tracker],
+            preprocessor=prefitted,
         )
     except TrainingInterrupted as stop:  # Ctrl-C: keep the best model so far, unevaluated
         if is_main_process():
@@ -420,3 +427,51 @@ def _write_run(
                 f"cannot write {str(out / name)!r}: {os_reason(err)}; the model was saved to "
                 f"{str(out / 'model')!r}"
             ) from None
+
+
+def fit_preprocessor_to(cfg: RunConfig, base: Path, out: Path) -> dict[str, Any]:
+    """Fit the run's preprocessor on its training split and write it to the folder ``out``
+    (`polytask.data.prefit`), for ``data.preprocessor: OUT`` in later runs. With
+    ``training.stream`` the fit streams (``data.train`` a Parquet file, directory or glob);
+    under torchrun it is sharded over the ranks and rank 0 writes. Returns a summary."""
+    import torch
+    import torch.distributed as dist
+
+    from polytask.data import Preprocessor
+    from polytask.data.prefit import save_fitted
+    from polytask.data.stream import ParquetSet, fit_preprocessor_streaming
+    from polytask.training.distributed import join_process_group
+    from polytask.training.inputs import gather_counts
+
+    pre = Preprocessor(features=cfg.features, tasks=cfg.task_specs())
+    stream = cfg.training.stream
+    splits = load_splits(cfg.data, base, stream=stream is not None)
+    if stream is not None:
+        assert isinstance(splits.train, Path)  # a streamed training set is not read here
+        group = join_process_group(torch.device("cpu"))
+        chunk_rows = stream.chunk_rows
+        if group is None:
+            fit_preprocessor_streaming(pre, splits.train, chunk_rows=chunk_rows)
+        else:
+            shard = (group.rank, group.world_size)
+            fit_preprocessor_streaming(
+                pre, splits.train, chunk_rows=chunk_rows, shard=shard, gather=gather_counts
+            )
+        rows = ParquetSet(splits.train, []).rows
+        processes = 1 if group is None else group.world_size
+    else:
+        frame = splits.train
+        assert isinstance(frame, pd.DataFrame)
+        pre.fit(frame)
+        rows, processes = len(frame), 1
+    source = str(_resolve(base, cfg.data.train or cfg.data.path or ""))
+    if is_main_process():
+        save_fitted(pre, out, rows=rows, source=source)
+    if dist.is_available() and dist.is_initialized():
+        barrier()
+    return {
+        "rows": rows,
+        "processes": processes,
+        "vocabularies": {k: len(v) for k, v in (pre.vocabularies_ or {}).items()},
+        "classes": {k: len(v) for k, v in pre.classes_.items()},
+    }

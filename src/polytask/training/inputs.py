@@ -137,7 +137,10 @@ def read_training_data(
             "training.schedule: alternate needs one dataset per task: pass "
             "fit({task: table, ...}); found a single table"
         )
-    if isinstance(train, EncodedData):
+    # a fitted preprocessor is used as it is (data.preprocessor, or the one that encoded an
+    # EncodedData); without one it is fitted on the training set
+    prefitted = preprocessor is not None and preprocessor.fitted
+    if isinstance(train, EncodedData) or prefitted:
         pre = _encoded_by(preprocessor, features, tasks)
     else:
         pre = Preprocessor(features=features, tasks=tasks)
@@ -147,13 +150,14 @@ def read_training_data(
     if isinstance(train, Mapping):
         frames = task_tables(train, list(tasks), "training set")
         columns = features.columns
-        pre.fit(
-            pd.concat(
-                [f[[c for c in columns if c in f.columns]] for f in frames.values()],
-                ignore_index=True,
-            ),
-            label_frames=frames,
-        )
+        if not prefitted:
+            pre.fit(
+                pd.concat(
+                    [f[[c for c in columns if c in f.columns]] for f in frames.values()],
+                    ignore_index=True,
+                ),
+                label_frames=frames,
+            )
         splits = {
             t: pre.transform(f, labels=True, only=t, what=f"training set of {t!r}")
             for t, f in frames.items()
@@ -165,10 +169,13 @@ def read_training_data(
         train_columns = set().union(*(set(f.columns) for f in frames.values()))
     elif training.stream is not None:  # out-of-core (data/stream.py)
         chunk_rows = training.stream.chunk_rows
-        if distributed:  # every rank counts its row groups, the counts are merged
+        if distributed:
             shard = (dist.get_rank(), dist.get_world_size())
+        if prefitted:
+            pass
+        elif shard is not None:  # every rank counts its row groups, the counts are merged
             fit_preprocessor_streaming(
-                pre, train, chunk_rows=chunk_rows, shard=shard, gather=_gather
+                pre, train, chunk_rows=chunk_rows, shard=shard, gather=gather_counts
             )
         else:
             fit_preprocessor_streaming(pre, train, chunk_rows=chunk_rows)
@@ -178,7 +185,10 @@ def read_training_data(
         splits, train_columns = {"train": train}, set(pre.train_columns_)
     else:
         frame = read_table(train, what="training set")
-        splits = {"train": pre.fit_transform(frame, labels=True, what="training set")}
+        if prefitted:
+            splits = {"train": pre.transform(frame, labels=True, what="training set")}
+        else:
+            splits = {"train": pre.fit_transform(frame, labels=True, what="training set")}
         train_columns = set(frame.columns)
     valid = None
     if validation is not None:
@@ -187,7 +197,7 @@ def read_training_data(
     return TrainingData(kind, pre, splits, valid, streamed, shard)
 
 
-def _gather(mine: FitCounts) -> list[FitCounts]:
+def gather_counts(mine: FitCounts) -> list[FitCounts]:
     """Every rank's fit counts, in rank order, on every rank."""
     parts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, mine)
@@ -238,8 +248,9 @@ def encode_validation(
 def _encoded_by(
     preprocessor: Preprocessor | None, features: FeaturesConfig, tasks: dict[str, TaskSpec]
 ) -> Preprocessor:
-    """The preprocessor that encoded a training set passed as `EncodedData`, checked to
-    be fitted on the model's features and tasks."""
+    """The fitted preprocessor given to ``fit`` (it encoded a training set passed as
+    `EncodedData`, or it is reused as it is), checked to be fitted on the model's features
+    and tasks."""
     if preprocessor is None or not preprocessor.fitted:
         raise ConfigError(
             "fit: an encoded training set needs the fitted Preprocessor that encoded it: "
