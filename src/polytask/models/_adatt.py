@@ -21,8 +21,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from polytask.models._levels import ExpertLevel, last_layer, level_groups, stack_levels
 from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
-from polytask.nn import ExpertBank, FeatureInput, Gates, mix
+from polytask.nn import ExpertBank, FeatureInput, mix
 
 
 class AdaTTParams(TowerParams):
@@ -34,42 +35,22 @@ class AdaTTParams(TowerParams):
     gate_temperature: float = Field(default=1.0, gt=0)
 
 
-class _Level(nn.Module):
-    """The experts, fusion gates and native-expert weights of one level.
-
-    ``task_experts[k]``, ``task_gates.weight[k]`` and ``native[k]`` belong to task k;
-    ``shared_gate`` and ``shared_native`` exist at inner levels when there are shared
-    experts. ``native[k]`` holds the weights of task k's own experts in its fusion (learned
-    when ``learned_native``, else fixed ones); empty without ``native_residual``.
+class _Level(ExpertLevel):
+    """An `ExpertLevel` whose gates weigh every expert, plus the native-expert weights:
+    ``native[k]`` holds the weights of task k's own experts in its fusion (learned when
+    ``learned_native``, else fixed ones), ``shared_native`` the shared unit's; empty without
+    ``native_residual``.
     """
 
     def __init__(self, *, in_dim: int, num_tasks: int, params: AdaTTParams, inner: bool) -> None:
-        super().__init__()
         nt, ns = params.num_task_experts, params.num_shared_experts
-        total = num_tasks * nt + ns
-
-        def bank(num: int) -> ExpertBank:
-            return ExpertBank(
-                in_dim=in_dim,
-                num_experts=num,
-                units=params.expert_units,
-                activation=params.activation,
-                dropout=params.dropout,
-            )
-
-        self.task_experts = nn.ModuleList(bank(nt) for _ in range(num_tasks))
-        self.shared_experts = bank(ns) if ns else None
-
-        def gates(num: int) -> Gates:
-            return Gates(
-                in_dim=in_dim,
-                num_gates=num,
-                num_experts=total,
-                temperature=params.gate_temperature,
-            )
-
-        self.task_gates = gates(num_tasks)
-        self.shared_gate = gates(1) if inner and ns else None
+        super().__init__(
+            in_dim=in_dim,
+            num_tasks=num_tasks,
+            params=params,
+            inner=inner,
+            task_gate_experts=num_tasks * nt + ns,
+        )
         # The reference learns native weights unless every unit has exactly one expert, in
         # which case it adds the expert itself (a weight fixed at 1).
         self.learned_native = params.native_residual and (nt != 1 or ns not in (0, 1))
@@ -85,11 +66,6 @@ class _Level(nn.Module):
         self.shared_native = nn.ParameterList(
             [native(ns)] if self.learned_native and self.shared_gate is not None else []
         )
-
-    def banks(self) -> list[ExpertBank]:
-        """Every task's bank in task order, then the shared one: the stacked op's order."""
-        banks = [cast(ExpertBank, b) for b in self.task_experts]
-        return banks + ([self.shared_experts] if self.shared_experts is not None else [])
 
     def native_weights(self, unit: int | None, num_tasks: int, nt: int) -> Tensor | None:
         """Weights ``[E]`` over every expert of the level that a unit's fusion adds to its
@@ -141,15 +117,7 @@ class AdaTT(MultiTaskNet):
         )
         self.num_task_experts = params.num_task_experts
         self.num_shared_experts = params.num_shared_experts
-        self.levels = nn.ModuleList(
-            _Level(
-                in_dim=inputs.out_dim if i == 0 else params.expert_units[-1],
-                num_tasks=len(self.heads),
-                params=params,
-                inner=i < params.num_levels - 1,
-            )
-            for i in range(params.num_levels)
-        )
+        self.levels = stack_levels(_Level, inputs.out_dim, self.heads, params)
 
     def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
         num_tasks = len(self.heads)
@@ -191,36 +159,14 @@ class AdaTT(MultiTaskNet):
         return Representation(per_task=[h_task[k] for k in active], gates=gates)
 
     def body_groups(self) -> dict[str, list[nn.Parameter]]:
-        levels = [lv for lv in self.levels if isinstance(lv, _Level)]
-        groups: dict[str, list[nn.Parameter]] = {
-            "experts": [
-                p
-                for lv in levels
-                if lv.shared_experts is not None
-                for p in lv.shared_experts.parameters()
-            ]
-        }
-        for k, name in enumerate(self.task_names):
-            groups[f"experts.{name}"] = [
-                p for lv in levels for p in lv.task_experts[k].parameters()
-            ]
-        groups["gates"] = [
-            p
-            for lv in levels
-            if lv.shared_gate is not None
-            for p in [*lv.shared_gate.parameters(), *lv.shared_native]
-        ]
-        for k, name in enumerate(self.task_names):
-            groups[f"gates.{name}"] = [
-                p
-                for lv in levels
-                for p in (
-                    lv.task_gates.weight[k],
-                    lv.task_gates.bias[k],
-                    *([lv.native[k]] if lv.learned_native else []),
-                )
-            ]
-        return groups
+        return level_groups(
+            cast(Sequence[_Level], self.levels),
+            self.task_names,
+            shared_extra=lambda lv: list(cast(_Level, lv).shared_native),
+            task_extra=lambda lv, k: (
+                [cast(_Level, lv).native[k]] if cast(_Level, lv).learned_native else []
+            ),
+        )
 
     def last_shared_layer(self) -> list[nn.Parameter]:
         """The last level's shared experts' last layer; without shared experts, every
@@ -228,7 +174,7 @@ class AdaTT(MultiTaskNet):
         level = self.levels[-1]
         assert isinstance(level, _Level)
         banks = [level.shared_experts] if level.shared_experts is not None else level.banks()
-        return [p for b in banks for p in (b.weights[-1], b.biases[-1])]
+        return [p for b in banks for p in last_layer(b)]
 
     def extra_repr(self) -> str:
         return (

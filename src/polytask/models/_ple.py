@@ -9,6 +9,7 @@ while task k's mixture feeds the next level's ``E_k`` (and, at the last level, t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import cast
 
@@ -16,8 +17,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from polytask.models._levels import ExpertLevel, last_layer, level_groups, stack_levels
 from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
-from polytask.nn import ExpertBank, FeatureInput, Gates, mix
+from polytask.nn import ExpertBank, FeatureInput, mix
 
 
 class CGCParams(TowerParams):
@@ -31,50 +33,6 @@ class CGCParams(TowerParams):
 
 class PLEParams(CGCParams):
     num_levels: int = Field(default=2, ge=1)
-
-
-class _Level(nn.Module):
-    """One extraction network: the experts and gates of one level.
-
-    ``task_experts[k]`` and ``task_gates.weight[k]`` belong to task k alone; ``shared_gate``
-    exists at inner levels only.
-    """
-
-    def __init__(self, *, in_dim: int, num_tasks: int, params: PLEParams, inner: bool) -> None:
-        super().__init__()
-        nt, ns = params.num_task_experts, params.num_shared_experts
-
-        def bank(num: int) -> ExpertBank:
-            return ExpertBank(
-                in_dim=in_dim,
-                num_experts=num,
-                units=params.expert_units,
-                activation=params.activation,
-                dropout=params.dropout,
-            )
-
-        self.task_experts = nn.ModuleList(bank(nt) for _ in range(num_tasks))
-        self.shared_experts = bank(ns)
-        self.task_gates = Gates(
-            in_dim=in_dim,
-            num_gates=num_tasks,
-            num_experts=nt + ns,
-            temperature=params.gate_temperature,
-        )
-        self.shared_gate = (
-            Gates(
-                in_dim=in_dim,
-                num_gates=1,
-                num_experts=num_tasks * nt + ns,
-                temperature=params.gate_temperature,
-            )
-            if inner
-            else None
-        )
-
-    def banks(self, tasks: Sequence[int]) -> list[ExpertBank]:
-        """The expert banks of ``tasks``, then the shared one: the order of the stacked op."""
-        return [cast(ExpertBank, self.task_experts[k]) for k in tasks] + [self.shared_experts]
 
 
 class PLE(MultiTaskNet):
@@ -110,15 +68,9 @@ class PLE(MultiTaskNet):
         )
         self.num_task_experts = params.num_task_experts
         self.num_shared_experts = params.num_shared_experts
-        self.levels = nn.ModuleList(
-            _Level(
-                in_dim=inputs.out_dim if i == 0 else params.expert_units[-1],
-                num_tasks=len(self.heads),
-                params=params,
-                inner=i < params.num_levels - 1,
-            )
-            for i in range(params.num_levels)
-        )
+        own = params.num_task_experts + params.num_shared_experts  # a task gate's experts
+        make = functools.partial(ExpertLevel, task_gate_experts=own)
+        self.levels = stack_levels(make, inputs.out_dim, self.heads, params)
 
     def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
         every = list(range(len(self.heads)))
@@ -128,7 +80,7 @@ class PLE(MultiTaskNet):
         h_shared = x
         gates: dict[str, Tensor] = {}
         for i, level in enumerate(self.levels):
-            assert isinstance(level, _Level)
+            assert isinstance(level, ExpertLevel)
             # Inner levels compute every task's experts: the shared gate mixes them all.
             expert_tasks = list(active) if i == last else every
             # A task's mixture is needed by its tower (last level) or next-level experts.
@@ -165,27 +117,10 @@ class PLE(MultiTaskNet):
         return Representation(per_task=[h_task[k] for k in active], gates=gates)
 
     def body_groups(self) -> dict[str, list[nn.Parameter]]:
-        levels = [lv for lv in self.levels if isinstance(lv, _Level)]
-        groups: dict[str, list[nn.Parameter]] = {
-            "experts": [p for lv in levels for p in lv.shared_experts.parameters()]
-        }
-        for k, name in enumerate(self.task_names):
-            groups[f"experts.{name}"] = [
-                p for lv in levels for p in lv.task_experts[k].parameters()
-            ]
-        groups["gates"] = [
-            p for lv in levels if lv.shared_gate is not None for p in lv.shared_gate.parameters()
-        ]
-        for k, name in enumerate(self.task_names):
-            groups[f"gates.{name}"] = [
-                p for lv in levels for p in (lv.task_gates.weight[k], lv.task_gates.bias[k])
-            ]
-        return groups
+        return level_groups(cast(Sequence[ExpertLevel], self.levels), self.task_names)
 
     def last_shared_layer(self) -> list[nn.Parameter]:
-        bank = self.levels[-1].shared_experts
-        assert isinstance(bank, ExpertBank)
-        return [bank.weights[-1], bank.biases[-1]]
+        return last_layer(cast(ExpertBank, self.levels[-1].shared_experts))
 
     def extra_repr(self) -> str:
         return (

@@ -11,6 +11,7 @@ embeddings and experts.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import cast
 
@@ -18,8 +19,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from polytask.models._levels import ExpertLevel, last_layer, level_groups, stack_levels
 from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
-from polytask.nn import ExpertBank, FeatureInput, Gates, mix
+from polytask.nn import ExpertBank, FeatureInput, mix
 
 
 class STEMParams(TowerParams):
@@ -28,41 +30,6 @@ class STEMParams(TowerParams):
     num_shared_experts: int = Field(default=1, ge=1)
     expert_units: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
     gate_temperature: float = Field(default=1.0, gt=0)
-
-
-class _Level(nn.Module):
-    """One STEM layer: each task's experts and gate, the shared experts and, at inner
-    levels, the shared gate (every gate spans all ``K * nt + ns`` experts)."""
-
-    def __init__(self, *, in_dim: int, num_tasks: int, params: STEMParams, inner: bool) -> None:
-        super().__init__()
-        nt, ns = params.num_task_experts, params.num_shared_experts
-
-        def bank(num: int) -> ExpertBank:
-            return ExpertBank(
-                in_dim=in_dim,
-                num_experts=num,
-                units=params.expert_units,
-                activation=params.activation,
-                dropout=params.dropout,
-            )
-
-        self.task_experts = nn.ModuleList(bank(nt) for _ in range(num_tasks))
-        self.shared_experts = bank(ns)
-
-        def gates(num: int) -> Gates:
-            return Gates(
-                in_dim=in_dim,
-                num_gates=num,
-                num_experts=num_tasks * nt + ns,
-                temperature=params.gate_temperature,
-            )
-
-        self.task_gates = gates(num_tasks)
-        self.shared_gate = gates(1) if inner else None
-
-    def banks(self) -> list[ExpertBank]:
-        return [*(cast(ExpertBank, b) for b in self.task_experts), self.shared_experts]
 
 
 class STEM(MultiTaskNet):
@@ -95,19 +62,13 @@ class STEM(MultiTaskNet):
         self.input_dim = inputs.out_dim
         self.num_task_experts = params.num_task_experts
         self.num_shared_experts = params.num_shared_experts
-        self.levels = nn.ModuleList(
-            _Level(
-                in_dim=inputs.out_dim if i == 0 else params.expert_units[-1],
-                num_tasks=len(self.heads),
-                params=params,
-                inner=i < params.num_levels - 1,
-            )
-            for i in range(params.num_levels)
-        )
+        nt, num_tasks = params.num_task_experts, len(self.heads)
+        every = num_tasks * nt + params.num_shared_experts  # each gate weighs every expert
+        make = functools.partial(ExpertLevel, task_gate_experts=every)
+        self.levels = stack_levels(make, inputs.out_dim, self.heads, params)
         # Row k: 1 on the experts whose gradient task k's mixture keeps (its own and the
         # shared ones); last row: the shared unit's (the shared ones).
-        nt, num_tasks = params.num_task_experts, len(self.heads)
-        keep = torch.zeros(num_tasks + 1, num_tasks * nt + params.num_shared_experts)
+        keep = torch.zeros(num_tasks + 1, every)
         keep[:, num_tasks * nt :] = 1
         for k in range(num_tasks):
             keep[k, k * nt : (k + 1) * nt] = 1
@@ -135,7 +96,7 @@ class STEM(MultiTaskNet):
         h_shared, h_task = parts[0], {k: parts[1 + k] for k in every}
         gates: dict[str, Tensor] = {}
         for i, level in enumerate(self.levels):
-            assert isinstance(level, _Level)
+            assert isinstance(level, ExpertLevel)
             per_expert = [h_task[k].expand(nt, -1, -1) for k in every]
             per_expert.append(h_shared.expand(ns, -1, -1))
             experts = ExpertBank.stacked(level.banks(), torch.cat(per_expert))
@@ -153,28 +114,14 @@ class STEM(MultiTaskNet):
         return Representation(per_task=[h_task[k] for k in active], gates=gates)
 
     def body_groups(self) -> dict[str, list[nn.Parameter]]:
-        levels = [lv for lv in self.levels if isinstance(lv, _Level)]
-        groups: dict[str, list[nn.Parameter]] = {}
-        for k, name in enumerate(self.task_names):
-            groups[f"input.{name}"] = list(self.task_inputs[k].parameters())
-        groups["experts"] = [p for lv in levels for p in lv.shared_experts.parameters()]
-        for k, name in enumerate(self.task_names):
-            groups[f"experts.{name}"] = [
-                p for lv in levels for p in lv.task_experts[k].parameters()
-            ]
-        groups["gates"] = [
-            p for lv in levels if lv.shared_gate is not None for p in lv.shared_gate.parameters()
-        ]
-        for k, name in enumerate(self.task_names):
-            groups[f"gates.{name}"] = [
-                p for lv in levels for p in (lv.task_gates.weight[k], lv.task_gates.bias[k])
-            ]
-        return groups
+        groups = {
+            f"input.{n}": list(t.parameters())
+            for n, t in zip(self.task_names, self.task_inputs, strict=True)
+        }
+        return groups | level_groups(cast(Sequence[ExpertLevel], self.levels), self.task_names)
 
     def last_shared_layer(self) -> list[nn.Parameter]:
-        bank = self.levels[-1].shared_experts
-        assert isinstance(bank, ExpertBank)
-        return [bank.weights[-1], bank.biases[-1]]
+        return last_layer(cast(ExpertBank, self.levels[-1].shared_experts))
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,129 @@
+"""The expert level that PLE/CGC, STEM and AdaTT stack: each task's experts, the shared
+experts, one gate per task and, at inner levels, a shared gate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, cast
+
+from torch import nn
+
+from polytask.models.base import Head
+from polytask.nn import Activation, ExpertBank, Gates
+
+
+class LevelParams(Protocol):
+    """What the levels read from a model's parameters (PLEParams, STEMParams, AdaTTParams)."""
+
+    @property
+    def num_levels(self) -> int: ...
+    @property
+    def num_task_experts(self) -> int: ...
+    @property
+    def num_shared_experts(self) -> int: ...
+    @property
+    def expert_units(self) -> list[int]: ...
+    @property
+    def gate_temperature(self) -> float: ...
+    @property
+    def activation(self) -> Activation: ...
+    @property
+    def dropout(self) -> float: ...
+
+
+class ExpertLevel(nn.Module):
+    """``task_experts[k]`` (``num_task_experts`` each) and ``task_gates.weight[k]`` belong to
+    task k; ``shared_experts`` is None without shared experts. Task gates weigh
+    ``task_gate_experts`` experts (PLE: the task's own and the shared ones; STEM, AdaTT:
+    every expert of the level); the shared gate, at inner levels with shared experts, weighs
+    every expert."""
+
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        num_tasks: int,
+        params: LevelParams,
+        inner: bool,
+        task_gate_experts: int,
+    ) -> None:
+        super().__init__()
+        nt, ns = params.num_task_experts, params.num_shared_experts
+
+        def bank(num: int) -> ExpertBank:
+            return ExpertBank(
+                in_dim=in_dim,
+                num_experts=num,
+                units=params.expert_units,
+                activation=params.activation,
+                dropout=params.dropout,
+            )
+
+        def gates(num: int, experts: int) -> Gates:
+            return Gates(
+                in_dim=in_dim,
+                num_gates=num,
+                num_experts=experts,
+                temperature=params.gate_temperature,
+            )
+
+        self.task_experts = nn.ModuleList(bank(nt) for _ in range(num_tasks))
+        self.shared_experts = bank(ns) if ns else None
+        self.task_gates = gates(num_tasks, task_gate_experts)
+        self.shared_gate = gates(1, num_tasks * nt + ns) if inner and ns else None
+
+    def banks(self, tasks: Sequence[int] | None = None) -> list[ExpertBank]:
+        """The expert banks of ``tasks`` (default all, in task order), then the shared one:
+        the order of the stacked op."""
+        chosen = range(len(self.task_experts)) if tasks is None else tasks
+        banks = [cast(ExpertBank, self.task_experts[k]) for k in chosen]
+        return banks + ([self.shared_experts] if self.shared_experts is not None else [])
+
+
+def stack_levels(
+    make: Callable[..., ExpertLevel], in_dim: int, heads: Sequence[Head], params: LevelParams
+) -> nn.ModuleList:
+    """``params.num_levels`` levels: the first reads ``in_dim`` features, the others the
+    previous level's mixtures (``expert_units[-1]``)."""
+    return nn.ModuleList(
+        make(
+            in_dim=in_dim if i == 0 else params.expert_units[-1],
+            num_tasks=len(heads),
+            params=params,
+            inner=i < params.num_levels - 1,
+        )
+        for i in range(params.num_levels)
+    )
+
+
+def level_groups(
+    levels: Sequence[ExpertLevel],
+    task_names: Sequence[str],
+    shared_extra: Callable[[ExpertLevel], list[nn.Parameter]] = lambda lv: [],
+    task_extra: Callable[[ExpertLevel, int], list[nn.Parameter]] = lambda lv, k: [],
+) -> dict[str, list[nn.Parameter]]:
+    """``experts`` (shared experts, every level), ``experts.<task>``, ``gates`` (the shared
+    gates, with ``shared_extra``), ``gates.<task>`` (task k's gate rows, with
+    ``task_extra``)."""
+    groups: dict[str, list[nn.Parameter]] = {
+        "experts": [p for lv in levels if lv.shared_experts for p in lv.shared_experts.parameters()]
+    }
+    for k, name in enumerate(task_names):
+        groups[f"experts.{name}"] = [p for lv in levels for p in lv.task_experts[k].parameters()]
+    groups["gates"] = [
+        p
+        for lv in levels
+        if lv.shared_gate is not None
+        for p in [*lv.shared_gate.parameters(), *shared_extra(lv)]
+    ]
+    for k, name in enumerate(task_names):
+        groups[f"gates.{name}"] = [
+            p
+            for lv in levels
+            for p in (lv.task_gates.weight[k], lv.task_gates.bias[k], *task_extra(lv, k))
+        ]
+    return groups
+
+
+def last_layer(bank: ExpertBank) -> list[nn.Parameter]:
+    return [bank.weights[-1], bank.biases[-1]]
