@@ -8,12 +8,12 @@ import math
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from polytask.config import TaskConfig
 from polytask.losses import masked_loss, task_losses
+from polytask.tasks import TaskSpec
 
 
 def test_masked_loss_is_the_mean_over_labelled_rows() -> None:
-    task = TaskConfig(type="regression")
+    task = TaskSpec(type="regression")
     out = torch.tensor([1.0, 2.0, 3.0, 4.0])
     y = torch.tensor([0.0, float("nan"), 1.0, float("nan")])
     # (1-0)^2 and (3-1)^2 over 2 labelled rows, not 4
@@ -21,7 +21,7 @@ def test_masked_loss_is_the_mean_over_labelled_rows() -> None:
 
 
 def test_binary_loss_matches_the_closed_form() -> None:
-    task = TaskConfig(type="binary")
+    task = TaskSpec(type="binary")
     logit = torch.tensor([0.0, 2.0])
     y = torch.tensor([1.0, 0.0])
     expected = (math.log(2) + math.log(1 + math.exp(2))) / 2
@@ -29,7 +29,7 @@ def test_binary_loss_matches_the_closed_form() -> None:
 
 
 def test_an_all_nan_batch_gives_zero_loss_and_zero_gradient() -> None:
-    tasks = {"a": TaskConfig(type="binary"), "b": TaskConfig(type="regression")}
+    tasks = {"a": TaskSpec(type="binary"), "b": TaskSpec(type="regression")}
     w = torch.ones(3, requires_grad=True)
     x = torch.randn(5, 3)
     outputs = {"a": x @ w, "b": x @ w * 2}
@@ -43,12 +43,12 @@ def test_an_all_nan_batch_gives_zero_loss_and_zero_gradient() -> None:
 
 
 def test_multiclass_and_huber_losses() -> None:
-    ce = TaskConfig(type="multiclass")
+    ce = TaskSpec(type="multiclass")
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     y = torch.tensor([0.0, float("nan")])
     expected = -math.log(math.exp(2) / (math.exp(2) + 2))
     assert math.isclose(float(masked_loss(ce, logits, y)), expected, rel_tol=1e-6)
-    huber = TaskConfig(type="regression", loss="huber", huber_delta=1.0)
+    huber = TaskSpec(type="regression", loss="huber", huber_delta=1.0)
     # |err| = 3 > delta: delta * (|err| - delta / 2) = 2.5
     assert math.isclose(float(masked_loss(huber, torch.tensor([3.0]), torch.tensor([0.0]))), 2.5)
 
@@ -59,12 +59,12 @@ def _one_by_one(tasks, outputs, labels):
 
 def test_grouped_losses_equal_per_task_losses_in_task_order() -> None:
     tasks = {
-        "a": TaskConfig(type="binary"),
-        "r": TaskConfig(type="regression"),
-        "m": TaskConfig(type="multiclass"),
-        "b": TaskConfig(type="binary"),
-        "h": TaskConfig(type="regression", loss="huber", huber_delta=0.5),
-        "r2": TaskConfig(type="regression"),
+        "a": TaskSpec(type="binary"),
+        "r": TaskSpec(type="regression"),
+        "m": TaskSpec(type="multiclass"),
+        "b": TaskSpec(type="binary"),
+        "h": TaskSpec(type="regression", loss="huber", huber_delta=0.5),
+        "r2": TaskSpec(type="regression"),
     }
     n = 64
     g = torch.Generator().manual_seed(0)
@@ -104,9 +104,9 @@ def test_one_task_and_batched_gradients() -> None:
     it, with batched grad outputs) stay per task."""
     x = torch.randn(10, 2, requires_grad=True)
     labels = {"a": torch.ones(10), "b": torch.zeros(10)}
-    one = task_losses({"a": TaskConfig(type="binary")}, {"a": x[:, 0]}, labels)
+    one = task_losses({"a": TaskSpec(type="binary")}, {"a": x[:, 0]}, labels)
     assert one.shape == (1,)
-    tasks = {"a": TaskConfig(type="binary"), "b": TaskConfig(type="binary")}
+    tasks = {"a": TaskSpec(type="binary"), "b": TaskSpec(type="binary")}
     losses = task_losses(tasks, {"a": x[:, 0], "b": x[:, 1]}, labels)
     (jac,) = torch.autograd.grad(losses, [x], torch.eye(2), is_grads_batched=True)
     assert torch.all(jac[0, :, 1] == 0) and torch.all(jac[1, :, 0] == 0)
@@ -128,11 +128,11 @@ def test_interleaved_tasks_match_each_task_alone_without_an_index_tensor() -> No
     computed in one group, and put back in task order with no permutation tensor built from
     host data (a host-to-device copy every step on CUDA)."""
     tasks = {
-        "a": TaskConfig(type="binary", huber_delta=0.5),
-        "r": TaskConfig(type="regression"),
-        "b": TaskConfig(type="binary", huber_delta=2.0),
-        "h": TaskConfig(type="regression", loss="huber", huber_delta=0.5),
-        "c": TaskConfig(type="binary"),
+        "a": TaskSpec(type="binary", huber_delta=0.5),
+        "r": TaskSpec(type="regression"),
+        "b": TaskSpec(type="binary", huber_delta=2.0),
+        "h": TaskSpec(type="regression", loss="huber", huber_delta=0.5),
+        "c": TaskSpec(type="binary"),
     }
     g = torch.Generator().manual_seed(1)
     outputs = {k: torch.randn(32, generator=g, requires_grad=True) for k in tasks}

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from polytask.config import TaskConfig
 from polytask.metrics import task_metrics
+from polytask.tasks import TaskSpec
 
 
 def test_binary_loss_is_bce_with_logits_even_for_extreme_logits() -> None:
-    task = TaskConfig.model_validate({"type": "binary"})
+    task = TaskSpec(**{"type": "binary"})
     logits = np.array([-30.0, 2.0, -1.0, 40.0, 0.0])
     labels = np.array([1.0, 0.0, 1.0, 0.0, np.nan])  # the unlabelled row is left out
     expected = float(
@@ -29,7 +29,7 @@ def test_binary_loss_is_bce_with_logits_even_for_extreme_logits() -> None:
 
 
 def test_multiclass_loss_is_cross_entropy_from_logits() -> None:
-    task = TaskConfig.model_validate({"type": "multiclass"})
+    task = TaskSpec(**{"type": "multiclass"})
     logits = np.array([[-40.0, 40.0, 0.0], [1.0, 2.0, 3.0], [500.0, -500.0, 0.0]])
     labels = np.array([0.0, 2.0, 0.0])
     expected = float(
@@ -43,7 +43,7 @@ def test_multiclass_loss_is_cross_entropy_from_logits() -> None:
 
 @pytest.mark.parametrize("loss", ["mse", "huber"])
 def test_regression_loss_is_the_training_loss(loss: str) -> None:
-    task = TaskConfig.model_validate({"type": "regression", "loss": loss, "huber_delta": 0.7})
+    task = TaskSpec(**{"type": "regression", "loss": loss, "huber_delta": 0.7})
     out = np.array([0.0, 1.5, -3.0, 10.0])
     y = np.array([0.2, 0.0, 1.0, 10.0])
     fn = F.mse_loss if loss == "mse" else lambda a, b: F.huber_loss(a, b, delta=0.7)

@@ -117,13 +117,13 @@ def test_every_readme_command_and_snippet_runs(checkout: Path) -> None:
 def test_the_weighting_list_marks_exactly_the_weightings_that_need_an_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from polytask.config import TaskConfig
     from polytask.errors import MissingExtraError
+    from polytask.tasks import TaskSpec
     from polytask.weighting import WEIGHTINGS
 
     for module in ("quadprog", "qpsolvers", "cvxpy", "ecos", "clarabel"):
         monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError
-    tasks = {"a": TaskConfig(type="binary"), "b": TaskConfig(type="regression")}
+    tasks = {"a": TaskSpec(type="binary"), "b": TaskSpec(type="regression")}
     needs = set()
     for name, entry in WEIGHTINGS.items():
         try:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from polytask.cli import main
-from polytask.config import TaskConfig
+from polytask.tasks import TaskSpec
 from polytask.tracking import (
     annotate_history,
     epochs_apart,
@@ -24,9 +24,9 @@ from polytask.tracking import (
 )
 
 TASKS = {
-    "ctr": TaskConfig(type="binary"),
-    "dwell": TaskConfig(type="regression"),
-    "kind": TaskConfig(type="multiclass"),
+    "ctr": TaskSpec(type="binary"),
+    "dwell": TaskSpec(type="regression"),
+    "kind": TaskSpec(type="multiclass"),
 }
 
 

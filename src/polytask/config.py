@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -103,10 +103,6 @@ class TaskConfig(Strict):
         if self.loss is None:
             object.__setattr__(self, "loss", kind.loss_name(self.spec()))
         return self
-
-    # A validated TaskConfig reads like an unfitted spec (tests hand one to the lower layers).
-    label_shift: ClassVar[float] = 0.0
-    label_scale: ClassVar[float] = 1.0
 
     def spec(self) -> TaskSpec:
         """The plain task spec the layers below take."""

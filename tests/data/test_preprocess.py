@@ -10,14 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from polytask.config import FeaturesConfig, TaskConfig
+from polytask.config import FeaturesConfig
 from polytask.data import MISSING_INDEX, UNKNOWN_INDEX, Preprocessor
+from polytask.tasks import TaskSpec
 
 
 def _pre(features: Any, tasks: Any) -> Preprocessor:
     return Preprocessor(
         features=FeaturesConfig.model_validate(features),
-        tasks={k: TaskConfig.model_validate(v) for k, v in tasks.items()},
+        tasks={k: TaskSpec(**v) for k, v in tasks.items()},
     )
 
 

@@ -11,14 +11,15 @@ import pytest
 import torch
 
 from polytask import DataError, NotFittedError
-from polytask.config import FeaturesConfig, TaskConfig
+from polytask.config import FeaturesConfig
 from polytask.data import Preprocessor, read_table
+from polytask.tasks import TaskSpec
 
 
 def preprocessor(**tasks: dict[str, Any]) -> Preprocessor:
     return Preprocessor(
         features=FeaturesConfig(categorical=["color"], numeric=["x"]),
-        tasks={name: TaskConfig(**t) for name, t in (tasks or {"y": {"type": "binary"}}).items()},
+        tasks={name: TaskSpec(**t) for name, t in (tasks or {"y": {"type": "binary"}}).items()},
     )
 
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from polytask import MultiTaskModel
-from polytask.config import FeaturesConfig, TaskConfig
+from polytask.config import FeaturesConfig
 from polytask.data import Preprocessor
 from polytask.data.stream import StreamingBatches, fit_preprocessor_streaming
+from polytask.tasks import TaskSpec
 
 FEATURES = {
     "categorical": ["city", {"name": "device", "min_freq": 3}, "code"],
@@ -53,7 +54,7 @@ def _write(df: pd.DataFrame, path: Path, row_group: int) -> Path:
 def _pre() -> Preprocessor:
     return Preprocessor(
         features=FeaturesConfig.model_validate(FEATURES),
-        tasks={k: TaskConfig.model_validate(v) for k, v in TASKS.items()},
+        tasks={k: TaskSpec(**v) for k, v in TASKS.items()},
     )
 
 

@@ -23,15 +23,16 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from polytask import PolytaskError
-from polytask.config import FeaturesConfig, TaskConfig
+from polytask.config import FeaturesConfig
 from polytask.data import MISSING_INDEX, UNKNOWN_INDEX, EncodedData, Preprocessor
 from polytask.data.preprocess import category_strings
+from polytask.tasks import TaskSpec
 
 
 def make(tasks: dict[str, dict[str, Any]], **features: Any) -> Preprocessor:
     return Preprocessor(
         features=FeaturesConfig(**{**FEATURES, **features}),
-        tasks={k: TaskConfig(**v) for k, v in tasks.items()},
+        tasks={k: TaskSpec(**v) for k, v in tasks.items()},
     )
 
 

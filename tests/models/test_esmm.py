@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from polytask import ConfigError, MultiTaskModel
-from polytask.config import TaskConfig
 from polytask.datasets import funnel_synthetic, split_frame
 from polytask.losses import task_losses
 from polytask.models import ESMM, ESMMParams, Head, ctcvr_logit
 from polytask.nn import FeatureInput
+from polytask.tasks import TaskSpec
 
 HEADS = [Head("ctr", "binary"), Head("ctcvr", "binary")]
-TASKS = {"ctr": TaskConfig(type="binary"), "ctcvr": TaskConfig(type="binary")}
+TASKS = {"ctr": TaskSpec(type="binary"), "ctcvr": TaskSpec(type="binary")}
 FUNNEL_FEATURES = {
     "categorical": ["user_group", "item_cat", "position"],
     "numeric": ["user_activity", "price", "item_quality"],

@@ -13,17 +13,18 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from polytask import ConfigError, MultiTaskModel
-from polytask.config import OptimizerConfig, TaskConfig
+from polytask.config import OptimizerConfig
 from polytask.losses import task_losses
 from polytask.models import PLE, CGCParams, Head, PLEParams, cgc
 from polytask.nn import FeatureInput, mix
+from polytask.tasks import TaskSpec
 from polytask.training import build_optimizer
 
 HEADS = [Head("a", "binary"), Head("b", "regression"), Head("c", "multiclass", out_dim=3)]
 TASKS = {
-    "a": TaskConfig(type="binary"),
-    "b": TaskConfig(type="regression"),
-    "c": TaskConfig(type="multiclass"),
+    "a": TaskSpec(type="binary"),
+    "b": TaskSpec(type="regression"),
+    "c": TaskSpec(type="multiclass"),
 }
 
 

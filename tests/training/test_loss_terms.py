@@ -8,16 +8,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from polytask.config import TaskConfig
 from polytask.data import LABEL_PREFIX
 from polytask.losses import add_terms, task_losses
 from polytask.models import Head, SharedBottomParams, SharedMLPNet
 from polytask.models.base import Representation
 from polytask.nn import FeatureInput
+from polytask.tasks import TaskSpec
 from polytask.training.step import TrainStep, forward_objective
 from polytask.weighting import WEIGHTINGS
 
-TASKS = {"a": TaskConfig(type="binary"), "b": TaskConfig(type="regression")}
+TASKS = {"a": TaskSpec(type="binary"), "b": TaskSpec(type="regression")}
 
 
 class _WithTerms(SharedMLPNet):

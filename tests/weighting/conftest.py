@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import torch
 
-from polytask.config import OptimizerConfig, TaskConfig, TrainingConfig
+from polytask.config import OptimizerConfig, TrainingConfig
 from polytask.data import LABEL_PREFIX, EncodedData
 from polytask.losses import task_losses
 from polytask.models import MODELS, Head, MultiTaskNet
 from polytask.nn import FeatureInput
+from polytask.tasks import TaskSpec
 from polytask.training import build_optimizer, fit_loop
 from polytask.weighting import WEIGHTINGS, Weighting
 
@@ -32,9 +33,9 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture
-def two_tasks() -> dict[str, TaskConfig]:
+def two_tasks() -> dict[str, TaskSpec]:
     """A binary and a regression task (different loss scales)."""
-    return {"click": TaskConfig(type="binary"), "dwell": TaskConfig(type="regression")}
+    return {"click": TaskSpec(type="binary"), "dwell": TaskSpec(type="regression")}
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def _make_model(name: str, task_names: list[str], types: Mapping[str, str]) -> M
 
 
 @pytest.fixture
-def make_model(two_tasks: dict[str, TaskConfig]) -> Callable[..., MultiTaskNet]:
+def make_model(two_tasks: dict[str, TaskSpec]) -> Callable[..., MultiTaskNet]:
     """``make_model("shared_bottom" | "moe" | "mmoe")``: a tiny model for ``two_tasks``,
     seeded."""
 
@@ -85,7 +86,7 @@ def make_model(two_tasks: dict[str, TaskConfig]) -> Callable[..., MultiTaskNet]:
 def build_weighting() -> Callable[..., Weighting]:
     """``build_weighting(name, tasks, **params)`` through the registry, as the estimator does."""
 
-    def build(name: str, tasks: Mapping[str, TaskConfig], **params: Any) -> Weighting:
+    def build(name: str, tasks: Mapping[str, TaskSpec], **params: Any) -> Weighting:
         entry = WEIGHTINGS[name]
         weighting: Weighting = entry.build(tasks=tasks, params=entry.params.model_validate(params))
         return weighting
@@ -94,7 +95,7 @@ def build_weighting() -> Callable[..., Weighting]:
 
 
 @pytest.fixture
-def full_losses(two_tasks: dict[str, TaskConfig]) -> Callable[[MultiTaskNet, EncodedData], Any]:
+def full_losses(two_tasks: dict[str, TaskSpec]) -> Callable[[MultiTaskNet, EncodedData], Any]:
     """Task losses ``[K]`` of a model on a whole split, in eval mode, without gradient."""
 
     @torch.no_grad()
@@ -112,9 +113,9 @@ def full_losses(two_tasks: dict[str, TaskConfig]) -> Callable[[MultiTaskNet, Enc
 
 
 @pytest.fixture
-def train_briefly(two_tasks: dict[str, TaskConfig]) -> Callable[..., Any]:
+def train_briefly(two_tasks: dict[str, TaskSpec]) -> Callable[..., Any]:
     """``train_briefly(model, weighting, data, epochs=6)``: Adam at 0.01, batches of 64,
-    through `fit_loop` (which picks the step from ``weighting.needs_gradients``)."""
+    through `fit_loop` (whose step combines per-task gradients for a `GradientWeighting`)."""
 
     def train(
         model: MultiTaskNet, weighting: Weighting, data: EncodedData, *, epochs: int = 6

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torchjd import aggregation as agg
 
-from polytask.config import TaskConfig
 from polytask.data import LABEL_PREFIX
 from polytask.losses import task_losses
 from polytask.models import MultiTaskNet
+from polytask.tasks import TaskSpec
 from polytask.training import StepResult, TrainStep
 from polytask.training import _aggregate as aggregate_module
 from polytask.training import step as step_module
@@ -29,14 +29,14 @@ MODELS = ["shared_bottom", "moe", "mmoe"]
 def aggregate_step(
     model: MultiTaskNet,
     weighting: Weighting,
-    tasks: dict[str, TaskConfig],
+    tasks: dict[str, TaskSpec],
     optimizer: torch.optim.Optimizer,
     batch: dict[str, torch.Tensor],
 ) -> StepResult:
     return TrainStep(model, weighting, tasks, optimizer)(batch)
 
 
-def _losses(model: MultiTaskNet, tasks: dict[str, TaskConfig], batch: dict[str, Any]) -> Any:
+def _losses(model: MultiTaskNet, tasks: dict[str, TaskSpec], batch: dict[str, Any]) -> Any:
     labels = {n: batch[LABEL_PREFIX + n] for n in tasks}
     return task_losses(tasks, model(batch), labels)
 
@@ -56,7 +56,7 @@ def _is_tower(name: str) -> bool:
 def test_jacobian_rows_are_the_task_loss_gradients(
     model_name: str,
     make_model: Callable[..., MultiTaskNet],
-    two_tasks: dict[str, TaskConfig],
+    two_tasks: dict[str, TaskSpec],
     two_task_data: Any,
 ) -> None:
     model = make_model(model_name)
@@ -82,7 +82,7 @@ def test_mean_and_sum_aggregators_reproduce_the_joint_backward(
     model_name: str,
     reduce: str,
     make_model: Callable[..., MultiTaskNet],
-    two_tasks: dict[str, TaskConfig],
+    two_tasks: dict[str, TaskSpec],
     two_task_data: Any,
 ) -> None:
     """The Jacobian path is exact: with the Sum aggregator every ``.grad`` is that of
@@ -116,7 +116,7 @@ def test_mean_and_sum_aggregators_reproduce_the_joint_backward(
 
 def test_shared_update_is_the_aggregation_of_the_jacobian(
     make_model: Callable[..., MultiTaskNet],
-    two_tasks: dict[str, TaskConfig],
+    two_tasks: dict[str, TaskSpec],
     two_task_data: Any,
 ) -> None:
     model = make_model("mmoe")
@@ -134,7 +134,7 @@ def test_shared_update_is_the_aggregation_of_the_jacobian(
 
 def test_gradnorm_step_gradients(
     make_model: Callable[..., MultiTaskNet],
-    two_tasks: dict[str, TaskConfig],
+    two_tasks: dict[str, TaskSpec],
     two_task_data: Any,
 ) -> None:
     """Model: the gradient of ``sum_k w_k L_k`` everywhere (the last shared layer included);
@@ -178,7 +178,7 @@ def test_gradnorm_step_gradients(
 
 def test_non_finite_loss_skips_the_update(
     make_model: Callable[..., MultiTaskNet],
-    two_tasks: dict[str, TaskConfig],
+    two_tasks: dict[str, TaskSpec],
     two_task_data: Any,
 ) -> None:
     model = make_model("mmoe")
@@ -204,7 +204,7 @@ class _NaNAggregator(agg.Aggregator):
 
 def test_non_finite_update_skips_the_update(
     make_model: Callable[..., MultiTaskNet],
-    two_tasks: dict[str, TaskConfig],
+    two_tasks: dict[str, TaskSpec],
     two_task_data: Any,
 ) -> None:
     model = make_model("shared_bottom")
@@ -226,7 +226,7 @@ def test_the_step_combines_gradients_when_the_weighting_needs_them(
     name: str,
     expected: int,
     make_model: Callable[..., MultiTaskNet],
-    two_tasks: dict[str, TaskConfig],
+    two_tasks: dict[str, TaskSpec],
     two_task_data: Any,
     build_weighting: Callable[..., Weighting],
     train_briefly: Callable[..., Any],
@@ -268,7 +268,7 @@ def test_each_step_reads_the_device_once_or_twice_for_gradient_weightings(
     name: str,
     per_step: int,
     make_model: Callable[..., MultiTaskNet],
-    two_tasks: dict[str, TaskConfig],
+    two_tasks: dict[str, TaskSpec],
     two_task_data: Any,
     build_weighting: Callable[..., Weighting],
     train_briefly: Callable[..., Any],
@@ -286,7 +286,7 @@ def test_each_step_reads_the_device_once_or_twice_for_gradient_weightings(
 
 def test_the_parameter_split_is_computed_once_per_fit(
     make_model: Callable[..., MultiTaskNet],
-    two_tasks: dict[str, TaskConfig],
+    two_tasks: dict[str, TaskSpec],
     two_task_data: Any,
     build_weighting: Callable[..., Weighting],
     train_briefly: Callable[..., Any],

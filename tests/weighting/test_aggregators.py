@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from polytask import MultiTaskModel
-from polytask.config import TaskConfig
 from polytask.errors import ConfigError
+from polytask.tasks import TaskSpec
 from polytask.weighting import GradientWeighting, Weighting
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*not DPP:UserWarning")
 
-TASKS = {"a": TaskConfig(type="binary"), "b": TaskConfig(type="regression")}
+TASKS = {"a": TaskSpec(type="binary"), "b": TaskSpec(type="regression")}
 ORTHOGONAL = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
 """g_a = (3, 0), g_b = (0, 4): no conflict, different norms; every method has a closed form."""
 

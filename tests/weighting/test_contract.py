@@ -20,7 +20,8 @@ import pydantic
 import pytest
 import torch
 
-from polytask.config import LossConfig, TaskConfig
+from polytask.config import LossConfig
+from polytask.tasks import TaskSpec
 from polytask.training import TrainStep
 from polytask.weighting import WEIGHTINGS, GradientWeighting, Weighting
 
@@ -33,14 +34,14 @@ RANDOM = {"rlw", "rgw", "pcgrad", "gradvac"}
 which task gets which draw: their permutation property holds in expectation."""
 
 TASKS3 = {
-    "a": TaskConfig(type="binary", weight=0.5),
-    "b": TaskConfig(type="regression", weight=2.0),
-    "c": TaskConfig(type="multiclass", weight=1.0),
+    "a": TaskSpec(type="binary", weight=0.5),
+    "b": TaskSpec(type="regression", weight=2.0),
+    "c": TaskSpec(type="multiclass", weight=1.0),
 }
 PERM = [2, 0, 1]
 
 
-def _permuted(tasks: dict[str, TaskConfig], perm: list[int]) -> dict[str, TaskConfig]:
+def _permuted(tasks: dict[str, TaskSpec], perm: list[int]) -> dict[str, TaskSpec]:
     names = list(tasks)
     return {names[i]: tasks[names[i]] for i in perm}
 
@@ -163,7 +164,7 @@ def test_never_calls_backward(
 def test_short_training_lowers_both_task_losses(
     name: str,
     make_model: Callable[..., Any],
-    two_tasks: dict[str, TaskConfig],
+    two_tasks: dict[str, TaskSpec],
     two_task_data: Any,
     build_weighting: Callable[..., Weighting],
     train_briefly: Callable[..., Any],
@@ -226,7 +227,7 @@ def test_task_permutation_keeps_update_in_expectation(
 def test_state_survives_save_load_and_checkpoint(
     name: str,
     make_model: Callable[..., Any],
-    two_tasks: dict[str, TaskConfig],
+    two_tasks: dict[str, TaskSpec],
     two_task_data: Any,
     build_weighting: Callable[..., Weighting],
     train_briefly: Callable[..., Any],

@@ -10,10 +10,10 @@ import torch
 from torchjd.scalarization import DWA as TorchjdDWA
 
 from polytask import MultiTaskModel
-from polytask.config import TaskConfig
+from polytask.tasks import TaskSpec
 from polytask.weighting import DWA, DWAParams
 
-TASKS = {"ctr": TaskConfig(type="binary"), "dwell": TaskConfig(type="regression")}
+TASKS = {"ctr": TaskSpec(type="binary"), "dwell": TaskSpec(type="regression")}
 EPOCH_MEANS = [[1.0, 2.0], [0.5, 1.8], [0.4, 0.9]]
 
 

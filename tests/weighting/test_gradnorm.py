@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from polytask import MultiTaskModel
-from polytask.config import TaskConfig
+from polytask.tasks import TaskSpec
 from polytask.weighting import GradNorm, GradNormParams
 
-TASKS = {"ctr": TaskConfig(type="binary"), "dwell": TaskConfig(type="regression")}
+TASKS = {"ctr": TaskSpec(type="binary"), "dwell": TaskSpec(type="regression")}
 
 
 def _gradnorm(alpha: float = 1.5) -> GradNorm:

@@ -8,14 +8,14 @@ from typing import Any
 import torch
 
 from polytask import MultiTaskModel
-from polytask.config import TaskConfig
+from polytask.tasks import TaskSpec
 from polytask.weighting import RLW, NoParams
 from polytask.weighting._random import own_seed
 
 TASKS = {
-    "a": TaskConfig(type="binary"),
-    "b": TaskConfig(type="regression"),
-    "c": TaskConfig(type="binary"),
+    "a": TaskSpec(type="binary"),
+    "b": TaskSpec(type="regression"),
+    "c": TaskSpec(type="binary"),
 }
 
 

@@ -9,12 +9,12 @@ import pandas as pd
 import torch
 
 from polytask import MultiTaskModel
-from polytask.config import TaskConfig
+from polytask.tasks import TaskSpec
 from polytask.weighting import Uncertainty, UncertaintyParams
 
 
 def test_each_task_gets_its_form() -> None:
-    tasks = {"r": TaskConfig(type="regression"), "c": TaskConfig(type="binary")}
+    tasks = {"r": TaskSpec(type="regression"), "c": TaskSpec(type="binary")}
     w = Uncertainty(tasks=tasks, params=UncertaintyParams())
     with torch.no_grad():
         w.log_vars[0].fill_(0.4)
@@ -26,7 +26,7 @@ def test_each_task_gets_its_form() -> None:
 
 
 def test_clamp_bounds_log_variance() -> None:
-    tasks = {"r": TaskConfig(type="regression")}
+    tasks = {"r": TaskSpec(type="regression")}
     w = Uncertainty(tasks=tasks, params=UncertaintyParams(clamp=(-1.0, 1.0)))
     with torch.no_grad():
         w.log_vars[0].fill_(5.0)

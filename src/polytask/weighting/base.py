@@ -25,8 +25,6 @@ class NoParams(BaseModel):
 class Weighting(nn.Module):
     """Base: ``forward(losses [K]) -> scalar``. Tasks are in the order of the ``tasks`` map."""
 
-    needs_gradients: ClassVar[bool] = False
-
     def __init__(self, *, tasks: Mapping[str, TaskSpec]) -> None:
         super().__init__()
         self.task_names = list(tasks)
@@ -83,14 +81,13 @@ class GradientWeighting(Weighting):
     other parameters, steps the optimizer and calls `after_step`.
     """
 
-    needs_gradients: ClassVar[bool] = True
     jacobian_on: ClassVar[Literal["shared", "last_shared"]] = "shared"
 
     def forward(self, losses: Tensor) -> Tensor:
         raise RuntimeError(
             f"{type(self).__name__} needs per-task gradients, not only losses: train with "
-            "polytask.training.TrainStep, which combines per-task gradients when "
-            "weighting.needs_gradients is True"
+            "polytask.training.TrainStep, which combines per-task gradients for a "
+            "GradientWeighting"
         )
 
     def combine(self, losses: Tensor, jacobian: Tensor) -> GradientUpdate:
