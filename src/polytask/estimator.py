@@ -36,6 +36,7 @@ from polytask.config import (
 )
 from polytask.data import EncodedData, Preprocessor, read_table
 from polytask.data.chunks import CHUNK_ROWS, read_chunks, write_chunks
+from polytask.data.stream import SplitShard
 from polytask.decision import DEFAULT_TRANSFORM, ScoreSpec, fused_score
 from polytask.errors import (
     ConfigError,
@@ -66,8 +67,12 @@ from polytask.training.checkpoint import Checkpointer, _strip, open_checkpoints
 from polytask.training.distributed import (
     DistributedTraining,
     ProcessGroup,
+    broadcast_from_main,
+    current_group,
+    gather_on_main,
     is_main_process,
     join_process_group,
+    shard_outputs,
 )
 from polytask.training.inputs import TrainingData, read_training_data
 from polytask.training.precision import training_network
@@ -343,7 +348,8 @@ class MultiTaskModel:
         try:
             result = fit_loop(
                 model=trained, weighting=parts.weighting, tasks=tasks, optimizer=parts.optimizer,
-                scheduler=parts.scheduler, train=source, validation=data.validation, cfg=tcfg,
+                scheduler=parts.scheduler, train=source, validation=data.validation_split,
+                cfg=tcfg,
                 checkpoints=checkpoints, start=start, distributed=parallel, callbacks=callbacks,
             )  # fmt: skip
         except TrainingError as err:  # a non-finite loss: say when a label's scale is why
@@ -418,7 +424,14 @@ class MultiTaskModel:
                 checkpoint=None if checkpoints is None else checkpoints.latest,
             )
         if cfg.calibration:
-            if data.validation is None:
+            if data.validation_shard is not None:
+                warnings.warn(
+                    f"calibration {dict(cfg.calibration)} is fitted on the validation set, "
+                    "which is sharded over the processes here; call calibrate(table) with a "
+                    "labelled table",
+                    stacklevel=3,
+                )
+            elif data.validation is None:
                 warnings.warn(
                     f"calibration {dict(cfg.calibration)} is fitted on the validation set, and "
                     "fit was given none; call calibrate(table) with a labelled table",
@@ -479,7 +492,57 @@ class MultiTaskModel:
                     )
             frame = data
         encoded = self._encoded(data, labels=None, what="evaluation data")
-        outputs = self._raw_outputs(encoded)
+        return self._metrics(encoded, self._raw_outputs(encoded), frame, group)
+
+    def evaluate_sharded(
+        self, path: str | os.PathLike[str], *, chunk_rows: int = CHUNK_ROWS
+    ) -> dict[str, dict[str, float]]:
+        """`evaluate` of a Parquet split (a file, directory or glob) too large for one
+        process: exact metrics over all its rows, the same dict on every process.
+
+        Under torchrun every process must call it (a collective): each reads its row groups
+        chunk by chunk, keeps only its outputs and labels, and rank 0 gathers them (about
+        ``4 x (output columns + labels)`` bytes per row, e.g. 16 B for two binary tasks),
+        computes the metrics and broadcasts them. In one process the file is read chunk by
+        chunk. Every task's label column must be there; grouped metrics
+        (``decision.group``) need the whole table: use `evaluate`."""
+        self._check_fitted()
+        group = current_group()
+        rank, world = (0, 1) if group is None else group
+        shard = SplitShard(
+            path,
+            self.preprocessor_,
+            rank=rank,
+            world_size=world,
+            chunk_rows=chunk_rows,
+            what="evaluation data",
+        )
+        bs = self.config.training.eval_batch_size
+        outputs, labels = shard_outputs(self.network_, shard, bs, self._device())
+        gathered = (outputs, labels) if group is None else gather_on_main(outputs, labels)
+        result: dict[str, dict[str, float]] | None = None
+        if gathered is not None:
+            outputs, labels = gathered
+            n = shard.rows
+            encoded = EncodedData(
+                categorical=torch.zeros((n, 0), dtype=torch.long),
+                numeric=torch.zeros((n, 0)),
+                labels={k: torch.from_numpy(v) for k, v in labels.items()},
+            )
+            result = self._metrics(encoded, outputs, None, None)
+        if group is not None:
+            result = broadcast_from_main(result, self._device())
+        assert result is not None
+        return result
+
+    def _metrics(
+        self,
+        encoded: EncodedData,
+        outputs: dict[str, np.ndarray],
+        frame: pd.DataFrame | None,
+        group: str | None,
+    ) -> dict[str, dict[str, float]]:
+        """`evaluate`'s metrics from the outputs on ``encoded`` (whose labels are read)."""
         result = evaluate_split(
             self.network_,
             self.preprocessor_.tasks,

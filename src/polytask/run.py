@@ -22,6 +22,7 @@ from polytask import modelfile
 from polytask._atomic import atomic_write_text, clean_stale, leftover_pattern
 from polytask.config import DataConfig, RunConfig, SplitConfig
 from polytask.data import read_table
+from polytask.data.io import is_parquet
 from polytask.errors import (
     ConfigError,
     DataError,
@@ -40,8 +41,9 @@ class Splits:
     train: pd.DataFrame | Path
     """The training table; with ``training.stream``, the Parquet file's path (``fit`` reads
     it chunk by chunk)."""
-    validation: pd.DataFrame | None
-    test: pd.DataFrame | None
+    validation: pd.DataFrame | Path | None
+    """With sharded evaluation (`load_splits`'s ``sharded``), a Parquet split's path."""
+    test: pd.DataFrame | Path | None
 
 
 def _resolve(base: Path, path: str) -> Path:
@@ -67,7 +69,9 @@ def _read(data: DataConfig, base: Path, path: str, what: str) -> pd.DataFrame:
     return read_table(resolved, what=what)
 
 
-def load_splits(data: DataConfig, base: Path, *, stream: bool = False) -> Splits:
+def load_splits(
+    data: DataConfig, base: Path, *, stream: bool = False, sharded: bool = False
+) -> Splits:
     """The train / validation / test tables a data section describes. Relative paths are
     resolved against ``base`` (the run file's folder). With ``stream`` (``training.stream``)
     the training file is not read: ``train`` is its path (`RunConfig` refuses a streamed
@@ -99,13 +103,24 @@ def load_splits(data: DataConfig, base: Path, *, stream: bool = False) -> Splits
         assert out[0] is not None
         return Splits(out[0], out[1], out[2])
     assert data.train is not None
+
+    def other(path: str | None, what: str) -> pd.DataFrame | Path | None:
+        if not path:
+            return None
+        if sharded and is_parquet_source(path):  # each process reads its row groups
+            return _resolve(base, path)
+        return _read(data, base, path, what)
+
     return Splits(
         train=_resolve(base, data.train) if stream else _read(data, base, data.train, "data.train"),
-        validation=_read(data, base, data.validation, "data.validation")
-        if data.validation
-        else None,
-        test=_read(data, base, data.test, "data.test") if data.test else None,
+        validation=other(data.validation, "data.validation"),
+        test=other(data.test, "data.test"),
     )
+
+
+def is_parquet_source(path: str) -> bool:
+    """A Parquet file, a directory (of Parquet files) or a glob pattern."""
+    return any(c in path for c in "*?[") or is_parquet(path)
 
 
 DATA_PATH_KEYS = ("path", "train", "validation", "test", "preprocessor")
@@ -285,7 +300,12 @@ def run_training(
     checkpoint_dir = out / "checkpoints" if cfg.training.checkpoint_every or resume else None
     tracker = None
     try:
-        splits = load_splits(cfg.data, base, stream=cfg.training.stream is not None)
+        stream = cfg.training.stream is not None
+        # under torchrun a streamed run evaluates Parquet splits sharded: no process holds
+        # them whole (grouped metrics need the whole table, so not with decision.group)
+        sharded = stream and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        sharded = sharded and cfg.decision.group is None
+        splits = load_splits(cfg.data, base, stream=stream, sharded=sharded)
         if is_main_process():
             tracker = build_tracker(
                 cfg.training.loggers,
@@ -340,13 +360,23 @@ def _train_and_write(
             _write_run(model, {"interrupted": True}, cfg, base, out, checkpoint_dir)
             stop.saved = out / "model"
         raise
+    # Sharded evaluation (torchrun, streamed): every process evaluates its row groups.
+    sharded: dict[str, Any] = {}
+    sharded_rows: dict[str, int] = {}
+    for name, split in (("test", splits.test), ("validation", splits.validation)):
+        if isinstance(split, Path):
+            assert cfg.training.stream is not None
+            chunk_rows = cfg.training.stream.chunk_rows
+            sharded[name] = model.evaluate_sharded(split, chunk_rows=chunk_rows)
+            sharded_rows[name] = count_rows(split)
     if not is_main_process():
         barrier()  # distributed training: rank 0 holds the same model, evaluates and writes
         return {}
     # Each table is encoded once, for its metrics and the gate statistics.
-    test = None if splits.test is None else model.encode(splits.test, what="test set")
-    valid = None
-    if splits.validation is not None:
+    test = valid = None
+    if isinstance(splits.test, pd.DataFrame):
+        test = model.encode(splits.test, what="test set")
+    if isinstance(splits.validation, pd.DataFrame):
         valid = model.encode(splits.validation, what="validation set")
     metrics: dict[str, Any] = {}
     # Grouped ranking metrics need the group column, which only the raw tables hold.
@@ -355,6 +385,7 @@ def _train_and_write(
         metrics["test"] = model.evaluate(splits.test if by_group else test)
     if valid is not None:
         metrics["validation"] = model.evaluate(splits.validation if by_group else valid)
+    metrics.update(sharded)
     metrics["train_samples_per_s"] = train_samples_per_s(model.history_)
     metrics["best_epoch"] = model.best_epoch_
     metrics["task_best_epochs"] = model.task_best_epochs_
@@ -363,8 +394,8 @@ def _train_and_write(
     metrics["skipped_batches"] = model.skipped_batches_
     metrics["rows"] = {
         "train": model.n_train_,
-        "validation": 0 if valid is None else len(valid),
-        "test": 0 if test is None else len(test),
+        "validation": sharded_rows.get("validation", 0 if valid is None else len(valid)),
+        "test": sharded_rows.get("test", 0 if test is None else len(test)),
     }
     gates_on = test if test is not None else valid
     if gates_on is not None:
@@ -379,6 +410,13 @@ def _train_and_write(
         tracker.finish(model.history_, metrics, files=files, folders=[out / "model"])
     barrier()
     return metrics
+
+
+def count_rows(path: Path) -> int:
+    """Rows of a Parquet file, directory or glob, from the footers."""
+    from polytask.data.stream import ParquetSet
+
+    return ParquetSet(path, [], "evaluation data").rows
 
 
 def _write_run(

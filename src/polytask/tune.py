@@ -235,6 +235,7 @@ def tune(
         )
     train_table, valid_table = splits.train, splits.validation
     assert isinstance(train_table, pd.DataFrame)  # not streamed
+    assert isinstance(valid_table, pd.DataFrame)  # not sharded
     directions = ["maximize" if monitor_mode(n) == "max" else "minimize" for n in names]
     single = len(names) == 1
     seed = cfg.training.seed

@@ -221,3 +221,21 @@ def test_too_few_rows_per_rank_is_a_clear_error(tmp_path: Path) -> None:
     pre = fit_preprocessor_streaming(_pre(), folder)
     with pytest.raises(DataError, match="fewer than a batch share"):
         _sharded(folder, pre, 0, 2)
+
+
+def test_evaluate_sharded_in_one_process_equals_evaluate(tmp_path: Path) -> None:
+    from polytask import MultiTaskModel
+
+    df = _frame(1500)
+    folder = _directory(df, tmp_path / "eval", [(800, 90), (700, 200)])
+    model = MultiTaskModel(
+        features=FEATURES,
+        tasks=TASKS,
+        model={"name": "shared_bottom", "shared_units": [8], "tower_units": [4]},
+        training={"epochs": 1, "progress": False},
+    ).fit(df)
+    ours = model.evaluate_sharded(folder, chunk_rows=128)
+    theirs = model.evaluate(df)
+    assert ours.keys() == theirs.keys()
+    for task, values in theirs.items():
+        assert ours[task] == pytest.approx(values, rel=1e-9), task

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from polytask import MultiTaskModel
 from polytask.config import FeaturesConfig, TaskConfig
@@ -196,3 +197,46 @@ def _worker(out: Path) -> None:
 
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]))
+
+
+def test_torchrun_train_evaluates_parquet_splits_sharded_and_exactly(tmp_path: Path) -> None:
+    """`polytask train` under torchrun with a streamed directory: the validation and test
+    Parquet splits are evaluated sharded (each rank reads its row groups), and metrics.json
+    holds the exact metrics over all their rows (those of one process on the saved model)."""
+    df = toy_table(1300)
+    write_directory(df.iloc[:900], tmp_path / "train")
+    df.iloc[900:1100].to_parquet(tmp_path / "valid.parquet", row_group_size=30)
+    (tmp_path / "test").mkdir()
+    df.iloc[1100:1200].to_parquet(tmp_path / "test" / "a.parquet", row_group_size=25)
+    df.iloc[1200:].to_parquet(tmp_path / "test" / "b.parquet", row_group_size=60)
+    spec = {
+        "data": {"train": "train", "validation": "valid.parquet", "test": "test"},
+        "features": FEATURES,
+        "tasks": TASKS,
+        "model": {**MODEL, "dropout": 0.0},
+        "optimizer": SGD,
+        "training": {
+            "epochs": 2,
+            "batch_size": 64,
+            "monitor": "mean.auc",
+            "progress": False,
+            "stream": {"buffer_rows": 200, "chunk_rows": 40},
+        },
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
+    done = torchrun("-m", "polytask", "train", "run.yaml", "--out", "ddp", cwd=tmp_path)
+    assert "trained by 2 processes (torchrun)" in done.stdout
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["rows"] == {"train": 900, "validation": 200, "test": 200}
+    model = MultiTaskModel.load(tmp_path / "ddp" / "model")
+    for split, frame in (("validation", df.iloc[900:1100]), ("test", df.iloc[1100:])):
+        expected = model.evaluate(frame)
+        for task in TASKS:
+            assert metrics[split][task] == pytest.approx(expected[task], rel=1e-6), split
+    # the epochs' validation metrics were computed sharded too, over all 200 rows
+    history = json.loads((tmp_path / "ddp" / "model" / "history.json").read_text())
+    assert history[-1]["validation"]["click"]["count"] == expected_count(df.iloc[900:1100])
+
+
+def expected_count(frame: pd.DataFrame) -> int:
+    return int(frame["click"].notna().sum())

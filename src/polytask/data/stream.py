@@ -676,3 +676,40 @@ class ShardedStream:
         """Make the next `epoch` continue the saved epoch after its first ``position`` steps."""
         self._current = self._active = int(state["epoch"])
         self._resume_at = position
+
+
+class SplitShard:
+    """One rank's part of an evaluation split stored as Parquet (a file, directory or glob),
+    for exact metrics over a split no rank holds whole: rank ``r`` of ``W`` reads the row
+    groups ``r, r + W, ...`` chunk by chunk (`chunks`); its outputs and labels, not its
+    feature columns, are what it keeps (`polytask.training.distributed.evaluate_shard`)."""
+
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        preprocessor: Preprocessor,
+        *,
+        rank: int,
+        world_size: int,
+        chunk_rows: int = CHUNK_ROWS,
+        what: str = "validation set",
+    ) -> None:
+        self.path, self.preprocessor, self.what = path, preprocessor, what
+        self.rank, self.world_size, self.chunk_rows = rank, world_size, chunk_rows
+        self.source = ParquetSet(path, _columns(preprocessor), what)
+        self.groups = list(range(rank, len(self.source.groups), world_size))
+        if self.source.rows == 0:  # every rank knows it from the footers: all raise
+            raise DataError(f"{what} is empty: expected at least one row, found 0")
+
+    @property
+    def rows(self) -> int:
+        """Rows of the whole split (every rank's)."""
+        return self.source.rows
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def chunks(self) -> Iterator[EncodedData]:
+        """This rank's rows, encoded ``chunk_rows`` at a time."""
+        for rb in self.source.read(self.groups, self.chunk_rows):
+            yield self.preprocessor.transform(rb.to_pandas(), labels=True, what=self.what)

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from polytask.data import LABEL_PREFIX, Batch, EncodedData, data_fingerprint
+from polytask.data.stream import SplitShard
 from polytask.errors import ConfigError, DataError
 from polytask.metrics import all_metrics
 from polytask.models import MultiTaskNet
@@ -316,12 +317,16 @@ class DistributedTraining(Reduction):
         self,
         model: MultiTaskNet,
         tasks: dict[str, TaskSpec],
-        data: EncodedData,
+        data: EncodedData | SplitShard,
         batch_size: int,
     ) -> dict[str, dict[str, float]]:
         """`evaluate_split` with each rank predicting a block of rows: exact metrics over all
-        rows in their original order, the same dict on every rank."""
+        rows in their original order, the same dict on every rank. A `SplitShard` (a
+        split no rank holds whole) is predicted by each rank over its own row groups, and
+        rank 0 gathers the outputs and labels (`evaluate_shard`)."""
         self.sync_buffers()  # every rank predicts its block with the same model
+        if isinstance(data, SplitShard):
+            return evaluate_shard(model, tasks, data, batch_size, self.device)
         n = len(data)
         if n < self.world_size:
             outputs = predict_outputs(model, data, batch_size)
@@ -359,3 +364,76 @@ class DistributedTraining(Reduction):
 
     def _object_device(self) -> torch.device | None:
         return self.device if dist.get_backend() == "nccl" else None
+
+
+def shard_outputs(
+    model: MultiTaskNet, shard: SplitShard, batch_size: int, device: torch.device
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """This rank's outputs and encoded labels (and weights) over its row groups of
+    ``shard``, read and predicted chunk by chunk: the features of one chunk at a time."""
+    outputs: dict[str, list[np.ndarray]] = {}
+    labels: dict[str, list[np.ndarray]] = {}
+    for chunk in shard.chunks():
+        for name, out in predict_outputs(model, chunk.to(device), batch_size).items():
+            outputs.setdefault(name, []).append(out)
+        for name, y in chunk.labels.items():
+            labels.setdefault(name, []).append(y.numpy())
+    return (
+        {k: np.concatenate(v) for k, v in outputs.items()},
+        {k: np.concatenate(v) for k, v in labels.items()},
+    )
+
+
+def gather_on_main(
+    outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """Every rank's outputs and labels, concatenated in rank order, on rank 0 (None on the
+    others). A collective; what crosses the wire is the arrays, not the feature columns."""
+    parts: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object((outputs, labels), parts, dst=0)
+    if parts is None:
+        return None
+    filled = [p for p in parts if p[1]]  # a rank with no row group sent nothing
+    if not filled:
+        return {}, {}
+    names_out, names_lab = filled[0][0].keys(), filled[0][1].keys()
+    return (
+        {k: np.concatenate([p[0][k] for p in filled]) for k in names_out},
+        {k: np.concatenate([p[1][k] for p in filled]) for k in names_lab},
+    )
+
+
+def evaluate_shard(
+    model: MultiTaskNet,
+    tasks: dict[str, TaskSpec],
+    shard: SplitShard,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, dict[str, float]]:
+    """Exact metrics over the whole split of ``shard``, the same dict on every rank: each
+    rank predicts its row groups, rank 0 gathers outputs and labels (about ``4 x (output
+    columns + labels)`` bytes per row of the split: 16 B for two binary tasks), computes
+    the metrics once and broadcasts them. A collective."""
+    outputs, labels = shard_outputs(model, shard, batch_size, device)
+    gathered = gather_on_main(outputs, labels)
+    metrics: list[Any] = [None]
+    if gathered is not None:
+        metrics[0] = all_metrics(tasks, gathered[0], gathered[1])
+    dist.broadcast_object_list(metrics, src=0, device=device if device.type == "cuda" else None)
+    result: dict[str, dict[str, float]] = metrics[0]
+    return result
+
+
+def current_group() -> tuple[int, int] | None:
+    """``(rank, world_size)`` of the initialized process group of several processes; None
+    in one process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def broadcast_from_main(value: Any, device: torch.device) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every rank. A collective."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
+    return box[0]

@@ -15,7 +15,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import pandas as pd
 import torch
@@ -23,9 +23,11 @@ import torch.distributed as dist
 
 from polytask.data import EncodedData, Preprocessor, data_fingerprint, read_table
 from polytask.data.features import FeaturesConfig
+from polytask.data.io import is_parquet
 from polytask.data.stream import (
     FitCounts,
     ShardedStream,
+    SplitShard,
     StreamingBatches,
     fit_preprocessor_streaming,
 )
@@ -47,6 +49,14 @@ class TrainingData:
     streamed: StreamingBatches | None = None
     shard: tuple[int, int] | None = None
     """``(rank, world_size)`` when torchrun's ranks stream their own row groups."""
+    validation_shard: SplitShard | None = None
+    """With sharded streaming and a Parquet validation set: this rank's part of it
+    (``validation`` is then None: no rank holds it whole)."""
+
+    @property
+    def validation_split(self) -> EncodedData | SplitShard | None:
+        """What each epoch is validated on."""
+        return self.validation if self.validation_shard is None else self.validation_shard
 
     @property
     def rows(self) -> int:
@@ -85,7 +95,10 @@ class TrainingData:
         and row count ("" without one)."""
         if self.streamed is None:
             return ""
-        return json.dumps([self.preprocessor.state_dict(), self.rows], sort_keys=True)
+        parts = [self.preprocessor.state_dict(), self.rows]
+        if self.validation_shard is not None:
+            parts.append(self.validation_shard.rows)
+        return json.dumps(parts, sort_keys=True)
 
     def fingerprint(self) -> str:
         """What a checkpoint checks it resumes on: a hash of every split in memory; a
@@ -190,11 +203,28 @@ def read_training_data(
         else:
             splits = {"train": pre.fit_transform(frame, labels=True, what="training set")}
         train_columns = set(frame.columns)
-    valid = None
-    if validation is not None:
+    valid, valid_shard = None, None
+    if shard is not None and training.stream is not None and _parquet_path(validation):
+        # sharded evaluation: each rank reads its row groups of the validation set
+        valid_shard = SplitShard(
+            validation,
+            pre,
+            rank=shard[0],
+            world_size=shard[1],
+            chunk_rows=training.stream.chunk_rows,
+        )
+    elif validation is not None:
         valid = encode_validation(validation, pre, list(tasks), train_columns).to(device)
     splits = {k: d.to(device) for k, d in splits.items()}
-    return TrainingData(kind, pre, splits, valid, streamed, shard)
+    return TrainingData(kind, pre, splits, valid, streamed, shard, valid_shard)
+
+
+def _parquet_path(value: Any) -> TypeGuard[str | os.PathLike[str]]:
+    """Whether ``value`` is the path of a Parquet file, directory or glob."""
+    if not isinstance(value, str | os.PathLike):
+        return False
+    text = str(value)
+    return any(c in text for c in "*?[") or is_parquet(value)
 
 
 def gather_counts(mine: FitCounts) -> list[FitCounts]:

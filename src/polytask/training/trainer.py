@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from polytask.data import Batch, EncodedData
-from polytask.data.stream import StreamingBatches
+from polytask.data.stream import SplitShard, StreamingBatches
 from polytask.errors import TrainingError
 from polytask.metrics import all_metrics, monitor_mode, monitor_value, undefined_in_mean
 from polytask.models import MultiTaskNet
@@ -126,7 +126,7 @@ def fit_loop(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     train: EncodedData | StreamingBatches | BatchSource,
-    validation: EncodedData | None,
+    validation: EncodedData | SplitShard | None,
     cfg: TrainingConfig,
     callbacks: Sequence[EpochCallback] = (),
     checkpoints: Checkpoints | None = None,
@@ -288,7 +288,11 @@ class _Loop:
             return time.perf_counter() - began, began
 
     def end_epoch(
-        self, elapsed: float, began: float, scheduler: Any, validation: EncodedData | None
+        self,
+        elapsed: float,
+        began: float,
+        scheduler: Any,
+        validation: EncodedData | SplitShard | None,
     ) -> None:
         """The epoch's record (losses, throughput, validation and monitor), the best epoch,
         the scheduler's step; the record goes to the log and the callbacks."""
@@ -327,12 +331,18 @@ class _Loop:
             )
         state.epoch, state.position = state.epoch + 1, 0
 
-    def _validate(self, record: dict[str, Any], validation: EncodedData) -> float:
+    def _validate(self, record: dict[str, Any], validation: EncodedData | SplitShard) -> float:
         """Validation metrics and the monitor into ``record``; tracks the best epoch. Returns
-        the monitor as a value to minimise."""
+        the monitor as a value to minimise. A `SplitShard` (torchrun: each rank holds its
+        part of the validation set) is evaluated by the process group."""
         state, result, cfg = self.state, self.state.result, self.cfg
-        evaluate = evaluate_split if self.distributed is None else self.distributed.evaluate
-        metrics = evaluate(self.model, self.tasks, validation, cfg.eval_batch_size)
+        if self.distributed is not None:
+            metrics = self.distributed.evaluate(
+                self.model, self.tasks, validation, cfg.eval_batch_size
+            )
+        else:
+            assert isinstance(validation, EncodedData)
+            metrics = evaluate_split(self.model, self.tasks, validation, cfg.eval_batch_size)
         record["validation"] = metrics
         value = monitor_value(metrics, cfg.monitor)
         for t, why in undefined_in_mean(metrics, cfg.monitor).items():
