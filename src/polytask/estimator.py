@@ -110,6 +110,9 @@ class _Sizes(Protocol):
     @property
     def numeric_width(self) -> int: ...
 
+    @property
+    def list_cardinalities(self) -> dict[str, int]: ...
+
     def num_classes(self, task: str) -> int: ...
 
 
@@ -119,7 +122,8 @@ class _SmallestSizes:
     network planned with them has fewer parameters than any the config can train."""
 
     def __init__(self, cfg: EstimatorConfig) -> None:
-        self.cardinalities = [2] * len(cfg.features.categorical)
+        self.cardinalities = [2] * len(cfg.features.single)
+        self.list_cardinalities = {f.name: 2 for f in cfg.features.lists if not f.shared_with}
         self.numeric_width = len(cfg.features.numeric)
         self._types = {name: t.type for name, t in cfg.tasks.items()}
 

@@ -99,7 +99,7 @@ def graph_inputs(model: MultiTaskModel) -> dict[str, list[str]]:
     """Input name -> the columns of its second axis, for each feature kind the model has."""
     pre = model.preprocessor_
     inputs: dict[str, list[str]] = {}
-    categorical = [f.name for f in model.config.features.categorical]
+    categorical = [f.name for f in model.config.features.single]
     if categorical:
         inputs["categorical"] = categorical
     numeric = [f.name for f in model.config.features.numeric]
@@ -194,6 +194,12 @@ def onnx_bytes(model: MultiTaskModel) -> bytes:
     name = model.config.model.name
     if name in REFUSED:
         raise ExportError(f"model {name!r} cannot be exported to ONNX: {REFUSED[name]}")
+    lists = [f.name for f in model.config.features.lists]
+    if lists:
+        raise ExportError(
+            f"list-valued feature(s) {lists} cannot be exported to ONNX yet: the graph takes "
+            "one categorical index per column; serve the model with the torch backend"
+        )
     require("onnxscript")
     onnx = require("onnx")
     inputs = graph_inputs(model)

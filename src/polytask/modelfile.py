@@ -248,6 +248,10 @@ class PreprocessorState(_Schema):
     train_columns: list[str] = Field(default_factory=list)
     label_scaling: dict[str, LabelScaling] = Field(default_factory=dict)
     """Absent from folders saved before label scaling existed: their labels were not scaled."""
+    hash_buckets: dict[str, int] = Field(default_factory=dict)
+    """Bucket count per hashed categorical column (absent from folders saved before hashing)."""
+    list_lengths: dict[str, int] = Field(default_factory=dict)
+    """Padded width per list-valued column (absent from folders saved before list features)."""
 
 
 def check_schema(path: Path, schema: type[BaseModel], raw: Any) -> Any:

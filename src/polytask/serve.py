@@ -72,6 +72,12 @@ class Service:
             torch.set_num_threads(threads)
         folder = Path(model_dir)
         self.model = MultiTaskModel.load(folder)
+        lists = [f.name for f in self.model.config.features.lists]
+        if lists:
+            raise PolytaskError(
+                f"{str(folder)!r}: list-valued feature(s) {lists} cannot be served yet (a JSON "
+                "row holds one value per column); predict on a table with polytask predict"
+            )
         self.backend = backend
         self.graph = None
         if backend == "onnx":
@@ -197,9 +203,11 @@ class RowEncoder:
 
     def __init__(self, pre: Any) -> None:
         assert pre.vocabularies_ is not None
+        # a hashed column has no vocabulary: its rows take the table path
+        self.hashed = any(f.hash_buckets is not None for f in pre.features.single)
         self.categorical = [
-            (f.name, {v: i + 2 for i, v in enumerate(pre.vocabularies_[f.name])})
-            for f in pre.features.categorical
+            (f.name, {v: i + 2 for i, v in enumerate(pre.vocabularies_.get(f.name, []))})
+            for f in pre.features.single
         ]
         self.numeric = [(f.name, pre.numeric_stats_[f.name]) for f in pre.features.numeric]
 
@@ -211,6 +219,8 @@ class RowEncoder:
             _scaled,
         )
 
+        if self.hashed:
+            return None
         cat = np.empty((len(rows), len(self.categorical)), dtype=np.int64)
         for j, (name, index) in enumerate(self.categorical):
             for i, row in enumerate(rows):
@@ -242,7 +252,7 @@ class RowEncoder:
             if stats.log1p:
                 arr = np.sign(arr) * np.log1p(np.abs(arr))
             scaled.append(_scaled(arr, np.isnan(arr), stats))
-        return _encoded(cat, scaled, {})
+        return _encoded(cat, scaled, {}, {})
 
 
 def _kind(value: Any) -> str:

@@ -259,6 +259,55 @@ def test_torchrun_polytask_train_writes_once_with_metrics_over_all_rows(tmp_path
         assert best[task] == pytest.approx(final, rel=1e-6)
 
 
+def test_torchrun_trains_list_features_like_one_process(tmp_path: Path) -> None:
+    """List-valued features, an attention sequence and hashed ids under torchrun (issue 10)."""
+    rng = np.random.default_rng(0)
+    n = 300
+    item = rng.integers(0, 15, n)
+    df = pd.DataFrame(
+        {
+            "item": item,
+            "user": [f"u{k}" for k in rng.integers(0, 100, n)],
+            "tags": ["|".join(rng.choice(list("abcd"), rng.integers(0, 3))) for _ in range(n)],
+            "history": [
+                "|".join(map(str, rng.integers(0, 15, rng.integers(0, 5)))) for _ in range(n)
+            ],
+            "x": rng.normal(size=n),
+        }
+    )
+    df["click"] = (rng.random(n) < 0.4).astype(int)
+    df.to_csv(tmp_path / "table.csv", index=False)
+    spec = {
+        "data": {"path": "table.csv", "split": {"train": 0.7, "validation": 0.15, "test": 0.15}},
+        "features": {
+            "categorical": [
+                "item",
+                {"name": "user", "hash_buckets": 32},
+                {"name": "tags", "sep": "|", "pooling": "mean"},
+                {
+                    "name": "history",
+                    "sep": "|",
+                    "pooling": "attention",
+                    "query": "item",
+                    "shared_with": "item",
+                    "max_len": 4,
+                },
+            ],
+            "numeric": ["x"],
+        },
+        "tasks": {"click": {"type": "binary"}},
+        "model": {"name": "mmoe", "num_experts": 2, "expert_units": [8], "tower_units": [4]},
+        "optimizer": SGD,
+        "training": {"epochs": 2, "batch_size": 45, "progress": False},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
+    done = torchrun("-m", "polytask", "train", "run.yaml", "--out", "ddp", cwd=tmp_path)
+    assert "trained by 2 processes (torchrun)" in done.stdout
+    assert main(["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "one")]) == 0
+    ours = load_file(tmp_path / "ddp" / "model" / "weights.safetensors")
+    _assert_close(ours, load_file(tmp_path / "one" / "model" / "weights.safetensors"))
+
+
 def _checkpointed_model() -> MultiTaskModel:
     """Dropout on shards of 32 and 31 rows: the ranks' RNG states differ, so resuming is only
     exact if each rank gets its own back."""

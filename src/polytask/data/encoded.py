@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 Batch = dict[str, torch.Tensor]
-"""``categorical`` LongTensor[B, C], ``numeric`` FloatTensor[B, M] and ``label:<task>``
+"""``categorical`` LongTensor[B, C], ``numeric`` FloatTensor[B, M], ``list:<column>``
+LongTensor[B, L] per list-valued column (see `EncodedData.lists`) and ``label:<task>``
 FloatTensor[B] per task. Missing labels are NaN."""
 
 LABEL_PREFIX = "label:"
+LIST_PREFIX = "list:"
+
+
+def batch_lists(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The list-valued columns of a batch, by column name (``list:<column>`` keys)."""
+    return {k[len(LIST_PREFIX) :]: v for k, v in batch.items() if k.startswith(LIST_PREFIX)}
 
 
 @dataclass
@@ -22,11 +29,22 @@ class EncodedData:
     ``categorical`` is ``[N, C]`` int64 vocabulary indices, ``numeric`` ``[N, M]`` float32
     (scaled values then missing indicators), ``labels[task]`` ``[N]`` float32 with NaN for
     "no label" (class index for multiclass).
+
+    ``lists[column]`` holds a list-valued column (a list feature, a behaviour sequence, or
+    any per-row sequence of ids such as a sentence's words) as a padded int64 ``[N, L]``:
+    row ``i``'s values are ``lists[column][i, :n_i]`` in their order, and every position
+    after them is 0, the padding index. Values are vocabulary (or hash bucket) indices from
+    2 (1 is "unknown"), so no value is 0 and a row's length is ``(row != 0).sum()``; an empty
+    list or a missing cell is a row of zeros. ``L`` is fixed per column (the fitted
+    ``max_len``), so splits and chunks concatenate and a batch is a plain row slice. Padded
+    rather than flat values plus offsets: selecting shuffled rows is then one gather, as for
+    every other column, and pooling reads ``[B, L]`` directly (measured in docs/features.md).
     """
 
     categorical: torch.Tensor
     numeric: torch.Tensor
     labels: dict[str, torch.Tensor]
+    lists: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.categorical.shape[0])
@@ -38,6 +56,7 @@ class EncodedData:
             categorical=self.categorical[index],
             numeric=self.numeric[index],
             labels={k: v[index] for k, v in self.labels.items()},
+            lists={k: v[index] for k, v in self.lists.items()},
         )
 
     @staticmethod
@@ -47,6 +66,7 @@ class EncodedData:
             categorical=torch.cat([p.categorical for p in parts]),
             numeric=torch.cat([p.numeric for p in parts]),
             labels={k: torch.cat([p.labels[k] for p in parts]) for k in parts[0].labels},
+            lists={k: torch.cat([p.lists[k] for p in parts]) for k in parts[0].lists},
         )
 
     def to(self, device: torch.device | str) -> EncodedData:
@@ -54,6 +74,7 @@ class EncodedData:
             categorical=self.categorical.to(device),
             numeric=self.numeric.to(device),
             labels={k: v.to(device) for k, v in self.labels.items()},
+            lists={k: v.to(device) for k, v in self.lists.items()},
         )
 
     def slice(self, start: int, stop: int) -> Batch:
@@ -62,6 +83,8 @@ class EncodedData:
             "categorical": self.categorical[start:stop],
             "numeric": self.numeric[start:stop],
         }
+        for k, v in self.lists.items():
+            batch[LIST_PREFIX + k] = v[start:stop]
         for k, v in self.labels.items():
             batch[LABEL_PREFIX + k] = v[start:stop]
         return batch
@@ -92,6 +115,7 @@ def data_fingerprint(splits: Mapping[str, EncodedData], *, extra: str = "") -> s
     h.update(extra.encode())
     for name, data in splits.items():
         columns = {"categorical": data.categorical, "numeric": data.numeric}
+        columns.update({LIST_PREFIX + k: v for k, v in data.lists.items()})
         columns.update({f"label:{k}": v for k, v in sorted(data.labels.items())})
         for column, tensor in columns.items():
             array = tensor.detach().cpu().contiguous().numpy()

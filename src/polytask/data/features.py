@@ -12,13 +12,68 @@ from pydantic import Field, field_validator, model_validator
 
 from polytask._schema import Strict
 
+Pooling = Literal["mean", "sum", "max", "attention"]
+
 
 class CategoricalFeature(Strict):
-    """A categorical column, embedded. ``embedding_dim``/``min_freq`` default to the section's."""
+    """A categorical column, embedded. ``embedding_dim``/``min_freq`` default to the section's.
+
+    Setting ``pooling``, ``sep`` or ``max_len`` makes it list-valued: each cell is a list of
+    values (a Parquet/pyarrow list, a Python list, or a string split on ``sep``), embedded
+    and pooled into one vector (docs/features.md). ``hash_buckets`` maps values to buckets
+    by a fixed hash instead of a vocabulary.
+    """
 
     name: str
     embedding_dim: int | None = Field(default=None, ge=1)
     min_freq: int | None = Field(default=None, ge=1)
+    hash_buckets: int | None = None
+    """Map values by a stable hash into this many buckets (no vocabulary is stored)."""
+    sep: str | None = None
+    """List-valued: a string cell is split on this separator."""
+    pooling: Pooling | None = None
+    """List-valued: how a row's embeddings become one vector (default ``mean``)."""
+    max_len: int | None = Field(default=None, ge=1)
+    """List-valued: keep at most this many values per row (default: the longest training
+    row)."""
+    truncate: Literal["first", "last"] = "last"
+    """List-valued: which values a longer row keeps, its first or its last ``max_len``."""
+    query: str | None = None
+    """``pooling: attention``: the categorical column whose embedding the values attend to."""
+    attention_softmax: bool = False
+    """``pooling: attention``: normalise the weights by a softmax over the row's values."""
+    attention_units: list[int] = Field(default_factory=lambda: [32])
+    """``pooling: attention``: hidden units of the attention MLP."""
+    shared_with: str | None = None
+    """List-valued: use this categorical column's embedding table and vocabulary."""
+
+    @property
+    def is_list(self) -> bool:
+        return self.pooling is not None or self.sep is not None or self.max_len is not None
+
+    @property
+    def pool(self) -> Pooling:
+        return self.pooling or "mean"
+
+    @model_validator(mode="after")
+    def _settings(self) -> CategoricalFeature:
+        where = f"categorical feature {self.name!r}"
+        if self.hash_buckets is not None and self.hash_buckets < 2:
+            raise ValueError(f"{where}: hash_buckets is {self.hash_buckets}; expected >= 2")
+        if self.sep == "":
+            raise ValueError(f"{where}: sep is empty; expected a separator such as '|'")
+        if self.pooling == "attention" and self.query is None:
+            raise ValueError(f"{where}: pooling: attention needs query: <categorical column>")
+        if self.query is not None and self.pooling != "attention":
+            raise ValueError(
+                f"{where}: query is set but pooling is {self.pool!r}; query is for "
+                "pooling: attention"
+            )
+        if self.shared_with is not None and not self.is_list:
+            raise ValueError(f"{where}: shared_with is for list-valued features; set pooling")
+        if any(u < 1 for u in self.attention_units):
+            raise ValueError(f"{where}: attention_units {self.attention_units}; expected >= 1")
+        return self
 
 
 class NumericFeature(Strict):
@@ -57,7 +112,54 @@ class FeaturesConfig(Strict):
             raise ValueError(f"feature column(s) {dupes} listed more than once")
         if not names:
             raise ValueError("no feature columns: list at least one categorical or numeric column")
+        single = {f.name: f for f in self.categorical if not f.is_list}
+        for f in self.categorical:
+            for key in ("query", "shared_with"):
+                target = getattr(f, key)
+                if target is not None and target not in single:
+                    kind = (
+                        "a list-valued feature"
+                        if target in {c.name for c in self.categorical}
+                        else "a numeric feature"
+                        if target in names
+                        else "not a feature"
+                    )
+                    raise ValueError(
+                        f"categorical feature {f.name!r}: {key} {target!r} is {kind}; expected "
+                        f"a single-valued categorical feature, one of {sorted(single)}"
+                    )
+            if f.shared_with is not None:
+                for key in ("hash_buckets", "embedding_dim", "min_freq"):
+                    if getattr(f, key) is not None:
+                        raise ValueError(
+                            f"categorical feature {f.name!r}: {key} is set, but the feature "
+                            f"uses {f.shared_with!r}'s table (shared_with): set it there"
+                        )
+            if f.query is not None:
+                dim, qdim = self.dim_of(f), self.dim_of(single[f.query])
+                if dim != qdim:
+                    raise ValueError(
+                        f"categorical feature {f.name!r}: embedding_dim {dim} differs from its "
+                        f"query {f.query!r}'s {qdim}; attention needs one dimension"
+                    )
         return self
+
+    def dim_of(self, feature: CategoricalFeature) -> int:
+        """A categorical feature's embedding dimension (a shared one's is its table's)."""
+        if feature.shared_with is not None:
+            feature = next(f for f in self.categorical if f.name == feature.shared_with)
+        return feature.embedding_dim or self.embedding_dim
+
+    @property
+    def single(self) -> list[CategoricalFeature]:
+        """The single-valued categorical features, in order (the ``categorical`` tensor's
+        columns)."""
+        return [f for f in self.categorical if not f.is_list]
+
+    @property
+    def lists(self) -> list[CategoricalFeature]:
+        """The list-valued categorical features, in order (`EncodedData.lists`)."""
+        return [f for f in self.categorical if f.is_list]
 
     @property
     def columns(self) -> list[str]:

@@ -6,6 +6,14 @@ works on raw rows of the original table.
 - Categorical: a vocabulary per column from the training data (values seen at least
   ``min_freq`` times, sorted, so the result does not depend on row order). Index 0 is
   "missing", index 1 "unknown"; values start at 2. Unseen values at predict time map to 1.
+  With ``hash_buckets: N`` there is no vocabulary: a value's index is 2 + its stable hash
+  (`hash_buckets`) modulo N; missing is still 0.
+- List-valued categorical: each cell a list of values (a list, or text split on ``sep``),
+  every value encoded as above (by the column's vocabulary, its hash, or the vocabulary of
+  the column it is ``shared_with``), left-aligned in a padded ``[N, max_len]`` tensor whose
+  padding is 0 (`EncodedData.lists`). Missing elements and empty strings are dropped; a
+  missing cell is an empty list. ``max_len`` is the column's setting, else the longest
+  training row; a longer row keeps its first or last ``max_len`` values (``truncate``).
 - Numeric: optional signed log1p, then standardization with the training mean and std;
   NaN and +-inf are missing and imputed with the training mean (0 after scaling), with a 0/1
   missing-indicator column for every column that had missing values in training.
@@ -27,6 +35,7 @@ import torch
 from polytask._columns import as_float, category_strings, examples, not_real, numeric_label
 from polytask.data.encoded import EncodedData
 from polytask.data.features import CategoricalFeature, FeaturesConfig, NumericFeature
+from polytask.data.lists import ListColumn, list_values, pad_lists, value_kind
 from polytask.errors import DataError, NotFittedError, closest
 from polytask.tasks import TaskSpec, task_type, weight_key
 
@@ -82,6 +91,27 @@ def _category_codes(values: np.ndarray, missing: np.ndarray, vocabulary: list[st
     return np.where(missing, MISSING_INDEX, np.where(codes < 0, UNKNOWN_INDEX, codes + 2))
 
 
+HASH_KEY = "polytask.hash.v1"
+"""The fixed 16-byte SipHash key of `hash_buckets`: part of the encoding, never changed."""
+
+
+def hash_buckets(values: np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket in ``[0, buckets)`` of each canonical string: SipHash-2-4 of its UTF-8 bytes
+    under the fixed key `HASH_KEY`, mixed by pandas' 64-bit finaliser
+    (``pandas.util.hash_array``), modulo ``buckets``. Vectorised, seedless and independent of
+    the process, machine and ``PYTHONHASHSEED`` (never Python's salted ``hash``)."""
+    h = pd.util.hash_array(
+        np.asarray(values, dtype=object), encoding="utf8", hash_key=HASH_KEY, categorize=False
+    )
+    return (h % np.uint64(buckets)).astype(np.int64)
+
+
+def _hashed_codes(values: np.ndarray, missing: np.ndarray, buckets: int) -> np.ndarray:
+    """Embedding indices by hash: 0 missing, then 2 + the value's bucket."""
+    filled = np.where(missing, "", values) if missing.any() else values
+    return np.where(missing, MISSING_INDEX, hash_buckets(filled, buckets) + 2)
+
+
 _Scaled = tuple[np.ndarray, np.ndarray | None]
 
 
@@ -94,16 +124,20 @@ def _scaled(arr: np.ndarray, isnan: np.ndarray, s: _NumericStats) -> _Scaled:
 
 
 def _encoded(
-    cat: np.ndarray, scaled: list[_Scaled], labels: dict[str, torch.Tensor]
+    cat: np.ndarray,
+    scaled: list[_Scaled],
+    labels: dict[str, torch.Tensor],
+    lists: dict[str, np.ndarray],
 ) -> EncodedData:
     """The encoded split: categorical codes; the scaled numeric columns, then their missing
-    indicators; the labels."""
+    indicators; the labels; the padded list columns."""
     columns = [z for z, _ in scaled] + [ind for _, ind in scaled if ind is not None]
     num = np.stack(columns, axis=1) if columns else np.zeros((len(cat), 0))
     return EncodedData(
         categorical=torch.from_numpy(cat),
         numeric=torch.from_numpy(num.astype(np.float32)),
         labels=labels,
+        lists={k: torch.from_numpy(v) for k, v in lists.items()},
     )
 
 
@@ -158,6 +192,9 @@ class Preprocessor:
         self.label_max_: dict[str, float] = {}
         """Largest absolute training label per task (set by a fit, not saved)."""
         self.vocabularies_: dict[str, list[str]] | None = None
+        """Per categorical column with a table of its own and no ``hash_buckets``."""
+        self.list_lengths_: dict[str, int] = {}
+        """Padded width (``max_len``) per list-valued column."""
         self.numeric_stats_: dict[str, _NumericStats] = {}
         self.classes_: dict[str, list[str]] = {}
         self.train_columns_: list[str] = []
@@ -278,18 +315,8 @@ class Preprocessor:
                     label_frames[name], self.label_columns(name), f"training set of task {name!r}"
                 )
         train_columns = [str(c) for c in df.columns]
-        n = len(df)
 
-        vocabularies: dict[str, list[str]] = {}
-        cat = np.zeros((n if encode else 0, len(self.features.categorical)), dtype=np.int64)
-        for j, feat in enumerate(self.features.categorical):
-            _refuse_nested(df[feat.name], feat.name, what)
-            values, missing = category_strings(df[feat.name])
-            counts = pd.Series(values[~missing]).value_counts()
-            _warn_if_id_like(feat.name, len(counts), n, what)
-            vocabularies[feat.name] = _vocabulary(counts, feat, self.features)
-            if encode:
-                cat[:, j] = _category_codes(values, missing, vocabularies[feat.name])
+        vocabularies, list_lengths, cat, lists = self._fit_categorical(df, what, encode=encode)
 
         stats: dict[str, _NumericStats] = {}
         scaled: list[_Scaled] = []
@@ -313,6 +340,7 @@ class Preprocessor:
                 classes[name] = kind.fit_classes(name, col, values[~missing].tolist())
                 label_strings[name] = values, missing
         self.vocabularies_ = vocabularies
+        self.list_lengths_ = list_lengths
         self.numeric_stats_ = stats
         self.classes_ = classes
         self.train_columns_ = train_columns
@@ -342,15 +370,115 @@ class Preprocessor:
                 encoded[name] = torch.from_numpy(y)
                 if weights is not None:
                     encoded[weight_key(name)] = torch.from_numpy(weights)
-        return _encoded(cat, scaled, encoded) if encode else None
+        return _encoded(cat, scaled, encoded, lists) if encode else None
+
+    def _fit_categorical(
+        self, df: pd.DataFrame, what: str, *, encode: bool
+    ) -> tuple[dict[str, list[str]], dict[str, int], np.ndarray, dict[str, np.ndarray]]:
+        """Vocabularies (of the columns that have one) and list widths from the training
+        table; with ``encode`` also its categorical codes and padded lists. List columns are
+        read first, so a column's vocabulary counts the lists that share its table."""
+        features = self.features
+        n = len(df)
+        counts: dict[str, pd.Series] = {}
+        kinds: dict[str, str] = {}
+        read: dict[str, ListColumn] = {}
+        list_lengths: dict[str, int] = {}
+        for feat in features.lists:
+            lc = list_values(df[feat.name], feat.name, feat.sep, what)
+            longest = int(lc.lengths.max(initial=0))
+            list_lengths[feat.name] = feat.max_len or max(longest, 1)
+            owner = self._owner(feat)
+            if owner.hash_buckets is None:
+                vc = pd.Series(lc.values).value_counts()
+                if owner is feat:
+                    _warn_if_id_like(feat.name, len(vc), len(lc.values), what)
+                counts[owner.name] = (
+                    counts[owner.name].add(vc, fill_value=0) if (owner.name in counts) else vc
+                )
+            if feat.shared_with is not None:
+                kinds[feat.name] = value_kind(lc.values)
+            if encode:
+                read[feat.name] = lc
+        vocabularies: dict[str, list[str]] = {}
+        cat = np.zeros((n if encode else 0, len(features.single)), dtype=np.int64)
+        for j, feat in enumerate(features.single):
+            _refuse_nested(df[feat.name], feat.name, what)
+            values, missing = category_strings(df[feat.name])
+            sharers = [f for f in features.lists if f.shared_with == feat.name]
+            if sharers:
+                kind = value_kind(values[~missing])
+                for f in sharers:
+                    if "empty" not in (kind, kinds[f.name]) and kinds[f.name] != kind:
+                        raise DataError(
+                            f"{what}: list column {f.name!r} is shared_with {feat.name!r}, but "
+                            f"its values are {kinds[f.name]} and {feat.name!r}'s are {kind} "
+                            f"(such as {_sample(read.get(f.name))} vs "
+                            f"{values[~missing][:3].tolist()}); a shared table needs values "
+                            "of one kind"
+                        )
+            if feat.hash_buckets is None:
+                vc = pd.Series(values[~missing]).value_counts()
+                _warn_if_id_like(feat.name, len(vc), n, what)
+                if feat.name in counts:
+                    vc = counts.pop(feat.name).add(vc, fill_value=0)
+                vocabularies[feat.name] = _vocabulary(vc, feat, features)
+            if encode:
+                cat[:, j] = self._codes(feat, values, missing, vocabularies)
+        for name, vc in counts.items():  # list columns with a table of their own
+            feat = next(f for f in features.lists if f.name == name)
+            vocabularies[name] = _vocabulary(vc, feat, features)
+        lists: dict[str, np.ndarray] = {}
+        if encode:
+            for feat in features.lists:
+                lc = read.pop(feat.name)
+                codes = self._codes(
+                    self._owner(feat), lc.values, np.zeros(len(lc.values), bool), vocabularies
+                )
+                lists[feat.name] = pad_lists(
+                    codes, lc.lengths, list_lengths[feat.name], feat.truncate
+                )
+        return vocabularies, list_lengths, cat, lists
+
+    def _owner(self, feat: CategoricalFeature) -> CategoricalFeature:
+        """The feature whose table (vocabulary or hashing) ``feat`` uses."""
+        if feat.shared_with is None:
+            return feat
+        return next(f for f in self.features.categorical if f.name == feat.shared_with)
+
+    @staticmethod
+    def _codes(
+        feat: CategoricalFeature,
+        values: np.ndarray,
+        missing: np.ndarray,
+        vocabularies: Mapping[str, list[str]],
+    ) -> np.ndarray:
+        """Embedding indices of canonical strings in ``feat``'s table."""
+        if feat.hash_buckets is not None:
+            return _hashed_codes(values, missing, feat.hash_buckets)
+        return _category_codes(values, missing, vocabularies[feat.name])
 
     # ---------------------------------------------------------------------------- transform
-    @property
-    def cardinalities(self) -> list[int]:
-        """Embedding table size per categorical column (vocabulary + missing + unknown)."""
+    def table_size(self, feat: CategoricalFeature) -> int:
+        """Rows of a categorical feature's own embedding table: its vocabulary (or hash
+        buckets) + missing + unknown."""
         self._check_fitted()
         assert self.vocabularies_ is not None
-        return [len(self.vocabularies_[f.name]) + 2 for f in self.features.categorical]
+        if feat.hash_buckets is not None:
+            return feat.hash_buckets + 2
+        return len(self.vocabularies_[feat.name]) + 2
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Embedding table size per single-valued categorical column (vocabulary, or hash
+        buckets, + missing + unknown)."""
+        return [self.table_size(f) for f in self.features.single]
+
+    @property
+    def list_cardinalities(self) -> dict[str, int]:
+        """Embedding table size per list-valued column with a table of its own (not
+        ``shared_with`` another)."""
+        return {f.name: self.table_size(f) for f in self.features.lists if f.shared_with is None}
 
     @property
     def numeric_width(self) -> int:
@@ -377,11 +505,20 @@ class Preprocessor:
         self._require_columns(df, self.features.columns, what)
         n = len(df)
 
-        cat = np.zeros((n, len(self.features.categorical)), dtype=np.int64)
-        for j, feat in enumerate(self.features.categorical):
+        cat = np.zeros((n, len(self.features.single)), dtype=np.int64)
+        for j, feat in enumerate(self.features.single):
             _refuse_nested(df[feat.name], feat.name, what)
             values, missing = category_strings(df[feat.name])
-            cat[:, j] = _category_codes(values, missing, self.vocabularies_[feat.name])
+            cat[:, j] = self._codes(feat, values, missing, self.vocabularies_)
+        lists: dict[str, np.ndarray] = {}
+        for feat in self.features.lists:
+            lc = list_values(df[feat.name], feat.name, feat.sep, what)
+            codes = self._codes(
+                self._owner(feat), lc.values, np.zeros(len(lc.values), bool), self.vocabularies_
+            )
+            lists[feat.name] = pad_lists(
+                codes, lc.lengths, self.list_lengths_[feat.name], feat.truncate
+            )
 
         scaled: list[_Scaled] = []
         for nfeat in self.features.numeric:
@@ -404,7 +541,7 @@ class Preprocessor:
                 weights = self._encode_weights(df, name, y, what)
                 if weights is not None:
                     label_tensors[weight_key(name)] = torch.from_numpy(weights)
-        return _encoded(cat, scaled, label_tensors)
+        return _encoded(cat, scaled, label_tensors, lists)
 
     def _encode_weights(
         self, df: pd.DataFrame, task: str, y: np.ndarray, what: str
@@ -452,9 +589,12 @@ class Preprocessor:
 
     # ---------------------------------------------------------------------------- decode
     def decode_categorical(self, column: str, indices: np.ndarray) -> np.ndarray:
-        """Inverse of the categorical encoding: index -> value (None for missing/unknown)."""
+        """Inverse of the categorical encoding: index -> value (None for missing/unknown, and
+        for every index of a hashed column, which keeps no vocabulary)."""
         self._check_fitted()
         assert self.vocabularies_ is not None
+        if column not in self.vocabularies_:
+            return np.full(np.shape(indices), None, dtype=object)
         vocab = np.asarray([None, None, *self.vocabularies_[column]], dtype=object)
         return vocab[np.asarray(indices)]
 
@@ -467,6 +607,10 @@ class Preprocessor:
         self._check_fitted()
         return {
             "vocabularies": self.vocabularies_,
+            "hash_buckets": {
+                f.name: f.hash_buckets for f in self.features.categorical if f.hash_buckets
+            },
+            "list_lengths": self.list_lengths_,
             "numeric": {k: vars(v) for k, v in self.numeric_stats_.items()},
             "classes": self.classes_,
             "train_columns": self.train_columns_,
@@ -485,14 +629,19 @@ class Preprocessor:
             numeric = {k: _NumericStats(**v) for k, v in state["numeric"].items()}
             classes = {k: [str(x) for x in v] for k, v in state["classes"].items()}
             train_columns = [str(c) for c in state.get("train_columns", [])]
+            # absent from folders saved before list-valued and hashed features
+            buckets = {str(k): int(v) for k, v in state.get("hash_buckets", {}).items()}
+            list_lengths = {str(k): int(v) for k, v in state.get("list_lengths", {}).items()}
             # absent from folders saved before label scaling: their labels were not scaled
             label_scaling = {
                 str(k): (v["shift"], v["scale"]) for k, v in state.get("label_scaling", {}).items()
             }
         except (KeyError, TypeError, AttributeError) as err:
             raise DataError(f"preprocessor state is malformed: {err!r}") from None
+        own = [f for f in self.features.categorical if f.shared_with is None]
         expected: list[tuple[str, set[str], set[str]]] = [
-            ("vocabularies", set(vocabularies), {f.name for f in self.features.categorical}),
+            ("vocabularies", set(vocabularies), {f.name for f in own if f.hash_buckets is None}),
+            ("list widths", set(list_lengths), {f.name for f in self.features.lists}),
             ("numeric statistics", set(numeric), {f.name for f in self.features.numeric}),
             (
                 "classes",
@@ -506,6 +655,15 @@ class Preprocessor:
                     f"preprocessor state has {what} for {sorted(found)}, the config expects "
                     f"{sorted(names)}"
                 )
+        configured = {f.name: f.hash_buckets for f in own if f.hash_buckets is not None}
+        if buckets != configured:
+            raise DataError(
+                f"preprocessor state has hash buckets {buckets}, the config {configured}: the "
+                "buckets a model was trained with cannot change"
+            )
+        bad_width = {k: v for k, v in list_lengths.items() if v < 1}
+        if bad_width:
+            raise DataError(f"preprocessor state: list widths {bad_width}; expected >= 1")
         for what, lists in (("vocabulary", vocabularies), ("classes", classes)):
             for key, values in lists.items():
                 if len(set(values)) != len(values):
@@ -526,6 +684,7 @@ class Preprocessor:
                     f"{scale!r}; expected finite numbers and scale > 0"
                 )
         self.vocabularies_ = vocabularies
+        self.list_lengths_ = list_lengths
         self.numeric_stats_ = numeric
         self.classes_ = classes
         self.train_columns_ = train_columns
@@ -557,8 +716,8 @@ def _warn_if_id_like(column: str, distinct: int, rows: int, what: str) -> None:
         warnings.warn(
             f"{what}: categorical column {column!r} has {distinct:,} distinct values in "
             f"{rows:,} rows: it looks like an ID column, whose embedding table is large and "
-            "learns little per value; drop it, or raise its min_freq so rare values share the "
-            "unseen row",
+            "learns little per value; set hash_buckets: N on it (a fixed-size table, no stored "
+            "vocabulary), raise its min_freq so rare values share the unseen row, or drop it",
             IdLikeColumnWarning,
             stacklevel=4,
         )
@@ -582,13 +741,21 @@ def _refuse_nested(series: pd.Series, column: str, what: str) -> None:
         found = next((v for v in series.to_numpy() if isinstance(v, _NESTED)), None)
         nested = found is not None
         kind = "struct" if isinstance(found, dict) else "list"
+    if nested and kind == "struct":
+        raise DataError(
+            f"{what}: categorical column {column!r} holds struct values (a Parquet struct "
+            "column); a categorical feature takes one value per row: leave the column out"
+        )
     if nested:
         raise DataError(
-            f"{what}: categorical column {column!r} holds {kind} values (a Parquet {kind} "
-            "column); a categorical feature takes one value per row, and list-valued "
-            "features are not supported: explode or join the values into one per row, or "
-            "leave the column out"
+            f"{what}: categorical column {column!r} holds list values (a Parquet list column); "
+            "a categorical feature takes one value per row: declare it list-valued (e.g. "
+            "pooling: mean, docs/features.md), or leave the column out"
         )
+
+
+def _sample(lc: ListColumn | None) -> list[str]:
+    return [] if lc is None else lc.values[:3].tolist()
 
 
 def _finite(x: Any) -> bool:

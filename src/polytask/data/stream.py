@@ -48,6 +48,7 @@ from pydantic import Field
 from polytask._defaults import BUFFER_ROWS, CHUNK_ROWS
 from polytask._schema import Strict
 from polytask.data.encoded import Batch, EncodedData
+from polytask.data.lists import list_values
 from polytask.data.preprocess import (
     Preprocessor,
     _numeric_input,
@@ -230,6 +231,8 @@ class FitCounts:
     positives: dict[str, int] = field(default_factory=dict)
     label_moments: dict[str, _Moments] = field(default_factory=dict)
     label_max: dict[str, float] = field(default_factory=dict)
+    list_lengths: dict[str, int] = field(default_factory=dict)
+    """The longest row of each list-valued column."""
     error: str | None = None
     """A `DataError` met while counting, raised on every rank after the merge (a rank that
     raised alone would leave the others waiting in the collective)."""
@@ -263,12 +266,15 @@ def merge_counts(parts: Sequence[FitCounts]) -> FitCounts:
             out.positives[name] = out.positives.get(name, 0) + n
         for name, x in part.label_max.items():
             out.label_max[name] = max(out.label_max.get(name, 0.0), x)
+        for name, n in part.list_lengths.items():
+            out.list_lengths[name] = max(out.list_lengths.get(name, 0), n)
     return out
 
 
 def needs_fit(pre: Preprocessor) -> list[Any]:
-    """The categorical features whose vocabulary is counted (a hashed feature has none)."""
-    return [f for f in pre.features.categorical if not getattr(f, "hash_buckets", None)]
+    """The categorical features whose values are counted: those whose table (their own, or
+    the one they are ``shared_with``) has a vocabulary (a hashed one has none)."""
+    return [f for f in pre.features.categorical if pre._owner(f).hash_buckets is None]
 
 
 def count_for_fit(
@@ -279,7 +285,8 @@ def count_for_fit(
     what = "training set"
     out = FitCounts()
     categorical = needs_fit(pre)
-    out.counts = {f.name: {} for f in categorical}
+    out.counts = {pre._owner(f).name: {} for f in categorical}
+    out.list_lengths = {f.name: 0 for f in pre.features.lists}
     out.moments = {f.name: _Moments() for f in pre.features.numeric}
     out.any_nan = dict.fromkeys(out.moments, False)
     out.classes = {n: set() for n, t in pre.tasks.items() if task_type(t).has_classes}
@@ -291,7 +298,16 @@ def count_for_fit(
         for rb in source.read(groups, chunk_rows):
             df = rb.to_pandas()
             out.rows += len(df)
+            for feat in pre.features.lists:
+                lc = list_values(df[feat.name], feat.name, feat.sep, what)
+                longest = int(lc.lengths.max(initial=0))
+                out.list_lengths[feat.name] = max(out.list_lengths[feat.name], longest)
+                if pre._owner(feat).hash_buckets is None:
+                    owner = pre._owner(feat).name
+                    _add_counts(out.counts[owner], pd.Series(lc.values).value_counts())
             for feat in categorical:
+                if feat.is_list:
+                    continue
                 values, missing = category_strings(df[feat.name])
                 _add_counts(out.counts[feat.name], pd.Series(values[~missing]).value_counts())
             for nfeat in pre.features.numeric:
@@ -361,9 +377,14 @@ def fit_preprocessor_streaming(
         raise DataError(merged.error)
     if merged.rows == 0:
         raise DataError("training set is empty: expected at least one row, found 0")
+    by_name = {f.name: f for f in pre.features.categorical}
     vocabularies = {
-        f.name: _vocabulary(pd.Series(merged.counts[f.name], dtype="int64"), f, pre.features)
-        for f in needs_fit(pre)
+        name: _vocabulary(pd.Series(counts, dtype="int64"), by_name[name], pre.features)
+        for name, counts in merged.counts.items()
+    }
+    list_lengths = {
+        f.name: f.max_len or max(merged.list_lengths.get(f.name, 0), 1)
+        for f in pre.features.lists
     }
     numeric: dict[str, dict[str, Any]] = {}
     for f in pre.features.numeric:
@@ -373,6 +394,10 @@ def fit_preprocessor_streaming(
     pre.load_state_dict(
         {
             "vocabularies": vocabularies,
+            "hash_buckets": {
+                f.name: f.hash_buckets for f in pre.features.categorical if f.hash_buckets
+            },
+            "list_lengths": list_lengths,
             "numeric": numeric,
             "classes": {
                 k: task_type(pre.tasks[k]).fit_classes(k, pre.label_column(k), sorted(v))

@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from polytask.data.encoded import batch_lists
 from polytask.models._levels import ExpertLevel, last_layer, level_groups, stack_levels
 from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
 from polytask.nn import ExpertBank, FeatureInput, mix
@@ -75,8 +76,10 @@ class STEM(MultiTaskNet):
         self.register_buffer("_keep", keep, persistent=False)
 
     def embed(self, batch: dict[str, Tensor]) -> Tensor:
-        cat, num = batch["categorical"], batch["numeric"]
-        return torch.cat([self.inputs(cat, num), *(t(cat, num) for t in self.task_inputs)], 1)
+        cat, num, lists = batch["categorical"], batch["numeric"], batch_lists(batch)
+        return torch.cat(
+            [self.inputs(cat, num, lists), *(t(cat, num, lists) for t in self.task_inputs)], 1
+        )
 
     _keep: Tensor
 

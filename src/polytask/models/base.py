@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from polytask.data.encoded import batch_lists
 from polytask.nn import Activation, FeatureInput, Norm, mlp
 from polytask.tasks import task_order, task_type
 
@@ -129,7 +130,7 @@ class MultiTaskNet(nn.Module):
     def embed(self, batch: dict[str, Tensor]) -> Tensor:
         """The body's input ``[B, D]`` from a batch: the feature input's output. A model with
         more than one embedding of each feature (STEM) returns them side by side."""
-        return self.inputs(batch["categorical"], batch["numeric"])
+        return self.inputs(batch["categorical"], batch["numeric"], batch_lists(batch))
 
     def tower(self, name: str, h: Tensor, rep: Representation) -> Tensor:
         """Task ``name``'s raw output ``[B, out_dim]`` from its tower input ``h`` (the body's

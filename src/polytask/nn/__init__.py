@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import torch
@@ -23,6 +24,55 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+@dataclass(frozen=True)
+class ListInput:
+    """A list-valued categorical column of `FeatureInput` (``[B, L]`` padded indices, 0 the
+    padding): embedded and pooled into one ``dim`` vector.
+
+    ``shared_with``/``query`` name single-valued columns of the input: the table the values
+    are looked up in (else the column has its own table of ``cardinality`` rows) and the
+    column whose embedding the values attend to (``pooling == "attention"``)."""
+
+    name: str
+    dim: int
+    pooling: Literal["mean", "sum", "max", "attention"] = "mean"
+    cardinality: int = 0
+    shared_with: str | None = None
+    query: str | None = None
+    attention_softmax: bool = False
+    attention_units: tuple[int, ...] = field(default=(32,))
+
+
+class TargetAttention(nn.Module):
+    """Deep Interest Network's activation unit (Zhou et al., KDD 2018): the weight of each
+    history embedding ``h_l`` against the query ``q`` is an MLP over
+    ``[h_l, q, h_l - q, h_l * q]``; the pooled vector is ``sum_l w_l h_l``.
+
+    Weights are not normalised by default (the paper's choice, which keeps the intensity of
+    interest); ``softmax=True`` normalises them over the row's values. Padded positions
+    (``mask`` False) get a weight of exactly 0 either way, and a row with no values pools to
+    the zero vector."""
+
+    def __init__(self, dim: int, units: Sequence[int], *, softmax: bool = False) -> None:
+        super().__init__()
+        self.softmax = softmax
+        self.mlp = mlp(4 * dim, units)
+        self.out = nn.Linear(units[-1] if units else 4 * dim, 1)
+
+    def weights(self, h: Tensor, q: Tensor, mask: Tensor) -> Tensor:
+        """``h [B, L, D]``, ``q [B, D]``, ``mask [B, L]`` -> weights ``[B, L]``."""
+        qe = q.unsqueeze(1).expand_as(h)
+        scores = self.out(self.mlp(torch.cat([h, qe, h - qe, h * qe], dim=-1))).squeeze(-1)
+        if self.softmax:
+            scores = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            # a row with no values: softmax of all -inf is NaN; its weights are 0
+        return torch.where(mask, scores, scores.new_zeros(()))
+
+    def forward(self, h: Tensor, q: Tensor, mask: Tensor) -> Tensor:
+        w = self.weights(h, q, mask)
+        return torch.bmm(w.unsqueeze(1), h).squeeze(1)
+
+
 class FeatureInput(nn.Module):
     """One embedding per categorical column plus a learned linear projection of the numeric
     columns into the same space, concatenated: ``[B, C] long, [B, M] float -> [B, out_dim]``.
@@ -36,6 +86,12 @@ class FeatureInput(nn.Module):
     the projection of every numeric column. Models that gate or select inputs by feature
     (PEPNet) read it; `like` builds another input of the same shape with its own parameters
     (STEM's per-task embeddings).
+
+    ``lists`` are the list-valued columns (`ListInput`), each pooled into one vector placed
+    after the single-valued columns and before the numeric part: ``mean``/``sum`` as a
+    masked sum over the padded ``[B, L, D]`` lookup, ``max`` by ``embedding_bag`` (the
+    fastest of each on CPU, docs/features.md), ``attention`` by `TargetAttention`. An empty
+    row pools to the zero vector.
     """
 
     def __init__(
@@ -46,6 +102,7 @@ class FeatureInput(nn.Module):
         numeric_width: int,
         numeric_dim: int,
         names: Sequence[str] | None = None,
+        lists: Sequence[ListInput] = (),
     ) -> None:
         super().__init__()
         if len(cardinalities) != len(embedding_dims):
@@ -67,14 +124,17 @@ class FeatureInput(nn.Module):
             "numeric_width": numeric_width,
             "numeric_dim": numeric_dim,
             "names": names,
+            "lists": list(lists),
         }
         self.embeddings = nn.ModuleList()
         self._groups: list[list[int]] = []
+        self._starts: list[list[int]] = []  # the offsets as Python ints
         for dim in sorted(set(embedding_dims)):
             cols = [j for j, d in enumerate(embedding_dims) if d == dim]
             sizes = [cardinalities[j] for j in cols]
             # Python sums, no tensor read back: the module builds on the meta device too
-            offsets = torch.tensor([0, *itertools.accumulate(sizes)][:-1])
+            self._starts.append([0, *itertools.accumulate(sizes)][:-1])
+            offsets = torch.tensor(self._starts[-1])
             self.register_buffer(f"_offsets{len(self._groups)}", offsets, persistent=False)
             self.register_buffer(
                 f"_columns{len(self._groups)}", torch.tensor(cols), persistent=False
@@ -83,15 +143,53 @@ class FeatureInput(nn.Module):
             nn.init.normal_(table.weight, std=0.05)
             self.embeddings.append(table)
             self._groups.append(cols)
+        # Where each single-valued column's rows sit: (group, column offset buffer index,
+        # position within the group), for the lists that share its table or attend to it.
+        self._where = {
+            names[j]: (g, k) for g, cols in enumerate(self._groups) for k, j in enumerate(cols)
+        }
+        self.lists = list(lists)
+        self.list_tables = nn.ModuleDict()
+        self.attention = nn.ModuleDict()
+        for spec in self.lists:
+            for ref in (spec.shared_with, spec.query):
+                if ref is not None and ref not in self._where:
+                    raise ValueError(
+                        f"list column {spec.name!r} refers to {ref!r}, which is not a "
+                        f"single-valued categorical column of the input ({names})"
+                    )
+            if spec.shared_with is None:
+                own = nn.Embedding(spec.cardinality, spec.dim)
+                nn.init.normal_(own.weight, std=0.05)
+                self.list_tables[spec.name] = own
+            elif embedding_dims[names.index(spec.shared_with)] != spec.dim:
+                raise ValueError(
+                    f"list column {spec.name!r} has dim {spec.dim} but shares the table of "
+                    f"{spec.shared_with!r}, of dim {embedding_dims[names.index(spec.shared_with)]}"
+                )
+            if spec.pooling == "attention":
+                if spec.query is None:
+                    raise ValueError(f"list column {spec.name!r}: attention needs a query")
+                self.attention[spec.name] = TargetAttention(
+                    spec.dim, spec.attention_units, softmax=spec.attention_softmax
+                )
         self.numeric = nn.Linear(numeric_width, numeric_dim) if numeric_width > 0 else None
-        self.out_dim = sum(embedding_dims) + (numeric_dim if numeric_width > 0 else 0)
-        # The output is the groups in order, each its columns in order, then the numeric part.
+        self.out_dim = (
+            sum(embedding_dims)
+            + sum(spec.dim for spec in self.lists)
+            + (numeric_dim if numeric_width > 0 else 0)
+        )
+        # The output is the groups in order, each its columns in order, then the list
+        # columns, then the numeric part.
         self.fields: list[tuple[str, int, int]] = []
         start = 0
         for cols in self._groups:
             for j in cols:
                 self.fields.append((names[j], start, embedding_dims[j]))
                 start += embedding_dims[j]
+        for spec in self.lists:
+            self.fields.append((spec.name, start, spec.dim))
+            start += spec.dim
         if self.numeric is not None:
             self.fields.append(("numeric", start, numeric_dim))
 
@@ -99,8 +197,13 @@ class FeatureInput(nn.Module):
         """A new input of the same shape (columns, dimensions, names), freshly initialised."""
         return FeatureInput(**self._spec)
 
-    def forward(self, categorical: Tensor, numeric: Tensor) -> Tensor:
-        parts = []
+    def forward(
+        self, categorical: Tensor, numeric: Tensor, lists: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
+        """``[B, C]`` indices, ``[B, M]`` numbers and the padded ``[B, L]`` indices of each
+        list column (by name) -> ``[B, out_dim]``."""
+        parts: list[Tensor] = []
+        singles: list[Tensor] = []  # per group [B, columns, dim], for queries
         for g, table in enumerate(self.embeddings):
             offsets: Tensor = getattr(self, f"_offsets{g}")
             if len(self.embeddings) == 1:
@@ -112,10 +215,58 @@ class FeatureInput(nn.Module):
             # (0.6 vs 1.9 ms for a batch of 1024 x 32 columns; docs/performance.md).
             weight = cast(nn.Embedding, table).weight
             rows = weight.index_select(0, (idx + offsets).view(-1))
+            singles.append(rows.view(idx.shape[0], idx.shape[1], weight.shape[1]))
             parts.append(rows.view(idx.shape[0], idx.shape[1] * weight.shape[1]))
+        if self.lists:
+            if lists is None:
+                raise ValueError(
+                    f"this input has list columns {[s.name for s in self.lists]}; pass them"
+                )
+            for spec in self.lists:
+                parts.append(self._pool(spec, lists[spec.name], singles))
         if self.numeric is not None:
             parts.append(self.numeric(numeric))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _table(self, spec: ListInput) -> tuple[Tensor, int]:
+        """The weight a list column looks its values up in, and the offset of its rows."""
+        if spec.shared_with is None:
+            return cast(nn.Embedding, self.list_tables[spec.name]).weight, 0
+        g, k = self._where[spec.shared_with]
+        return cast(nn.Embedding, self.embeddings[g]).weight, self._starts[g][k]
+
+    def _pool(self, spec: ListInput, idx: Tensor, singles: list[Tensor]) -> Tensor:
+        weight, offset = self._table(spec)
+        mask = idx != 0
+        if spec.pooling == "max":
+            # padded positions (0 + offset) are left out of the maximum; an empty row is 0
+            return F.embedding_bag(idx + offset, weight, mode="max", padding_idx=offset)
+        h = weight.index_select(0, (idx + offset).view(-1)).view(*idx.shape, weight.shape[1])
+        if spec.pooling == "attention":
+            assert spec.query is not None
+            g, k = self._where[spec.query]
+            return cast(TargetAttention, self.attention[spec.name])(h, singles[g][:, k], mask)
+        m = mask.to(h.dtype)
+        pooled = torch.bmm(m.unsqueeze(1), h).squeeze(1)
+        if spec.pooling == "mean":
+            pooled = pooled / m.sum(1, keepdim=True).clamp(min=1)
+        return pooled
+
+    def attention_weights(
+        self, name: str, categorical: Tensor, lists: Mapping[str, Tensor]
+    ) -> Tensor:
+        """The ``[B, L]`` attention weights of list column ``name`` (``pooling ==
+        "attention"``) for a batch; 0 at padded positions."""
+        spec = next(s for s in self.lists if s.name == name)
+        assert spec.query is not None
+        weight, offset = self._table(spec)
+        idx = lists[name]
+        h = weight.index_select(0, (idx + offset).view(-1)).view(*idx.shape, weight.shape[1])
+        g, k = self._where[spec.query]
+        qtable = cast(nn.Embedding, self.embeddings[g]).weight
+        col = self._groups[g][k]
+        q = qtable.index_select(0, categorical[:, col] + self._starts[g][k])
+        return cast(TargetAttention, self.attention[name]).weights(h, q, idx != 0)
 
 
 class BatchNorm1d(nn.BatchNorm1d):
@@ -352,4 +503,14 @@ def mix(gates: Tensor, experts: Tensor) -> Tensor:
     return torch.bmm(gates, experts.transpose(0, 1)).transpose(0, 1)
 
 
-__all__ = ["Activation", "ExpertBank", "FeatureInput", "Gates", "Norm", "mix", "mlp"]
+__all__ = [
+    "Activation",
+    "ExpertBank",
+    "FeatureInput",
+    "Gates",
+    "ListInput",
+    "Norm",
+    "TargetAttention",
+    "mix",
+    "mlp",
+]

@@ -332,11 +332,7 @@ class DistributedTraining(Reduction):
             outputs = predict_outputs(model, data, batch_size)
         else:
             lo, hi = shard_bounds(n, self.rank, self.world_size)
-            block = EncodedData(
-                categorical=data.categorical[lo:hi],
-                numeric=data.numeric[lo:hi],
-                labels={k: v[lo:hi] for k, v in data.labels.items()},
-            )
+            block = data.select(slice(lo, hi))
             mine = predict_outputs(model, block, batch_size)
             outputs = {name: self._gather_rows(mine[name], n) for name in mine}
         metrics: list[Any] = [None]
