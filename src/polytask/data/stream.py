@@ -383,8 +383,7 @@ def fit_preprocessor_streaming(
         for name, counts in merged.counts.items()
     }
     list_lengths = {
-        f.name: f.max_len or max(merged.list_lengths.get(f.name, 0), 1)
-        for f in pre.features.lists
+        f.name: f.max_len or max(merged.list_lengths.get(f.name, 0), 1) for f in pre.features.lists
     }
     numeric: dict[str, dict[str, Any]] = {}
     for f in pre.features.numeric:
