@@ -49,6 +49,12 @@ def census_test_file() -> Path:
     return shared_data("census-income-kdd", "census-income.test.gz")
 
 
+@pytest.fixture(scope="session")
+def movielens_dir() -> Path:
+    """The ml-100k folder (u.data, u.item, u.user, ...)."""
+    return shared_data("movielens-100k")
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

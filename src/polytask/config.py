@@ -193,14 +193,16 @@ class SplitConfig(Strict):
 class DataConfig(Strict):
     """Where the tables are: separate ``train``/``validation``/``test`` files, or one ``path``
     cut by ``split`` with ``split_seed``. ``loader`` reads a file: ``auto`` (CSV or Parquet by
-    extension) or a built-in dataset loader (``census_income``). Relative paths are resolved
+    extension) or a built-in dataset loader (``census_income``; ``movielens_100k`` reads the
+    ml-100k folder and, without ``split``, splits each user's ratings by time). Relative paths
+    are resolved
     against the run file's folder. ``group`` names a user or request id column: it is saved
     with the model as ``decision.group`` (grouped ranking metrics, `polytask decide`).
     ``train`` may be a directory of Parquet files or a glob with ``training.stream``.
     ``preprocessor`` is a folder written by ``polytask fit-preprocessor``: its fitted
     vocabularies and statistics are used as they are, not fitted on ``train`` again."""
 
-    loader: Literal["auto", "csv", "parquet", "census_income"] = "auto"
+    loader: Literal["auto", "csv", "parquet", "census_income", "movielens_100k"] = "auto"
     path: str | None = None
     split: SplitConfig | None = None
     split_seed: int = 0

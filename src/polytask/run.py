@@ -62,6 +62,10 @@ def _read(data: DataConfig, base: Path, path: str, what: str) -> pd.DataFrame:
         from polytask.datasets import load_census_income
 
         return load_census_income(resolved)
+    if data.loader == "movielens_100k":
+        from polytask.datasets import load_movielens_100k
+
+        return load_movielens_100k(resolved)
     if data.loader == "csv":
         return read_table(resolved, format="csv", what=what)
     if data.loader == "parquet":
@@ -77,6 +81,10 @@ def load_splits(
     the training file is not read: ``train`` is its path (`RunConfig` refuses a streamed
     ``data.path`` or a loader other than Parquet)."""
     # RunConfig has checked that a streamed training set is a Parquet data.train.
+    if data.path is not None and data.loader == "movielens_100k" and data.split is None:
+        from polytask.datasets import split_by_column
+
+        return Splits(*split_by_column(_read(data, base, data.path, "data.path")))
     if data.path is not None:
         from polytask.datasets import split_frame
 
