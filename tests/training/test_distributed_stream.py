@@ -240,3 +240,47 @@ def test_torchrun_train_evaluates_parquet_splits_sharded_and_exactly(tmp_path: P
 
 def expected_count(frame: pd.DataFrame) -> int:
     return int(frame["click"].notna().sum())
+
+
+@pytest.mark.slow
+def test_two_processes_reach_the_test_auc_of_one(tmp_path: Path) -> None:
+    """The README claim: a Parquet directory with training.stream trains under
+    `torchrun --nproc_per_node=2 -m polytask train RUN.yaml`, and its test AUCs are within
+    0.01 of the same run in one process (not update-for-update: the ranks' buffers differ)."""
+    from polytask.cli import main
+
+    rng = np.random.default_rng(3)
+    n = 60_000
+    city = rng.integers(0, 50, n)
+    effect = rng.normal(size=50)
+    x, z = rng.normal(size=n), rng.normal(size=n)
+    frame = pd.DataFrame({"city": city, "x": x, "z": z})
+    frame["buy"] = (effect[city] + x + rng.logistic(size=n) > 0).astype(float)
+    frame["like"] = (0.5 * effect[city] - z + rng.logistic(size=n) > 0).astype(float)
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for i in range(5):
+        part = frame.iloc[i * 10_000 : (i + 1) * 10_000]
+        part.to_parquet(folder / f"part-{i}.parquet", row_group_size=2_500)
+    frame.iloc[50_000:].to_parquet(tmp_path / "test.parquet", row_group_size=2_500)
+    spec = {
+        "data": {"train": "train", "test": "test.parquet"},
+        "features": {"categorical": ["city"], "numeric": ["x", "z"]},
+        "tasks": {"buy": {"type": "binary"}, "like": {"type": "binary"}},
+        "model": {"name": "mmoe", "num_experts": 3, "expert_units": [16], "tower_units": [8]},
+        "training": {
+            "epochs": 3,
+            "batch_size": 256,
+            "progress": False,
+            "stream": {"buffer_rows": 8192, "chunk_rows": 2048},
+        },
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
+    torchrun("-m", "polytask", "train", "run.yaml", "--out", "two", cwd=tmp_path)
+    assert main(["train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "one")]) == 0
+    two, one = (json.loads((tmp_path / o / "metrics.json").read_text()) for o in ("two", "one"))
+    assert two["processes"] == 2 and two["rows"]["test"] == one["rows"]["test"] == 10_000
+    for task in ("buy", "like"):
+        auc2, auc1 = two["test"][task]["auc"], one["test"][task]["auc"]
+        print(f"{task}: test AUC 2 processes {auc2:.4f}, 1 process {auc1:.4f}")
+        assert auc1 > 0.7 and abs(auc2 - auc1) < 0.01
