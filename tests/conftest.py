@@ -55,6 +55,12 @@ def movielens_dir() -> Path:
     return shared_data("movielens-100k")
 
 
+@pytest.fixture(scope="session")
+def conll2000() -> Path:
+    """The CoNLL-2000 chunking corpus folder (train.txt, test.txt)."""
+    return shared_data("conll2000")
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

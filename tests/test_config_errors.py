@@ -275,12 +275,24 @@ RUN_BASE = settings()
         (
             {"path": "t.csv", "test": "test.csv"},
             "data: 'path' is cut into train/validation/test by 'split'; ['test'] would be ignored: "
-            "give 'train' with 'validation'/'test', or 'path' with 'split'",
+            "give 'train' with 'validation'/'test', or 'path' with 'split' (and 'test' only "
+            "with split.test: 0)",
         ),
         (
             {"path": "t.csv", "validation": "v.csv", "test": "test.csv"},
             "data: 'path' is cut into train/validation/test by 'split'; ['validation', 'test'] "
-            "would be ignored: give 'train' with 'validation'/'test', or 'path' with 'split'",
+            "would be ignored: give 'train' with 'validation'/'test', or 'path' with 'split' "
+            "(and 'test' only with split.test: 0)",
+        ),
+        (
+            {
+                "path": "t.csv",
+                "split": {"train": 0.8, "validation": 0.1, "test": 0.1},
+                "test": "test.csv",
+            },
+            "data: 'path' is cut into train/validation/test by 'split'; ['test'] would be ignored: "
+            "give 'train' with 'validation'/'test', or 'path' with 'split' (and 'test' only "
+            "with split.test: 0)",
         ),
         (
             {"train": "t.csv", "split": {"train": 0.5, "validation": 0.5, "test": 0}},

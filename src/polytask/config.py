@@ -85,6 +85,9 @@ class TaskConfig(Strict):
     detach: bool = True
     sample_weight: str | None = None
     label_scaling: Literal["auto", "none"] = "auto"
+    layer: int | None = Field(default=None, ge=1)
+    """A tag task of a sequence model: the encoder layer its tower reads (default: the
+    last)."""
 
     @field_validator("type")
     @classmethod
@@ -195,14 +198,18 @@ class DataConfig(Strict):
     cut by ``split`` with ``split_seed``. ``loader`` reads a file: ``auto`` (CSV or Parquet by
     extension) or a built-in dataset loader (``census_income``; ``movielens_100k`` reads the
     ml-100k folder and, without ``split``, splits each user's ratings by time). Relative paths
-    are resolved
-    against the run file's folder. ``group`` names a user or request id column: it is saved
-    with the model as ``decision.group`` (grouped ranking metrics, `polytask decide`).
-    ``train`` may be a directory of Parquet files or a glob with ``training.stream``.
-    ``preprocessor`` is a folder written by ``polytask fit-preprocessor``: its fitted
-    vocabularies and statistics are used as they are, not fitted on ``train`` again."""
+    are resolved against the run file's folder; ``path`` cut into train and validation only
+    (``split.test: 0``) may take its ``test`` from a file of its own. ``group`` names a user
+    or request id column: it is saved with the model as ``decision.group`` (grouped ranking
+    metrics, `polytask decide`). ``train`` may be a directory of Parquet files or a glob with
+    ``training.stream``. ``preprocessor`` is a folder written by ``polytask
+    fit-preprocessor``: its fitted vocabularies and statistics are used as they are, not
+    fitted on ``train`` again. ``loader: conll`` reads the CoNLL column format (one token per
+    line, a blank line between sentences) into one row per sentence, ``columns`` naming its
+    fields in order, each a list column (`polytask.data.conll`)."""
 
-    loader: Literal["auto", "csv", "parquet", "census_income", "movielens_100k"] = "auto"
+    loader: Literal["auto", "csv", "parquet", "census_income", "movielens_100k", "conll"] = "auto"
+    columns: list[str] | None = None
     path: str | None = None
     split: SplitConfig | None = None
     split_seed: int = 0
@@ -218,15 +225,28 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
+        if (self.loader == "conll") != (self.columns is not None):
+            raise ValueError(
+                "data.columns names the fields of a CoNLL file and goes with loader: conll "
+                f"(found loader {self.loader!r} and columns {self.columns!r})"
+            )
+        if self.columns is not None and (
+            not self.columns or len(set(self.columns)) != len(self.columns)
+        ):
+            raise ValueError(f"data.columns: expected distinct names, found {self.columns}")
         if self.path is None and self.train is None:
             raise ValueError("data needs either 'path' (with 'split') or 'train'")
         if self.path is not None and self.train is not None:
             raise ValueError("data takes either 'path' or 'train'/'validation'/'test', not both")
-        if self.path is not None and (self.validation is not None or self.test is not None):
+        held_out = self.path is not None and self.split is not None and self.split.test == 0
+        if self.path is not None and (
+            self.validation is not None or (self.test is not None and not held_out)
+        ):
             given = [k for k in ("validation", "test") if getattr(self, k) is not None]
             raise ValueError(
                 f"'path' is cut into train/validation/test by 'split'; {given} would be "
-                "ignored: give 'train' with 'validation'/'test', or 'path' with 'split'"
+                "ignored: give 'train' with 'validation'/'test', or 'path' with 'split' (and "
+                "'test' only with split.test: 0)"
             )
         if self.train is not None and self.split is not None:
             raise ValueError(
@@ -375,8 +395,33 @@ class EstimatorConfig(Strict):
 
     def _model_fits_tasks(self) -> None:
         """A model that constrains the tasks (ESMM) or names features (PEPNet) checks them
-        here, before any data is read."""
+        here, before any data is read; sentences, sequence models and per-token tasks go
+        together."""
         entry = MODELS[self.model.name]
+        tokens = self.features.tokens is not None
+        if entry.sequence and not tokens:
+            raise ValueError(f"model {self.model.name!r} reads sentences: it needs features.tokens")
+        if tokens and not entry.sequence:
+            raise ValueError(
+                f"features.tokens (sentences) needs a sequence model (bilstm or transformer); "
+                f"model {self.model.name!r} reads rows"
+            )
+        for name, t in self.tasks.items():
+            if task_type(t.type).per_token and not tokens:
+                raise ValueError(
+                    f"task {name!r}: a {t.type} task labels tokens and needs features.tokens "
+                    "with a sequence model (bilstm or transformer)"
+                )
+            if tokens and not task_type(t.type).per_token:
+                raise ValueError(
+                    f"task {name!r}: a {t.type} task labels rows; a sequence model takes "
+                    "per-token (tag) tasks only"
+                )
+            if t.layer is not None and not entry.sequence:
+                raise ValueError(
+                    f"task {name!r}: layer picks an encoder layer of a sequence model; model "
+                    f"{self.model.name!r} has none"
+                )
         if entry.check_features is not None:
             try:
                 entry.check_features(
@@ -388,7 +433,7 @@ class EstimatorConfig(Strict):
         if entry.check_heads is None:
             return
         heads = [
-            Head(name=n, type=t.type, inputs_from=t.inputs_from, detach=t.detach)
+            Head(name=n, type=t.type, inputs_from=t.inputs_from, detach=t.detach, layer=t.layer)
             for n, t in self.task_specs().items()
         ]
         try:

@@ -128,7 +128,7 @@ class _SmallestSizes:
         self._types = {name: t.type for name, t in cfg.tasks.items()}
 
     def num_classes(self, task: str) -> int:
-        return 2 if self._types[task] == "multiclass" else 1
+        return 2 if task_type(self._types[task]).has_classes else 1
 
 
 def build_network(cfg: EstimatorConfig, preprocessor: _Sizes) -> MultiTaskNet:

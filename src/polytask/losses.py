@@ -27,6 +27,9 @@ def masked_loss(
     same kind side by side (a ``[k]`` vector, one mean per column). With ``weight`` (a task's
     ``sample_weight``, ``[B]``) the mean is weighted: ``sum w l / sum w`` over labelled rows
     (0 when the weights sum to 0)."""
+    if task_type(task).per_token:  # [B, T] tags, [B, T, C] logits: a mean over real tokens
+        label, output = label.reshape(-1), output.reshape(-1, output.shape[-1])
+        weight = None if weight is None else weight.reshape(-1)
     mask = ~torch.isnan(label)
     target = torch.where(mask, label, 0.0)
     per_row = torch.where(mask, elementwise_loss(task, output, target), 0.0)

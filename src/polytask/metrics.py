@@ -50,6 +50,11 @@ def task_metrics(
     """Metrics for one task from raw outputs (logits or values) and encoded labels with NaN
     missing; ``weight`` (its sample weights) weighs the ``loss``."""
     mask = ~np.isnan(label)
+    if task_type(task).per_token:  # whole sentences: chunks need their boundaries
+        count = float(mask.sum())
+        if not count:
+            return {"count": 0.0}
+        return {"count": count, **task_type(task).evaluate(task, output, label)}
     y = label[mask]
     out = output[mask].astype(np.float64)
     result: dict[str, float] = {"count": float(mask.sum())}
@@ -85,7 +90,12 @@ def monitor_value(metrics: Mapping[str, Mapping[str, float]], monitor: str) -> f
     return float(metrics[head][metric])
 
 
-_UNDEFINED = {"auc": "its labels there are all one class"}
+_UNDEFINED = {
+    "auc": "its labels there are all one class",
+    "f1": "its tags are not IOB chunk tags",
+    "precision": "its tags are not IOB chunk tags",
+    "recall": "its tags are not IOB chunk tags",
+}
 
 
 def undefined_in_mean(metrics: Mapping[str, Mapping[str, float]], monitor: str) -> dict[str, str]:

@@ -66,6 +66,11 @@ def _read(data: DataConfig, base: Path, path: str, what: str) -> pd.DataFrame:
         from polytask.datasets import load_movielens_100k
 
         return load_movielens_100k(resolved)
+    if data.loader == "conll":
+        from polytask.data.conll import read_conll
+
+        assert data.columns is not None  # DataConfig pairs them
+        return read_conll(resolved, data.columns, what=what)
     if data.loader == "csv":
         return read_table(resolved, format="csv", what=what)
     if data.loader == "parquet":
@@ -109,7 +114,8 @@ def load_splits(
         for f in fractions:
             out.append(parts.pop(0) if f > 0 else None)
         assert out[0] is not None
-        return Splits(out[0], out[1], out[2])
+        test = _read(data, base, data.test, "data.test") if data.test else out[2]
+        return Splits(out[0], out[1], test)
     assert data.train is not None
 
     def other(path: str | None, what: str) -> pd.DataFrame | Path | None:

@@ -83,6 +83,27 @@ class NumericFeature(Strict):
     log1p: bool = False
 
 
+class TokenFeatures(Strict):
+    """The tokens of a sentence (a list column, one row per sentence), for sequence models
+    and ``tag`` tasks (`polytask.data.tokens`, docs/sequence_tagging.md).
+
+    Each token is embedded as its lowercased form (``embedding_dim``; forms seen fewer than
+    ``min_freq`` times in training share the unknown row, which then learns what an unseen
+    word looks like), its capitalisation pattern (``shape_dim``; 0: none) and, with
+    ``char_filters`` > 0, a character CNN over its first ``max_chars`` characters
+    (``char_dim``-wide character embeddings, ``char_filters`` filters of width
+    ``char_width``, max-pooled)."""
+
+    column: str
+    min_freq: int = Field(default=1, ge=1)
+    embedding_dim: int = Field(default=64, ge=1)
+    shape_dim: int = Field(default=8, ge=0)
+    char_filters: int = Field(default=0, ge=0)
+    char_dim: int = Field(default=16, ge=1)
+    char_width: int = Field(default=3, ge=1)
+    max_chars: int = Field(default=16, ge=1)
+
+
 class FeaturesConfig(Strict):
     """Which columns are inputs and how they are encoded.
 
@@ -97,6 +118,9 @@ class FeaturesConfig(Strict):
     min_freq: int = Field(default=1, ge=1)
     numeric_dim: int | None = Field(default=None, ge=1)
     numeric_scaling: Literal["standardize", "none"] = "standardize"
+    tokens: TokenFeatures | None = None
+    """A sentence's tokens (a list column): the input of sequence models and ``tag`` tasks;
+    it is then the only feature."""
 
     @field_validator("categorical", "numeric", mode="before")
     @classmethod
@@ -107,6 +131,13 @@ class FeaturesConfig(Strict):
     @model_validator(mode="after")
     def _unique(self) -> FeaturesConfig:
         names = [f.name for f in self.categorical] + [f.name for f in self.numeric]
+        if self.tokens is not None:
+            if names:
+                raise ValueError(
+                    f"features.tokens is the only input of a sequence model; found also "
+                    f"categorical/numeric columns {names}"
+                )
+            return self
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"feature column(s) {dupes} listed more than once")
@@ -163,4 +194,5 @@ class FeaturesConfig(Strict):
 
     @property
     def columns(self) -> list[str]:
-        return [f.name for f in self.categorical] + [f.name for f in self.numeric]
+        tokens = [self.tokens.column] if self.tokens is not None else []
+        return [f.name for f in self.categorical] + [f.name for f in self.numeric] + tokens

@@ -179,8 +179,17 @@ def _numeric_state(
 class Preprocessor:
     """Fit on a training table, then encode any table with the same columns into tensors.
 
-    Parameters are the validated ``features`` and ``tasks`` sections of the run file.
+    Parameters are the validated ``features`` and ``tasks`` sections of the run file. With
+    ``features.tokens`` (sentences) the preprocessor built is a
+    `polytask.data.tokens.SentencePreprocessor`.
     """
+
+    def __new__(cls, *, features: FeaturesConfig, tasks: Mapping[str, TaskSpec]) -> Preprocessor:
+        if cls is Preprocessor and features.tokens is not None:
+            from polytask.data.tokens import SentencePreprocessor
+
+            return super().__new__(SentencePreprocessor)
+        return super().__new__(cls)
 
     def __init__(self, *, features: FeaturesConfig, tasks: Mapping[str, TaskSpec]) -> None:
         self.features = features

@@ -12,6 +12,13 @@ from polytask.models._home import HoME, HoMEParams, check_home_heads
 from polytask.models._moe import GatedExperts, MoEParams, mmoe, moe
 from polytask.models._pepnet import PEPNet, PEPNetParams, check_pepnet_features
 from polytask.models._ple import PLE, CGCParams, PLEParams, cgc
+from polytask.models._sequence import (
+    BiLSTM,
+    BiLSTMParams,
+    Transformer,
+    TransformerParams,
+    check_layers,
+)
 from polytask.models._shared_bottom import SharedBottomParams, SharedMLPNet, shared_bottom
 from polytask.models._stem import STEM, STEMParams
 from polytask.models.base import Head, ModelEntry, MultiTaskNet, Representation, TowerParams
@@ -31,6 +38,10 @@ MODELS: dict[str, ModelEntry] = {
     "cross_stitch": ModelEntry(CrossStitchParams, CrossStitch),
     "dselect_k": ModelEntry(DSelectKParams, DSelectK),
     "escm2": ModelEntry(ESCM2Params, ESCM2, check_heads=check_escm2_heads),
+    "bilstm": ModelEntry(BiLSTMParams, BiLSTM, check_heads=check_layers, sequence=True),
+    "transformer": ModelEntry(
+        TransformerParams, Transformer, check_heads=check_layers, sequence=True
+    ),
 }
 
 __all__ = [
@@ -43,6 +54,8 @@ __all__ = [
     "AITMParams",
     "AdaTT",
     "AdaTTParams",
+    "BiLSTM",
+    "BiLSTMParams",
     "CGCParams",
     "CrossStitch",
     "CrossStitchParams",
@@ -65,6 +78,8 @@ __all__ = [
     "SharedBottomParams",
     "SharedMLPNet",
     "TowerParams",
+    "Transformer",
+    "TransformerParams",
     "cgc",
     "counterfactual_risk",
     "ctcvr_logit",

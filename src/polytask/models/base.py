@@ -34,6 +34,8 @@ class Head:
     out_dim: int = 1
     inputs_from: tuple[str, ...] = ()
     detach: bool = True
+    layer: int | None = None
+    """The encoder layer a sequence model's task reads (None: the last)."""
 
     @property
     def estimate_dim(self) -> int:
@@ -132,6 +134,11 @@ class MultiTaskNet(nn.Module):
         more than one embedding of each feature (STEM) returns them side by side."""
         return self.inputs(batch["categorical"], batch["numeric"], batch_lists(batch))
 
+    def body(self, batch: dict[str, Tensor], active: Sequence[int]) -> Representation:
+        """`represent` of `embed`: what the towers read. A sequence model overrides it (it
+        needs the batch's sentence lengths beside the embeddings)."""
+        return self.represent(self.embed(batch), active)
+
     def tower(self, name: str, h: Tensor, rep: Representation) -> Tensor:
         """Task ``name``'s raw output ``[B, out_dim]`` from its tower input ``h`` (the body's
         representation plus any linked estimates); ``rep`` is the whole representation."""
@@ -183,8 +190,7 @@ class MultiTaskNet(nn.Module):
         """Gate weights per gate name (``[B, num_experts]`` each); empty for gateless models.
 
         Runs the body for every task, but no tower: the gates are the body's."""
-        x = self.embed(batch)
-        return self.represent(x, list(range(len(self.heads)))).gates
+        return self.body(batch, list(range(len(self.heads)))).gates
 
     def required_tasks(self, tasks: Sequence[str] | None) -> list[str]:
         """``tasks`` plus, transitively, the tasks they take inputs from, in run order."""
@@ -209,8 +215,7 @@ class MultiTaskNet(nn.Module):
         run = self.required_tasks(tasks)
         active = sorted(self.task_index[n] for n in run)
         slot = {k: j for j, k in enumerate(active)}
-        x = self.embed(batch)
-        rep = self.represent(x, active)
+        rep = self.body(batch, active)
         outputs: dict[str, Tensor] = {}
         for name in run:
             head = self.head_by_name[name]
@@ -224,7 +229,7 @@ class MultiTaskNet(nn.Module):
                 for src in head.inputs_from:
                     est = estimate(self.head_by_name[src], outputs[src])
                     feats.append(est.detach() if head.detach else est)
-                h = torch.cat([h, *feats], dim=1)
+                h = torch.cat([h, *feats], dim=-1)
             out = self.tower(name, h, rep)
             outputs[name] = out.squeeze(1) if head.out_dim == 1 else out
         return {name: outputs[name] for name in self.task_names if name in outputs}, rep
@@ -268,6 +273,9 @@ class ModelEntry:
     `MultiTaskNet` subclass or a function (a preset such as ``cgc``)."""
     check_heads: Callable[[Any, Sequence[Head]], None] | None = None
     """Raises ValueError naming the parameter, what it expects and what it found."""
+    sequence: bool = False
+    """A sequence model: it reads sentences (``features.tokens``) and its tasks are
+    per-token (``tag``), each at the encoder layer its ``layer`` names."""
     check_features: Callable[[Any, Sequence[str]], None] | None = None
     """Likewise for models whose parameters name features (PEPNet's ``gate_features``):
     called with the parameters and the categorical columns' names."""

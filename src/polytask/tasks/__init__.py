@@ -11,6 +11,7 @@ from polytask.tasks._binary import Binary
 from polytask.tasks._count import Count
 from polytask.tasks._multiclass import Multiclass
 from polytask.tasks._regression import Regression
+from polytask.tasks._tag import Tag
 from polytask.tasks.base import TaskType, log_softmax, sigmoid, softmax
 from polytask.tasks.spec import WEIGHT_SUFFIX, TaskSpec, task_order, weight_key
 
@@ -19,6 +20,7 @@ TASK_TYPES: dict[str, TaskType] = {
     "regression": Regression(),
     "multiclass": Multiclass(),
     "count": Count(),
+    "tag": Tag(),
 }
 
 

@@ -66,6 +66,9 @@ class TaskType(ABC):
     """Whether the label's classes are learned from the training set (`fit_classes`)."""
     takes_positive: ClassVar[bool] = False
     """Whether the spec's ``positive`` (the label value meaning 1) applies."""
+    per_token: ClassVar[bool] = False
+    """Whether a label is a sequence, one per token (``[N, T]``, NaN at padding): the loss is
+    the mean over real tokens and `evaluate` gets whole sentences (``tag``)."""
     uncertainty_scale: ClassVar[float] = 1.0
     """``c`` in uncertainty weighting's ``c exp(-s) L + s / 2`` (Kendall et al. 2018): 1/2
     for a Gaussian likelihood, 1 for a classification likelihood."""

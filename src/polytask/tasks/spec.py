@@ -34,6 +34,12 @@ class TaskSpec:
     """Fitted on the training labels (by the preprocessor): the network learns
     ``(label - label_shift) / label_scale``; outputs are mapped back for predictions and
     metrics."""
+    layer: int | None = None
+    """A per-token task of a sequence model: the encoder layer (1 = the first) whose output
+    its tower reads; None: the last."""
+    tags: tuple[str, ...] = ()
+    """Fitted (by the sentence preprocessor): a tag task's tags by class index, which its
+    chunk metrics read."""
 
     @classmethod
     def of(cls, task: Any) -> TaskSpec:
@@ -43,6 +49,7 @@ class TaskSpec:
             return task
         values = {f.name: getattr(task, f.name) for f in fields(cls) if hasattr(task, f.name)}
         values["inputs_from"] = tuple(values.get("inputs_from", ()))
+        values["tags"] = tuple(values.get("tags", ()))
         return cls(**values)
 
 

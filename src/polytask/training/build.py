@@ -18,6 +18,7 @@ from polytask.data.features import FeaturesConfig
 from polytask.errors import ConfigError, MissingExtraError
 from polytask.models import MODELS, Head, MultiTaskNet
 from polytask.nn import FeatureInput, ListInput
+from polytask.nn.tokens import TokenInput
 from polytask.tasks import TaskSpec
 from polytask.training.checkpoint import ResumableSource, TrainingParts
 from polytask.training.optim import build_optimizer, build_scheduler
@@ -34,29 +35,40 @@ def build_network(
 ) -> MultiTaskNet:
     """The network ``model`` names with its ``params``, sized by the fitted preprocessor."""
     f = features
-    dims = [c.embedding_dim or f.embedding_dim for c in f.single]
-    numeric_dim = f.numeric_dim or min(f.embedding_dim * max(len(f.numeric), 1), 128)
-    sizes = preprocessor.list_cardinalities
-    inputs = FeatureInput(
-        cardinalities=preprocessor.cardinalities,
-        embedding_dims=dims,
-        numeric_width=preprocessor.numeric_width,
-        numeric_dim=numeric_dim,
-        names=[c.name for c in f.single],
-        lists=[
-            ListInput(
-                name=c.name,
-                dim=f.dim_of(c),
-                pooling=c.pool,
-                cardinality=sizes.get(c.name, 0),
-                shared_with=c.shared_with,
-                query=c.query,
-                attention_softmax=c.attention_softmax,
-                attention_units=tuple(c.attention_units),
-            )
-            for c in f.lists
-        ],
-    )
+    inputs: FeatureInput | TokenInput
+    if f.tokens is not None:  # sentences: word, shape and character embeddings per token
+        inputs = TokenInput(
+            cardinalities=preprocessor.cardinalities,
+            embedding_dim=f.tokens.embedding_dim,
+            shape_dim=f.tokens.shape_dim,
+            char_filters=f.tokens.char_filters,
+            char_dim=f.tokens.char_dim,
+            char_width=f.tokens.char_width,
+        )
+    else:
+        dims = [c.embedding_dim or f.embedding_dim for c in f.single]
+        numeric_dim = f.numeric_dim or min(f.embedding_dim * max(len(f.numeric), 1), 128)
+        sizes = preprocessor.list_cardinalities
+        inputs = FeatureInput(
+            cardinalities=preprocessor.cardinalities,
+            embedding_dims=dims,
+            numeric_width=preprocessor.numeric_width,
+            numeric_dim=numeric_dim,
+            names=[c.name for c in f.single],
+            lists=[
+                ListInput(
+                    name=c.name,
+                    dim=f.dim_of(c),
+                    pooling=c.pool,
+                    cardinality=sizes.get(c.name, 0),
+                    shared_with=c.shared_with,
+                    query=c.query,
+                    attention_softmax=c.attention_softmax,
+                    attention_units=tuple(c.attention_units),
+                )
+                for c in f.lists
+            ],
+        )
     heads = [
         Head(
             name=name,
@@ -64,6 +76,7 @@ def build_network(
             out_dim=preprocessor.num_classes(name),
             inputs_from=t.inputs_from,
             detach=t.detach,
+            layer=t.layer,
         )
         for name, t in tasks.items()
     ]

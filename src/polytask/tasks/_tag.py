@@ -1,0 +1,139 @@
+"""Tag tasks: one class per token of a sentence (part-of-speech tags, IOB chunk tags).
+
+Labels are lists of tag strings, one per token, encoded ``[N, T]`` (NaN at padding and for
+sentences without the label, -1 for a tag not seen in training); the network's output is
+``[B, T, C]`` logits, exactly 0 at padding positions (the sequence models zero them, which
+is how `predict_columns` finds each sentence's length). The loss is cross-entropy averaged
+over real tokens. Metrics: token ``accuracy``; for IOB tags (every tag ``O`` or ``B-``/``I-``
+/``E-`` plus a type) chunk ``precision``, ``recall`` and ``f1`` as CoNLL's conlleval counts
+them (`polytask._chunks`), NaN for other tags.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from polytask._chunks import chunk_scores, is_iob
+from polytask.errors import DataError
+from polytask.tasks.base import TaskType, log_softmax
+from polytask.tasks.spec import TaskSpec
+
+UNSEEN = -1.0
+"""The label of a tag not seen in training: no logit can predict it."""
+
+
+class Tag(TaskType):
+    name: ClassVar[str] = "tag"
+    losses: ClassVar[tuple[str, ...]] = ("cross_entropy",)
+    metrics: ClassVar[tuple[str, ...]] = ("accuracy", "f1", "precision", "recall", "loss")
+    primary_metric: ClassVar[str] = "accuracy"
+    higher_is_better: ClassVar[frozenset[str]] = frozenset(
+        {"accuracy", "f1", "precision", "recall"}
+    )
+    has_classes: ClassVar[bool] = True
+    per_token: ClassVar[bool] = True
+
+    def check(self, spec: TaskSpec) -> None:
+        super().check(spec)
+        if spec.sample_weight is not None:
+            raise ValueError("sample_weight weighs rows; a tag task's loss is over tokens")
+
+    def fit_classes(self, task: str, column: str, found: list[str]) -> list[str]:
+        """The sorted tags seen in training; fewer than 2 is a `DataError`."""
+        classes = sorted(set(found))
+        if len(classes) < 2:
+            raise DataError(
+                f"task {task!r}: label column {column!r} has {len(classes)} tag(s) {classes}; "
+                "a tag task needs at least 2"
+            )
+        return classes
+
+    def out_dim(self, classes: list[str] | None) -> int:
+        assert classes is not None
+        return len(classes)
+
+    def encode(
+        self,
+        series: pd.Series,
+        spec: TaskSpec,
+        *,
+        where: str,
+        classes: list[str] | None = None,
+        strings: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """``[N, longest list]`` tag indices from a column of tag lists (None: a sentence
+        without the label, all NaN)."""
+        assert classes is not None
+        rows = series.tolist()
+        width = max((len(r) for r in rows if r is not None), default=0)
+        y = np.full((len(rows), width), np.nan, dtype=np.float32)
+        labelled = [i for i, r in enumerate(rows) if r is not None]
+        lengths = np.asarray([len(rows[i]) for i in labelled], dtype=np.int64)
+        flat = [str(t) for i in labelled for t in rows[i]]
+        codes = pd.Index(classes, dtype=object).get_indexer(pd.Index(flat, dtype=object))
+        r = np.repeat(np.asarray(labelled, dtype=np.int64), lengths)
+        p = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        y[r, p] = np.where(codes < 0, UNSEEN, codes)
+        return y
+
+    def loss(self, spec: TaskSpec, output: Tensor, target: Tensor) -> Tensor:
+        """Cross-entropy per token: ``output [M, C]`` and ``target [M]``, the real tokens of
+        a batch (the loss layer flattens sentences for a per-token type)."""
+        return F.cross_entropy(output, target.long(), reduction="none")
+
+    def loss_key(self, spec: TaskSpec, index: int) -> tuple[object, ...]:
+        return (self.name, index)
+
+    def link(self, output: Tensor) -> Tensor:
+        return torch.softmax(output, dim=-1)
+
+    def estimate_dim(self, out_dim: int) -> int:
+        return out_dim
+
+    def predict_columns(
+        self, name: str, spec: TaskSpec, output: np.ndarray, classes: list[str] | None = None
+    ) -> dict[str, Any]:
+        """One column of tag lists, each as long as its sentence: the positions before the
+        trailing all-zero (padding) outputs."""
+        assert classes is not None
+        names = np.asarray(classes, dtype=object)
+        output = output.reshape(output.shape[0], -1, len(classes))
+        real = (output != 0).any(axis=2)
+        lengths = np.where(real.any(axis=1), real.shape[1] - np.argmax(real[:, ::-1], axis=1), 0)
+        best = output.argmax(axis=2)
+        return {name: [names[best[i, : lengths[i]]].tolist() for i in range(len(output))]}
+
+    def evaluate(
+        self, spec: TaskSpec, output: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """From whole sentences: ``output [N, T, C]``, ``y [N, T]`` (NaN: padding or no label,
+        -1: a tag not seen in training, always wrong). ``loss`` is the mean cross-entropy of
+        the tokens whose tag has a logit."""
+        real = ~np.isnan(y)
+        yi = np.where(real, y, 0).astype(np.int64)
+        guess = output.argmax(axis=2)
+        right = (guess == yi) & real & (yi >= 0)
+        known = real & (yi >= 0)
+        logp = log_softmax(output[known])
+        picked = np.take_along_axis(logp, yi[known][:, None], axis=1)[:, 0]
+        result = {
+            "loss": float(-picked.mean()) if picked.size else 0.0,
+            "accuracy": float(right.sum() / real.sum()),
+        }
+        tags = list(spec.tags)
+        if tags and is_iob(tags):
+            names = np.asarray([*tags, "O"], dtype=object)  # -1 (unseen) reads as O
+            sentences = [i for i in range(len(y)) if real[i].any()]
+            n = real.sum(axis=1)
+            gold = [names[yi[i, : n[i]]].tolist() for i in sentences]
+            pred = [names[guess[i, : n[i]]].tolist() for i in sentences]
+            result.update(chunk_scores(gold, pred))
+        else:
+            result.update({"precision": float("nan"), "recall": float("nan"), "f1": float("nan")})
+        return result
