@@ -217,11 +217,12 @@ def cmd_fit_preprocessor(args: argparse.Namespace) -> int:
     cfg, base = load_run_file(args.run_file, args.overrides)
     summary = fit_preprocessor_to(cfg, base, Path(args.output))
     if is_main_process():
-        sizes = ", ".join(f"{k} {n:,}" for k, n in summary["vocabularies"].items())
+        sizes = summary["vocabularies"]
         by = f" by {summary['processes']} processes" if summary["processes"] > 1 else ""
         print(
-            f"fitted{by} on {summary['rows']:,} rows (vocabularies: {sizes or 'none'}); wrote "
-            f"{args.output}; use it with data.preprocessor={args.output}"
+            f"fitted{by} on {summary['rows']:,} rows ({len(sizes)} vocabularies, "
+            f"{sum(sizes.values()):,} values); wrote {args.output}; use it with "
+            f"data.preprocessor={args.output}"
         )
     return 0
 

@@ -700,7 +700,7 @@ def _cwd_paths(raw: dict[str, Any], overrides: Sequence[str], base: Path) -> Non
     if not isinstance(data, dict):
         return
     keys = {item.partition("=")[0].strip() for item in overrides}
-    for name in ("path", "train", "validation", "test"):
+    for name in ("path", "train", "validation", "test", "preprocessor"):
         value = data.get(name)
         if not ({"data", f"data.{name}"} & keys) or not isinstance(value, str):
             continue
