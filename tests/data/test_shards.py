@@ -239,3 +239,30 @@ def test_evaluate_sharded_in_one_process_equals_evaluate(tmp_path: Path) -> None
     assert ours.keys() == theirs.keys()
     for task, values in theirs.items():
         assert ours[task] == pytest.approx(values, rel=1e-9), task
+
+
+def test_a_resumed_epoch_continues_where_it_stopped(tmp_path: Path) -> None:
+    df = _frame(2000)
+    folder = _directory(df, tmp_path / "train", CUTS)
+    pre = fit_preprocessor_streaming(_pre(), folder, chunk_rows=100)
+    stream = _sharded(folder, pre, 1, 2)
+    first = [b for _, b in stream.epoch()]
+    second = stream.epoch()
+    taken = [next(second)[1] for _ in range(5)]
+    state = stream.state_dict()
+    again = _sharded(folder, pre, 1, 2)
+    again.load_state_dict(state, position=5)
+    assert again.steps == stream.steps
+    rest = [b for _, b in again.epoch()]
+    whole = [b for _, b in _sharded_epochs(folder, pre, 2)[1]]
+    assert len(taken) + len(rest) == len(whole)
+    for ours, theirs in zip([*taken, *rest], whole, strict=True):
+        assert torch.equal(ours["categorical"], theirs["categorical"])
+    assert not torch.equal(first[0]["categorical"], whole[0]["categorical"])
+    again.load_state_dict(state, position=again.plan(1).steps)  # saved at the epoch's end
+    assert list(again.epoch()) == [] and again.steps == again.plan(2).steps
+
+
+def _sharded_epochs(folder: Path, pre: Preprocessor, epochs: int) -> list[list[tuple]]:
+    stream = _sharded(folder, pre, 1, 2)
+    return [list(stream.epoch()) for _ in range(epochs)]

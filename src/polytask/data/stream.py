@@ -683,6 +683,9 @@ class ShardedStream:
         self._current = self._active = e
         self._finished = None
         plan = self.plan(e)
+        if start >= plan.steps:  # resumed after the epoch's last step: nothing to replay
+            self._active, self._finished = e + 1, plan.steps * self.batch_size
+            return
         generator = _seeded(self.seed, e, self.rank)
         stream: Generator[Batch, None, None] = self.data.batches(
             self.local_batch, generator=generator, groups=plan.hands[self.rank]
