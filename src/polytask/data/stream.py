@@ -644,22 +644,22 @@ class ShardedStream:
         self._current: int | None = None
         self._resume_at: int | None = None
         self._finished: int | None = None
-        if self.plan(0).steps == 0:
-            sizes = [sum(data.source.sizes[g] for g in h) for h in self.plan(0).hands]
+        self.plan(0)
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """Epoch ``epoch``'s dealing and step count (the same on every rank); a
+        `DataError` when some rank would get fewer rows than its batch share."""
+        sizes = self.data.source.sizes
+        hands = deal(sizes, self.world_size, _seeded(self.seed, epoch))
+        loads = [sum(sizes[g] for g in hand) for hand in hands]
+        steps = min(n // share(self.batch_size, r, self.world_size) for r, n in enumerate(loads))
+        if steps == 0:
             raise DataError(
-                f"streamed training set: {len(data.source.groups)} row group(s) of "
-                f"{data.source.rows} rows dealt to {world_size} processes give rows {sizes}, "
+                f"streamed training set: {len(sizes)} row group(s) of {sum(sizes)} rows "
+                f"dealt to {self.world_size} processes give rows {loads} in epoch {epoch + 1}, "
                 f"fewer than a batch share ({self.local_batch} rows) on some rank; write the "
                 "file(s) with more, smaller row groups or lower training.batch_size"
             )
-
-    def plan(self, epoch: int) -> EpochPlan:
-        sizes = self.data.source.sizes
-        hands = deal(sizes, self.world_size, _seeded(self.seed, epoch))
-        steps = min(
-            sum(sizes[g] for g in hand) // share(self.batch_size, r, self.world_size)
-            for r, hand in enumerate(hands)
-        )
         return EpochPlan(hands, steps)
 
     @property
