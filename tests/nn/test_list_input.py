@@ -117,9 +117,17 @@ def test_attention_output_is_the_weighted_sum_and_ignores_where_padding_sits(sof
     torch.testing.assert_close(layer(CAT, torch.zeros(3, 0), {"h": moved})[:, 8:], out)
 
 
-def test_din_unit_sees_h_q_difference_and_product():
-    unit = TargetAttention(2, [3])
-    assert unit.mlp[0].in_features == 8
+@pytest.mark.parametrize("units", [(3,), (5, 4)])
+def test_din_unit_is_an_mlp_over_h_q_difference_and_product(units):
+    torch.manual_seed(2)
+    unit = TargetAttention(6, units)
+    h, q = torch.randn(4, 7, 6), torch.randn(4, 6)
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    mask[1, 3:] = False
+    qe = q.unsqueeze(1).expand_as(h)
+    explicit = unit.out(unit.mlp(torch.cat([h, qe, h - qe, h * qe], -1))).squeeze(-1)
+    torch.testing.assert_close(unit.weights(h, q, mask), explicit * mask)
+    torch.testing.assert_close(unit(h, q, mask), torch.einsum("bl,bld->bd", explicit * mask, h))
 
 
 def test_shared_table_is_one_parameter_a_step_moves_both_uses():
