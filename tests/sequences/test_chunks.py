@@ -62,3 +62,30 @@ def test_is_iob() -> None:
     assert is_iob(["O", "B-NP", "I-VP"])
     assert not is_iob(["NN", "B-NP"])
     assert not is_iob(["B-"])
+
+
+def test_iob_decoding_is_the_best_allowed_sequence() -> None:
+    import itertools
+
+    import numpy as np
+
+    from polytask.tasks._tag import decode, iob_transitions
+
+    tags = ["B-NP", "B-VP", "I-NP", "I-VP", "O"]
+    allowed, may_start = iob_transitions(tags)
+    rng = np.random.default_rng(0)
+    out = rng.normal(size=(6, 4, 5)) * 2
+    lengths = np.array([4, 3, 1, 4, 2, 4])
+    got = decode(out, tags, lengths)
+    z = out - out.max(axis=2, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=2, keepdims=True))
+    for i, n in enumerate(lengths):
+        best, best_path = -np.inf, None
+        for path in itertools.product(range(5), repeat=int(n)):  # brute force
+            ok = may_start[path[0]] and all(allowed[a, b] for a, b in itertools.pairwise(path))
+            score = sum(logp[i, k, c] for k, c in enumerate(path))
+            if ok and score > best:
+                best, best_path = score, path
+        assert tuple(got[i, :n]) == best_path
+    # tags that are not IOB chunks are decoded token by token
+    assert (decode(out, ["NN", "VB", "DT", "IN", "JJ"], lengths) == out.argmax(axis=2)).all()

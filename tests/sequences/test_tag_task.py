@@ -163,7 +163,7 @@ def test_tag_metrics_are_conllevals_and_an_unseen_tag_counts_wrong() -> None:
     tags = ("B-NP", "B-VP", "I-NP", "O")
     spec = TaskSpec(type="tag", tags=tags)
     gold = [["B-NP", "I-NP", "B-VP"], ["I-NP", "O"]]
-    guess = [["B-NP", "B-NP", "B-VP"], ["I-NP", "O"]]
+    guess = [["B-NP", "B-NP", "B-VP"], ["B-NP", "O"]]  # decodable: IOB2 (B- first)
     y = np.full((2, 4), np.nan)
     out = np.zeros((2, 4, 4))
     for i, (g, p) in enumerate(zip(gold, guess, strict=True)):
@@ -171,12 +171,13 @@ def test_tag_metrics_are_conllevals_and_an_unseen_tag_counts_wrong() -> None:
             y[i, t] = tags.index(a)
             out[i, t, tags.index(b)] = 5.0
     m = task_metrics(spec, out, y)
-    assert m["count"] == 5 and m["accuracy"] == pytest.approx(4 / 5)
+    assert m["count"] == 5 and m["accuracy"] == pytest.approx(3 / 5)
     assert {k: m[k] for k in ("precision", "recall", "f1")} == pytest.approx(
         chunk_scores(gold, guess)
     )
+    assert (m["precision"], m["recall"]) == pytest.approx((2 / 4, 2 / 3))  # by hand
     y[1, 1] = -1  # a tag never seen in training: wrong whatever the guess
-    assert task_metrics(spec, out, y)["accuracy"] == pytest.approx(3 / 5)
+    assert task_metrics(spec, out, y)["accuracy"] == pytest.approx(2 / 5)
 
 
 def test_alternate_training_on_one_dataset_per_task() -> None:

@@ -6,7 +6,9 @@ sentences without the label, -1 for a tag not seen in training); the network's o
 is how `predict_columns` finds each sentence's length). The loss is cross-entropy averaged
 over real tokens. Metrics: token ``accuracy``; for IOB tags (every tag ``O`` or ``B-``/``I-``
 /``E-`` plus a type) chunk ``precision``, ``recall`` and ``f1`` as CoNLL's conlleval counts
-them (`polytask._chunks`), NaN for other tags.
+them (`polytask._chunks`), NaN for other tags. IOB tags are decoded as a sequence (`decode`:
+the most likely tags the IOB2 scheme allows, ``I-X`` only after ``B-X`` or ``I-X``), other
+tags token by token; predictions and every metric but ``loss`` read the decoded tags.
 """
 
 from __future__ import annotations
@@ -26,6 +28,43 @@ from polytask.tasks.spec import TaskSpec
 
 UNSEEN = -1.0
 """The label of a tag not seen in training: no logit can predict it."""
+
+
+def iob_transitions(tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(allowed [C, C], may_start [C])`` of IOB2 tags: ``I-X`` only after ``B-X`` or
+    ``I-X``, never first; everything else anywhere."""
+    inside = [t[2:] if t.startswith("I-") else None for t in tags]
+    allowed = np.ones((len(tags), len(tags)), dtype=bool)
+    for j, kind in enumerate(inside):
+        if kind is not None:
+            allowed[:, j] = [t in (f"B-{kind}", f"I-{kind}") for t in tags]
+    return allowed, np.asarray([k is None for k in inside])
+
+
+def decode(output: np.ndarray, tags: list[str], lengths: np.ndarray) -> np.ndarray:
+    """The tag index per token ``[N, T]``: for IOB tags the sequence of highest summed
+    log-probability among those the IOB2 scheme allows (Viterbi, every sentence at once);
+    for other tags the argmax of each token."""
+    if not tags or not is_iob(tags) or output.shape[1] == 0:
+        return np.asarray(output.argmax(axis=2))
+    allowed, may_start = iob_transitions(tags)
+    penalty = np.where(allowed, 0.0, -np.inf)
+    logp = np.stack([log_softmax(o) for o in output])  # [N, T, C]
+    n, t, c = logp.shape
+    score = np.where(may_start, logp[:, 0], -np.inf)
+    back = np.zeros((n, t, c), dtype=np.int64)
+    for k in range(1, t):
+        cand = score[:, :, None] + penalty[None]  # [N, from, to]
+        best = cand.argmax(axis=1)
+        step = np.take_along_axis(cand, best[:, None, :], axis=1)[:, 0] + logp[:, k]
+        live = (k < lengths)[:, None]
+        back[:, k] = np.where(live, best, np.arange(c))
+        score = np.where(live, step, score)
+    path = np.zeros((n, t), dtype=np.int64)
+    path[:, -1] = score.argmax(axis=1)
+    for k in range(t - 1, 0, -1):
+        path[:, k - 1] = back[np.arange(n), k, path[:, k]]
+    return path
 
 
 class Tag(TaskType):
@@ -106,7 +145,7 @@ class Tag(TaskType):
         output = output.reshape(output.shape[0], -1, len(classes))
         real = (output != 0).any(axis=2)
         lengths = np.where(real.any(axis=1), real.shape[1] - np.argmax(real[:, ::-1], axis=1), 0)
-        best = output.argmax(axis=2)
+        best = decode(output, classes, lengths)
         return {name: [names[best[i, : lengths[i]]].tolist() for i in range(len(output))]}
 
     def evaluate(
@@ -117,7 +156,7 @@ class Tag(TaskType):
         the tokens whose tag has a logit."""
         real = ~np.isnan(y)
         yi = np.where(real, y, 0).astype(np.int64)
-        guess = output.argmax(axis=2)
+        guess = decode(output, list(spec.tags), real.sum(axis=1))
         right = (guess == yi) & real & (yi >= 0)
         known = real & (yi >= 0)
         logp = log_softmax(output[known])
