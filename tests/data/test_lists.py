@@ -224,6 +224,17 @@ def test_hash_is_identical_across_processes_and_hash_seeds():
     assert len(set(here)) > 800  # spread over the buckets, not a constant
 
 
+def test_hashing_in_chunks_gives_the_same_codes(monkeypatch):
+    from polytask.data import preprocess
+
+    ids = pd.Series([f"u{i % 97}" if i % 13 else None for i in range(1000)])
+    whole = pre({"name": "u", "hash_buckets": 50}).fit_transform(frame(u=ids)).categorical
+    monkeypatch.setattr(preprocess, "HASH_CHUNK", 64)
+    chunked = pre({"name": "u", "hash_buckets": 50}).fit_transform(frame(u=ids)).categorical
+    assert torch.equal(whole, chunked)
+    assert (whole[ids.isna().to_numpy(), 0] == 0).all()
+
+
 def test_hashed_list_column():
     p = pre({"name": "h", "hash_buckets": 7, "max_len": 2})
     data = p.fit_transform(frame(h=[["a", "b"], []]))

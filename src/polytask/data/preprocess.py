@@ -112,6 +112,21 @@ def _hashed_codes(values: np.ndarray, missing: np.ndarray, buckets: int) -> np.n
     return np.where(missing, MISSING_INDEX, hash_buckets(filled, buckets) + 2)
 
 
+HASH_CHUNK = 1 << 18
+"""Rows whose canonical strings are built and hashed at once (about 180 bytes a row, so 45
+MiB): a whole column's strings are never all held, and hashing's memory does not grow with
+the rows."""
+
+
+def _hashed_column(series: pd.Series, buckets: int) -> np.ndarray:
+    """`_hashed_codes` of a single-valued column, `HASH_CHUNK` rows at a time."""
+    out = np.empty(len(series), dtype=np.int64)
+    for start in range(0, len(series), HASH_CHUNK):
+        values, missing = category_strings(series.iloc[start : start + HASH_CHUNK])
+        out[start : start + HASH_CHUNK] = _hashed_codes(values, missing, buckets)
+    return out
+
+
 _Scaled = tuple[np.ndarray, np.ndarray | None]
 
 
@@ -412,8 +427,11 @@ class Preprocessor:
         vocabularies: dict[str, list[str]] = {}
         cat = np.zeros((n if encode else 0, len(features.single)), dtype=np.int64)
         for j, feat in enumerate(features.single):
-            _refuse_nested(df[feat.name], feat.name, what)
-            values, missing = category_strings(df[feat.name])
+            column = df[feat.name]
+            _refuse_nested(column, feat.name, what)
+            hashed = feat.hash_buckets is not None
+            # a hashed column needs no strings to fit: only a sample for the kind check
+            values, missing = category_strings(column.iloc[:10_000] if hashed else column)
             sharers = [f for f in features.lists if f.shared_with == feat.name]
             if sharers:
                 kind = value_kind(values[~missing])
@@ -426,12 +444,15 @@ class Preprocessor:
                             f"{values[~missing][:3].tolist()}); a shared table needs values "
                             "of one kind"
                         )
-            if feat.hash_buckets is None:
-                vc = pd.Series(values[~missing]).value_counts()
-                _warn_if_id_like(feat.name, len(vc), n, what)
-                if feat.name in counts:
-                    vc = counts.pop(feat.name).add(vc, fill_value=0)
-                vocabularies[feat.name] = _vocabulary(vc, feat, features)
+            if feat.hash_buckets is not None:
+                if encode:
+                    cat[:, j] = _hashed_column(column, feat.hash_buckets)
+                continue
+            vc = pd.Series(values[~missing]).value_counts()
+            _warn_if_id_like(feat.name, len(vc), n, what)
+            if feat.name in counts:
+                vc = counts.pop(feat.name).add(vc, fill_value=0)
+            vocabularies[feat.name] = _vocabulary(vc, feat, features)
             if encode:
                 cat[:, j] = self._codes(feat, values, missing, vocabularies)
         for name, vc in counts.items():  # list columns with a table of their own
@@ -517,6 +538,9 @@ class Preprocessor:
         cat = np.zeros((n, len(self.features.single)), dtype=np.int64)
         for j, feat in enumerate(self.features.single):
             _refuse_nested(df[feat.name], feat.name, what)
+            if feat.hash_buckets is not None:
+                cat[:, j] = _hashed_column(df[feat.name], feat.hash_buckets)
+                continue
             values, missing = category_strings(df[feat.name])
             cat[:, j] = self._codes(feat, values, missing, self.vocabularies_)
         lists: dict[str, np.ndarray] = {}
