@@ -100,7 +100,9 @@ class SequenceNet(MultiTaskNet):
         return {"encoder": [p for n, p in self.named_parameters() if n.startswith("encoder.")]}
 
     def last_shared_layer(self) -> list[nn.Parameter]:
-        return list(self.encoder[-1].parameters())
+        """The deepest encoder layer every task reads (GradNorm's ``W``): with POS at layer
+        1, layer 1, as a loss at layer 1 has no gradient above it."""
+        return list(self.encoder[min(self.layer_of) - 1].parameters())
 
 
 class BiLSTMParams(SequenceParams):
