@@ -125,7 +125,8 @@ def test_a_sentence_with_a_wrong_number_of_tags_is_named() -> None:
     df.at[3, "chunk"] = df.at[3, "chunk"][:-1]
     with pytest.raises(
         DataError,
-        match=r"training set: sentence 3 has \d+ tokens in column 'word' but \d+ tags in "
+        match=r"training set: sentence 3 \('A cat ran'; rows counted from 0\) has \d+ "
+        r"tokens in column 'word' but \d+ tags in "
         r"column 'chunk'",
     ) as err:
         MultiTaskModel(**config()).fit(df)
@@ -226,3 +227,15 @@ def test_polytask_train_reads_conll_files(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["test"]["pos"]["count"] == sentences(30, seed=5)["word"].map(len).sum()
     assert 0 <= metrics["test"]["chunk"]["f1"] <= 1
+
+
+def test_copies_of_a_sentence_preprocessor_stay_one() -> None:
+    import copy
+    import pickle
+
+    features = FeaturesConfig.model_validate({"tokens": {"column": "word"}})
+    pre = Preprocessor(features=features, tasks={"pos": TaskSpec(type="tag")})
+    pre.fit(sentences(10))
+    for other in (copy.deepcopy(pre), pickle.loads(pickle.dumps(pre))):
+        assert isinstance(other, SentencePreprocessor)
+        assert other.state_dict() == pre.state_dict()

@@ -199,8 +199,10 @@ class Preprocessor:
     `polytask.data.tokens.SentencePreprocessor`.
     """
 
-    def __new__(cls, *, features: FeaturesConfig, tasks: Mapping[str, TaskSpec]) -> Preprocessor:
-        if cls is Preprocessor and features.tokens is not None:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Preprocessor:
+        # (no arguments when copy or pickle rebuilds one: its class is already the right one)
+        features = kwargs.get("features")
+        if cls is Preprocessor and features is not None and features.tokens is not None:
             from polytask.data.tokens import SentencePreprocessor
 
             return super().__new__(SentencePreprocessor)

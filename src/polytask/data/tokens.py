@@ -214,8 +214,10 @@ class SentencePreprocessor(Preprocessor):
                     tags = sentence_lists(df[col], col, where, labels=True)
                     for i, (s, t) in enumerate(zip(sentences, tags, strict=True)):
                         if t is not None and len(t) != len(s):
+                            start = " ".join(s[:5]) + (" ..." if len(s) > 5 else "")
                             raise DataError(
-                                f"{what}: sentence {i} has {len(s)} tokens in column "
+                                f"{what}: sentence {i} ({start!r}; rows counted from 0) has "
+                                f"{len(s)} tokens in column "
                                 f"{tf.column!r} but {len(t)} tags in column {col!r} (task "
                                 f"{name!r}); expected one tag per token"
                             )
