@@ -239,3 +239,16 @@ def test_copies_of_a_sentence_preprocessor_stay_one() -> None:
     for other in (copy.deepcopy(pre), pickle.loads(pickle.dumps(pre))):
         assert isinstance(other, SentencePreprocessor)
         assert other.state_dict() == pre.state_dict()
+
+
+def test_checkpoints_resume_a_sentence_model_exactly(tmp_path: Path) -> None:
+    df, valid = sentences(64), sentences(16, seed=1)
+    cfg = config()
+    cfg["training"]["epochs"] = 2
+    whole = MultiTaskModel(**cfg).fit(df, valid, checkpoint_dir=tmp_path / "a")
+    MultiTaskModel(**cfg).fit(df, valid, epochs=1, checkpoint_dir=tmp_path / "b")
+    resumed = MultiTaskModel(**cfg).fit(df, valid, checkpoint_dir=tmp_path / "b", resume=True)
+    a, b = whole.network_.state_dict(), resumed.network_.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
