@@ -3,6 +3,7 @@ save, load and predict on raw rows, streamed training, and what export and serve
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,39 @@ def test_export_refuses_list_features_clearly(tmp_path: Path):
 
     with pytest.raises(ExportError, match=r"list-valued feature\(s\) \['tags', 'history'\]"):
         export_onnx(fit(epochs=1), tmp_path / "m.onnx")
+
+
+def test_a_hashed_model_exports_and_onnx_predicts_as_torch(tmp_path: Path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime comes with the dev extra")
+    df = table()
+    model = MultiTaskModel(
+        features={"categorical": ["item", {"name": "user", "hash_buckets": 64}], "numeric": ["x"]},
+        tasks=TASKS,
+        model="mmoe",
+        training={"epochs": 1, "batch_size": 64, "progress": False},
+    ).fit(df)
+    rows = table(50, seed=4).drop(columns=["click", "score"])
+    rows.loc[0, "user"] = "never seen"
+    torch_out = model.predict(rows)
+    onnx_out = model.predict(rows, backend="onnx")
+    pd.testing.assert_frame_equal(torch_out, onnx_out, atol=1e-5, rtol=1e-5)
+
+
+def test_serve_refuses_list_features_and_serves_hashed_ids(tmp_path: Path):
+    pytest.importorskip("fastapi", reason="serving needs the serve extra")
+    from polytask.errors import PolytaskError
+    from polytask.serve import Service
+
+    with pytest.raises(PolytaskError, match=r"list-valued feature\(s\) \['tags', 'history'\]"):
+        Service(fit(epochs=1).save(tmp_path / "lists"))
+    hashed = MultiTaskModel(
+        features={"categorical": ["item", {"name": "user", "hash_buckets": 64}], "numeric": ["x"]},
+        tasks=TASKS,
+        model="mmoe",
+        training={"epochs": 1, "batch_size": 64, "progress": False},
+    ).fit(table())
+    service = Service(hashed.save(tmp_path / "hashed"))
+    rows = [{"item": 3, "user": "u7", "x": 0.5}, {"item": 4, "user": "new user", "x": None}]
+    got = service.predict(json.dumps({"rows": rows}).encode())["predictions"]
+    expected = hashed.predict(pd.DataFrame(rows))
+    assert [r["click"] for r in got] == pytest.approx(expected["click"].tolist(), rel=1e-6)
