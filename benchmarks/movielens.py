@@ -51,9 +51,12 @@ def shared_data_dir() -> Path:
     raise SystemExit(f"movielens-100k not found under {candidates[0]}; set POLYTASK_SHARED_DATA")
 
 
-def settings(epochs: int, threads: int) -> dict[str, Any]:
+def settings(epochs: int, threads: int, unnormalised: bool = False) -> dict[str, Any]:
     raw = yaml.safe_load(RUN_FILE.read_text(encoding="utf-8"))
     raw.pop("data")
+    for column in raw["features"]["categorical"]:
+        if unnormalised and isinstance(column, dict) and column.get("pooling") == "attention":
+            column["attention_softmax"] = False
     raw["training"].update(epochs=epochs, progress=False, num_threads=threads)
     return dict(raw)
 
@@ -89,7 +92,7 @@ def quality(args: argparse.Namespace) -> None:
         part.iloc[: args.rows]
         for part in split_by_column(load_movielens_100k(args.data / "movielens-100k"))
     )
-    base = settings(args.epochs, args.threads)
+    base = settings(args.epochs, args.threads, args.unnormalised)
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
     for seed in range(args.seeds):
         for history in ("with history", "without history"):
@@ -224,7 +227,7 @@ def throughput(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     train = split_by_column(load_movielens_100k(args.data / "movielens-100k"))[0]
     train = train.iloc[: args.rows]
-    base = settings(args.epochs, args.threads)
+    base = settings(args.epochs, args.threads, args.unnormalised)
     cfg = EstimatorConfig.model_validate(base)
     pre = Preprocessor(features=cfg.features, tasks=cfg.task_specs())
     data = pre.fit_transform(train)
@@ -308,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="shared data folder")
     parser.add_argument(
         "--rows", type=int, default=None, help="first rows of each split only (a smoke run)"
+    )
+    parser.add_argument(
+        "--unnormalised",
+        action="store_true",
+        help="history attention without the softmax (attention_softmax: false)",
     )
     args = parser.parse_args(argv)
     args.data = args.data or shared_data_dir()
