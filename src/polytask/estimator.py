@@ -282,7 +282,9 @@ class MultiTaskModel:
         of its own dataset; with ``joint`` the datasets are stacked and each row's missing
         labels are masked. ``epochs``, ``batch_size`` and ``checkpoint_every`` override the
         ``training`` section for this call. Returns ``self``. With ``training.stream``,
-        ``train`` must be the path of a Parquet file, read chunk by chunk (never whole).
+        ``train`` must be the path of a Parquet file, a directory of them or a glob, read
+        chunk by chunk (never whole); under torchrun each process reads its own row groups and
+        a Parquet ``validation`` path is evaluated sharded (docs/distributed.md).
 
         With ``checkpoint_dir``, a checkpoint is written there every
         ``training.checkpoint_every`` steps (default: once per epoch) and the newest two are

@@ -39,7 +39,7 @@ from polytask.training.distributed import barrier, is_main_process
 @dataclass
 class Splits:
     train: pd.DataFrame | Path
-    """The training table; with ``training.stream``, the Parquet file's path (``fit`` reads
+    """The training table; with ``training.stream``, the Parquet path (``fit`` reads
     it chunk by chunk)."""
     validation: pd.DataFrame | Path | None
     """With sharded evaluation (`load_splits`'s ``sharded``), a Parquet split's path."""

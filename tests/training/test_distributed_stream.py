@@ -224,6 +224,20 @@ def test_torchrun_train_evaluates_parquet_splits_sharded_and_exactly(tmp_path: P
         },
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
+    # fit-preprocessor under torchrun: sharded, rank 0 writes; the one-process fit's result
+    done = torchrun("-m", "polytask", "fit-preprocessor", "run.yaml", "-o", "prep2", cwd=tmp_path)
+    assert done.stdout.count("fitted by 2 processes on 900 rows") == 1
+    from polytask.cli import main
+
+    assert (
+        main(["fit-preprocessor", str(tmp_path / "run.yaml"), "-o", str(tmp_path / "prep1")]) == 0
+    )
+    two, one = (
+        json.loads((tmp_path / p / "preprocessor.json").read_text()) for p in ("prep2", "prep1")
+    )
+    assert two["vocabularies"] == one["vocabularies"] and two["classes"] == one["classes"]
+    for name, st in one["numeric"].items():
+        assert two["numeric"][name]["mean"] == pytest.approx(st["mean"], rel=1e-12)
     done = torchrun("-m", "polytask", "train", "run.yaml", "--out", "ddp", cwd=tmp_path)
     assert "trained by 2 processes (torchrun)" in done.stdout
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())

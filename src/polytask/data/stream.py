@@ -1,4 +1,4 @@
-"""Out-of-core training from a Parquet file larger than memory.
+"""Out-of-core training from Parquet files larger than memory (or than one machine).
 
 - `fit_preprocessor_streaming` fits a `Preprocessor` in one pass over the file's record
   batches (``pyarrow.parquet.ParquetFile.iter_batches``): vocabulary counts, numeric

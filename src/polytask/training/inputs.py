@@ -5,7 +5,8 @@ modes, read, encoded once and checked, as one `TrainingData`.
   preprocessor that encoded it); with one table per task and joint training they are stacked
   (each row's missing labels are masked).
 - ``per_task``: one table per task, kept apart (``training.schedule: alternate``).
-- ``stream``: a Parquet file read chunk by chunk, never whole (``training.stream``).
+- ``stream``: a Parquet file, directory or glob read chunk by chunk, never whole
+  (``training.stream``); under torchrun each rank reads its own row groups.
 """
 
 from __future__ import annotations
