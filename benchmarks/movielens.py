@@ -148,9 +148,10 @@ def quality(args: argparse.Namespace) -> None:
 class HandCGC(nn.Module):
     """The example's network written plainly: single-valued columns in one embedding table
     with offsets, genres mean-pooled over a padded [B, L] lookup, the history looked up in
-    the movie rows of the same table and pooled by a DIN MLP over [h, q, h-q, h*q] (masked,
-    no softmax), numeric columns projected; CGC: every expert's first layer in one GEMM,
-    per-task softmax gates over its experts and the shared ones; one tower per task."""
+    the movie rows of the same table and pooled by a DIN MLP over [h, q, h-q, h*q] (masked;
+    softmax-normalised when the run file says so), numeric columns projected; CGC: every
+    expert's first layer in one GEMM, per-task softmax gates over its experts and the shared
+    ones; one tower per task."""
 
     offsets: Tensor
 
@@ -169,8 +170,10 @@ class HandCGC(nn.Module):
         units: int,
         tower: int,
         attention: int,
+        softmax: bool,
     ) -> None:
         super().__init__()
+        self.softmax = softmax
         sizes = torch.tensor(cardinalities)
         self.register_buffer("offsets", torch.cumsum(sizes, 0) - sizes)
         self.movie_offset = int(self.offsets[movie])
@@ -205,7 +208,10 @@ class HandCGC(nn.Module):
         h = w[history + self.movie_offset]  # [B, L, D]
         q = single[:, self.movie].unsqueeze(1).expand_as(h)
         score = self.attention(torch.cat([h, q, h - q, h * q], -1)).squeeze(-1)
-        pooled = torch.bmm((score * hm).unsqueeze(1), h).squeeze(1)
+        if self.softmax:
+            score = score.masked_fill(~hm, float("-inf")).softmax(-1)
+        score = torch.where(hm, score, 0.0)
+        pooled = torch.bmm(score.unsqueeze(1), h).squeeze(1)
         x = torch.cat([single.flatten(1), g, pooled, self.numeric(num)], 1)
         e = torch.relu(self.experts(x)).view(b, -1, self.units)  # [B, E, U]
         gates = self.gates(x).view(b, self.tasks, self.te + self.se).softmax(-1)
@@ -245,6 +251,7 @@ def throughput(args: argparse.Namespace) -> None:
         units=model_cfg["expert_units"][0],
         tower=model_cfg["tower_units"][0],
         attention=32,
+        softmax=next(c for c in f.lists if c.name == "history").attention_softmax,
     )
     batch = base["training"]["batch_size"]
     labels = torch.stack([data.labels[t] for t in tasks], 1)
