@@ -252,3 +252,13 @@ def test_checkpoints_resume_a_sentence_model_exactly(tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_the_transformer_learns_the_toy_grammar() -> None:
+    cfg = config()
+    cfg["model"] = {"name": "transformer", "width": 16, "heads": 2, "feedforward": 32}
+    cfg["training"]["epochs"] = 8
+    torch.manual_seed(0)
+    model = MultiTaskModel(**cfg).fit(sentences(200), sentences(40, seed=1))
+    m = model.evaluate(sentences(60, seed=2))
+    assert m["pos"]["accuracy"] > 0.9 and m["chunk"]["f1"] > 0.8
