@@ -76,10 +76,12 @@ def model_settings(base: dict[str, Any], name: str) -> dict[str, Any]:
     return dict(cgc)
 
 
+def _named(column: Any, name: str) -> bool:
+    return column == name or (isinstance(column, dict) and column["name"] == name)
+
+
 def without_history(features: dict[str, Any]) -> dict[str, Any]:
-    keep = [
-        c for c in features["categorical"] if not (isinstance(c, dict) and c["name"] == "history")
-    ]
+    keep = [c for c in features["categorical"] if not _named(c, "history")]
     return {**features, "categorical": keep}
 
 
@@ -93,6 +95,10 @@ def quality(args: argparse.Namespace) -> None:
         for part in split_by_column(load_movielens_100k(args.data / "movielens-100k"))
     )
     base = settings(args.epochs, args.threads, args.unnormalised)
+    if args.no_user_id:
+        base["features"]["categorical"] = [
+            c for c in base["features"]["categorical"] if not _named(c, "user_id")
+        ]
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
     for seed in range(args.seeds):
         for history in ("with history", "without history"):
@@ -318,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="shared data folder")
     parser.add_argument(
         "--rows", type=int, default=None, help="first rows of each split only (a smoke run)"
+    )
+    parser.add_argument(
+        "--no-user-id",
+        action="store_true",
+        help="leave the user_id feature out (the history is then the user's only id signal)",
     )
     parser.add_argument(
         "--unnormalised",
