@@ -89,10 +89,12 @@ def model_spec(name: str, base: ModelConfig) -> dict[str, Any]:
     The run file's own model keeps its settings; another model takes the settings it shares
     with it (tower, activation, expert or shared-layer widths; ``expert_units`` and
     ``shared_units`` stand in for each other) and its defaults for the rest.
-    ``single_task`` is a shared-bottom network."""
+    ``single_task`` is a shared-bottom network (for sentences: the run file's sequence model,
+    one task each)."""
     from polytask.models import MODELS
 
-    target = "shared_bottom" if name == SINGLE_TASK else name
+    single = base.name if MODELS[base.name].sequence else "shared_bottom"
+    target = single if name == SINGLE_TASK else name
     if target not in MODELS:
         choices = [SINGLE_TASK, *sorted(MODELS)]
         raise ConfigError(

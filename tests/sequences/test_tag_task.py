@@ -204,16 +204,17 @@ def test_parquet_list_columns_read_like_lists(tmp_path: Path, fitted: MultiTaskM
     pd.testing.assert_frame_equal(fitted.predict(df), fitted.predict(back))
 
 
-def test_polytask_train_reads_conll_files(tmp_path: Path) -> None:
-    def write(name: str, df: pd.DataFrame) -> Path:
-        lines = []
-        for w, p, c in zip(df["word"], df["pos"], df["chunk"], strict=True):
-            lines += [f"{a} {b} {d}" for a, b, d in zip(w, p, c, strict=True)] + [""]
-        (tmp_path / name).write_text("\n".join(lines) + "\n")
-        return tmp_path / name
+def write_conll(path: Path, df: pd.DataFrame) -> Path:
+    lines = []
+    for w, p, c in zip(df["word"], df["pos"], df["chunk"], strict=True):
+        lines += [f"{a} {b} {d}" for a, b, d in zip(w, p, c, strict=True)] + [""]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
-    write("train.txt", sentences(120))
-    write("test.txt", sentences(30, seed=5))
+
+def test_polytask_train_reads_conll_files(tmp_path: Path) -> None:
+    write_conll(tmp_path / "train.txt", sentences(120))
+    write_conll(tmp_path / "test.txt", sentences(30, seed=5))
     cfg = config()
     cfg["data"] = {
         "loader": "conll", "columns": ["word", "pos", "chunk"], "path": "train.txt",
@@ -262,3 +263,24 @@ def test_the_transformer_learns_the_toy_grammar() -> None:
     model = MultiTaskModel(**cfg).fit(sentences(200), sentences(40, seed=1))
     m = model.evaluate(sentences(60, seed=2))
     assert m["pos"]["accuracy"] > 0.9 and m["chunk"]["f1"] > 0.8
+
+
+def test_polytask_compare_trains_sentence_models(tmp_path: Path) -> None:
+    """``single_task`` is the run's sequence model with one task."""
+    import yaml
+
+    write_conll(tmp_path / "train.txt", sentences(80))
+    write_conll(tmp_path / "test.txt", sentences(20, seed=5))
+    cfg = config()
+    cfg["training"]["epochs"] = 1
+    cfg["data"] = {
+        "loader": "conll", "columns": ["word", "pos", "chunk"], "path": "train.txt",
+        "split": {"train": 0.8, "validation": 0.2, "test": 0.0}, "test": "test.txt",
+    }  # fmt: skip
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    models = ["--models", "single_task", "bilstm", "--seeds", "1", "--out", str(tmp_path / "c")]
+    command = [sys.executable, "-m", "polytask", "compare", str(tmp_path / "run.yaml"), *models]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "c" / "compare.csv")
+    assert {"single_task", "bilstm"} <= set(table.iloc[:, 0])

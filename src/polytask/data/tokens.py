@@ -241,6 +241,7 @@ class SentencePreprocessor(Preprocessor):
             "numeric": {},
             "classes": self.classes_,
             "train_columns": self.train_columns_,
+            "label_scaling": {},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> SentencePreprocessor:
