@@ -32,7 +32,7 @@ SMALL: dict[str, dict[str, Any]] = {
 }
 
 
-# The sequence models read sentences: tests/sequences/test_tag_task.py fits, saves, loads and
+# The sequence models read sentences: tests/tasks/test_tag.py fits, saves, loads and
 # predicts them.
 @pytest.fixture(params=sorted(n for n, e in MODELS.items() if not e.sequence))
 def model_name(request: pytest.FixtureRequest) -> str:

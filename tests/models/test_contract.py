@@ -116,7 +116,7 @@ def _labels(heads: Sequence[Head], rows: int) -> dict[str, torch.Tensor]:
 
 
 # Row models: the sequence models (bilstm, transformer) read sentences and keep their own
-# contract (tests/sequences/test_sequence_models.py).
+# contract (tests/models/test_sequence.py).
 ROW_MODELS = sorted(name for name, entry in MODELS.items() if not entry.sequence)
 
 

@@ -11,7 +11,7 @@ import torch
 from polytask import MultiTaskModel
 from polytask.weighting import WEIGHTINGS
 
-from .test_tag_task import config, sentences
+from .test_tag import config, sentences
 
 
 @pytest.mark.parametrize("weighting", sorted(WEIGHTINGS))
