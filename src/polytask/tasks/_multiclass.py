@@ -26,20 +26,6 @@ class Multiclass(TaskType):
     higher_is_better: ClassVar[frozenset[str]] = frozenset({"accuracy"})
     has_classes: ClassVar[bool] = True
 
-    def fit_classes(self, task: str, column: str, found: list[str]) -> list[str]:
-        """The sorted classes of the label; fewer than 2 is a `DataError`."""
-        classes = sorted(set(found))
-        if len(classes) < 2:
-            raise DataError(
-                f"task {task!r}: label column {column!r} has {len(classes)} class(es) "
-                f"{classes}; a multiclass task needs at least 2"
-            )
-        return classes
-
-    def out_dim(self, classes: list[str] | None) -> int:
-        assert classes is not None
-        return len(classes)
-
     def encode(
         self,
         series: pd.Series,

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from polytask._chunks import chunk_scores, is_iob
-from polytask.errors import DataError
 from polytask.tasks.base import TaskType, log_softmax
 from polytask.tasks.spec import TaskSpec
 
@@ -76,26 +75,13 @@ class Tag(TaskType):
         {"accuracy", "f1", "precision", "recall"}
     )
     has_classes: ClassVar[bool] = True
+    class_noun: ClassVar[str] = "tag(s)"
     per_token: ClassVar[bool] = True
 
     def check(self, spec: TaskSpec) -> None:
         super().check(spec)
         if spec.sample_weight is not None:
             raise ValueError("sample_weight weighs rows; a tag task's loss is over tokens")
-
-    def fit_classes(self, task: str, column: str, found: list[str]) -> list[str]:
-        """The sorted tags seen in training; fewer than 2 is a `DataError`."""
-        classes = sorted(set(found))
-        if len(classes) < 2:
-            raise DataError(
-                f"task {task!r}: label column {column!r} has {len(classes)} tag(s) {classes}; "
-                "a tag task needs at least 2"
-            )
-        return classes
-
-    def out_dim(self, classes: list[str] | None) -> int:
-        assert classes is not None
-        return len(classes)
 
     def encode(
         self,

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
+from polytask.errors import DataError
 from polytask.tasks.spec import TaskSpec
 
 
@@ -64,6 +65,8 @@ class TaskType(ABC):
     """The metrics among `metrics` that improve upwards (the others improve downwards)."""
     has_classes: ClassVar[bool] = False
     """Whether the label's classes are learned from the training set (`fit_classes`)."""
+    class_noun: ClassVar[str] = "class(es)"
+    """What messages call the classes (a tag task's are tags)."""
     takes_positive: ClassVar[bool] = False
     """Whether the spec's ``positive`` (the label value meaning 1) applies."""
     per_token: ClassVar[bool] = False
@@ -104,8 +107,17 @@ class TaskType(ABC):
         caller has them already."""
 
     def fit_classes(self, task: str, column: str, found: list[str]) -> list[str]:
-        """The classes of a label from the values found in training (types with classes)."""
-        raise NotImplementedError(f"{self.name} tasks have no classes")
+        """The sorted classes of a label found in training (types with classes); fewer than
+        2 is a `DataError`."""
+        if not self.has_classes:
+            raise NotImplementedError(f"{self.name} tasks have no classes")
+        classes = sorted(set(found))
+        if len(classes) < 2:
+            raise DataError(
+                f"task {task!r}: label column {column!r} has {len(classes)} {self.class_noun} "
+                f"{classes}; a {self.name} task needs at least 2"
+            )
+        return classes
 
     def fit_scaling(self, mean: float, std: float) -> tuple[float, float] | None:
         """``(shift, scale)`` for the spec's ``label_shift``/``label_scale`` from the training
@@ -120,7 +132,11 @@ class TaskType(ABC):
         return ((y.astype(np.float64) - spec.label_shift) / spec.label_scale).astype(np.float32)
 
     def out_dim(self, classes: list[str] | None) -> int:
-        """Width of the network's raw output for the task."""
+        """Width of the network's raw output for the task: one logit per class for types
+        with classes, else 1."""
+        if self.has_classes:
+            assert classes is not None
+            return len(classes)
         return 1
 
     # ---------------------------------------------------------------------- training
