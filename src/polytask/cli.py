@@ -101,9 +101,7 @@ def metrics_table(
     title: str, metrics: Mapping[str, Mapping[str, float]], width: int = 80
 ) -> list[Table]:
     """Per-task metrics, one row per task, wrapped to ``width`` columns."""
-    cols: list[str] = []
-    for m in metrics.values():
-        cols += [k for k in m if k not in cols and k != "count"]
+    cols = [k for k in dict.fromkeys(k for m in metrics.values() for k in m) if k != "count"]
     rows = [
         (task, [*(_fmt(m.get(c, "")) for c in cols), str(int(m.get("count", 0)))])
         for task, m in metrics.items()
@@ -164,8 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"({cfg.loss.weighting} weighting) -> {out}"
     )
     # A line per epoch on stdout, so `polytask train RUN > log` keeps them.
-    with warnings.catch_warnings(), printed_to_stdout():
-        warnings.showwarning = _show_warning
+    with printed_to_stdout():
         metrics = run_training(
             cfg,
             base,
@@ -177,10 +174,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not main_process:
         return 0
     width = console.width
-    if "validation" in metrics:
-        _print_tables(console, metrics_table("validation", metrics["validation"], width))
-    if "test" in metrics:
-        _print_tables(console, metrics_table("test", metrics["test"], width))
+    for split in ("validation", "test"):
+        if split in metrics:
+            _print_tables(console, metrics_table(split, metrics[split], width))
     if "gates" in metrics:
         _print_tables(console, gates_table(metrics["gates"], width))
     if metrics.get("skipped_batches"):
@@ -249,9 +245,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model = MultiTaskModel.load(args.model_dir)
     table, name = _table_of(args)
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
-        metrics = model.evaluate(table, group=args.group)
+    metrics = model.evaluate(table, group=args.group)
     # A task whose label column is absent has no metrics (evaluate warned, naming it).
     scored = {t: m for t, m in metrics.items() if set(m) != {"count"} or m["count"] > 0}
     if not scored:
@@ -314,17 +308,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from polytask.serve import serve
 
-    serve(
-        args.model_dir,
-        host=args.host,
-        port=args.port,
-        backend=args.backend,
-        onnx_file=args.onnx_file,
-        workers=args.workers,
-        max_rows=args.max_rows,
-        threads=args.threads,
-        log_level=args.log_level,
-    )
+    keys = ("host", "port", "backend", "onnx_file", "workers", "max_rows", "threads", "log_level")
+    serve(args.model_dir, **{key: getattr(args, key) for key in keys})
     return 0
 
 
@@ -389,16 +374,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     console.print(
         f"comparing {args.models} on tasks {list(cfg.tasks)} over {args.seeds} seed(s) -> {out}"
     )
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
-        result = compare(
-            cfg,
-            base,
-            args.models,
-            seeds=args.seeds,
-            log=lambda line: console.print(line, markup=False),  # errors may hold [brackets]
-        )
-        written = write_outputs(result, out, title=str(args.run_file))
+    result = compare(
+        cfg,
+        base,
+        args.models,
+        seeds=args.seeds,
+        log=lambda line: console.print(line, markup=False),  # errors may hold [brackets]
+    )
+    written = write_outputs(result, out, title=str(args.run_file))
     table = (out / "compare.md").read_text(encoding="utf-8").split("\n## ")[0].rstrip()
     console.print(table, markup=False)
     console.print(f"wrote {', '.join(str(p) for p in written)}")
@@ -424,17 +407,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.run_file).stem}_tune"
     objectives = args.objectives or ([args.objective] if args.objective else None)
     console = _console()
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
-        result = tune(
-            args.run_file,
-            args.space,
-            trials=args.trials,
-            objectives=objectives,
-            overrides=args.overrides,
-            out=out,
-            log=lambda line: console.print(line, markup=False),
-        )
+    result = tune(
+        args.run_file,
+        args.space,
+        trials=args.trials,
+        objectives=objectives,
+        overrides=args.overrides,
+        out=out,
+        log=lambda line: console.print(line, markup=False),
+    )
     which = "best trial" if len(result.objectives) == 1 else "Pareto front"
     console.print(f"{which}: {result.best}; wrote {', '.join(str(p) for p in result.written)}")
     return 0
@@ -507,6 +488,13 @@ def _add_group(p: argparse.ArgumentParser) -> None:
         "--group",
         help="the group column (a user or request id) for grouped ranking metrics and the "
         "score's rank transform (default: the model's decision.group, saved from data.group)",
+    )
+
+
+def _add_backend(p: argparse.ArgumentParser, backend_help: str) -> None:
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=backend_help)
+    p.add_argument(
+        "--onnx-file", help="the ONNX graph for --backend onnx (default: MODEL_DIR/model.onnx)"
     )
 
 
@@ -632,17 +620,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"memory stays flat in the number of rows (default: {CHUNK_ROWS}; a model with "
         "decision.group reads the file whole unless this is given)",
     )
-    p.add_argument(
-        "--backend",
-        choices=["torch", "onnx"],
-        default="torch",
-        help="run the network in torch, or its exported ONNX graph in onnxruntime "
+    _add_backend(
+        p,
+        "run the network in torch, or its exported ONNX graph in onnxruntime "
         "(MODEL_DIR/model.onnx, written by `polytask export`; needs polytask[serve]) "
         "(default: torch)",
-    )
-    p.add_argument(
-        "--onnx-file",
-        help="the ONNX graph for --backend onnx (default: MODEL_DIR/model.onnx)",
     )
     p.set_defaults(func=cmd_predict)
 
@@ -660,16 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="MODEL", help="a saved model folder (e.g. runs/x/model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument(
-        "--backend",
-        choices=["torch", "onnx"],
-        default="torch",
-        help="torch, or the ONNX graph MODEL_DIR/model.onnx in onnxruntime (default: torch)",
-    )
-    p.add_argument(
-        "--onnx-file",
-        help="the ONNX graph for --backend onnx (default: MODEL_DIR/model.onnx)",
-    )
+    _add_backend(p, "torch, or the ONNX graph MODEL_DIR/model.onnx in onnxruntime (default: torch)")
     p.add_argument("--workers", type=int, default=1, help="server processes (default: 1)")
     p.add_argument(
         "--max-rows",
