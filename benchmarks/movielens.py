@@ -8,18 +8,20 @@ of the same network, the runs alternated.
 
 ``quality``: every model on the example's features and training settings (``training.epochs``
 ``--epochs``, early stopping on the validation split as the run file says), once with the
-``history`` feature (DIN target attention over the user's last 20 movies, ``shared_with:
-movie_id``) and once without it, for each seed; test metrics of the chosen epoch per task,
-mean and standard deviation over seeds. ``single-task`` is one model per task (the example's
-CGC with that task alone, so one task's experts and gate, plus the shared experts).
+history (``history``: DIN target attention over the user's last 20 movies, ``shared_with:
+movie_id``; ``history_ratings``: the ratings given to them, mean-pooled) and once without
+either column, for each seed; test metrics of the chosen epoch per task, mean and standard
+deviation over seeds. ``single-task`` is one model per task (the example's CGC with that task
+alone, so one task's experts and gate, plus the shared experts). ``--ablation`` adds the two
+halves: the movie ids alone and their ratings alone.
 
 ``throughput``: the data are encoded once by the fitted preprocessor; then, alternated
 ``--repeats`` times, polytask's ``MultiTaskModel.fit`` on the encoded training split (its
 ``train_samples_per_s``, the median over epochs, evaluation excluded) and `HandCGC`, the same
-network written plainly in PyTorch (the same embeddings, masked mean over genres, DIN
-attention over the history in the movie table, CGC experts and gates, towers; Adam, the same
-batch size and losses), trained by a plain loop on the same tensors. The ratio is the median
-of the per-repeat ratios.
+network written plainly in PyTorch (the same embeddings, masked means over genres and the
+history's ratings, DIN attention over the history in the movie table, CGC experts and gates,
+towers; Adam, the same batch size and losses), trained by a plain loop on the same tensors.
+The ratio is the median of the per-repeat ratios.
 """
 
 from __future__ import annotations
@@ -80,9 +82,23 @@ def _named(column: Any, name: str) -> bool:
     return column == name or (isinstance(column, dict) and column["name"] == name)
 
 
-def without_history(features: dict[str, Any]) -> dict[str, Any]:
-    keep = [c for c in features["categorical"] if not _named(c, "history")]
-    return {**features, "categorical": keep}
+HISTORY = ("history", "history_ratings")
+VARIANTS = {
+    "with history": HISTORY,
+    "without history": (),
+    "history ids only": ("history",),
+    "history ratings only": ("history_ratings",),
+}
+"""Which of the history columns each variant keeps (``--ablation`` runs the last two too)."""
+
+
+def history_variant(features: dict[str, Any], keep: tuple[str, ...]) -> dict[str, Any]:
+    kept = [
+        c
+        for c in features["categorical"]
+        if not any(_named(c, h) for h in HISTORY if h not in keep)
+    ]
+    return {**features, "categorical": kept}
 
 
 # ------------------------------------------------------------------------------- quality
@@ -101,10 +117,8 @@ def quality(args: argparse.Namespace) -> None:
         ]
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
     for seed in range(args.seeds):
-        for history in ("with history", "without history"):
-            features = (
-                base["features"] if history == "with history" else without_history(base["features"])
-            )
+        for history in list(VARIANTS)[: 4 if args.ablation else 2]:
+            features = history_variant(base["features"], VARIANTS[history])
             for name in args.models:
                 start = time.perf_counter()
                 scores: dict[str, float] = {}
@@ -136,7 +150,7 @@ def quality(args: argparse.Namespace) -> None:
                 for key, value in scores.items():
                     cell.setdefault(key, []).append(value)
                 print(
-                    f"seed {seed} {history:16s} {name:13s} "
+                    f"seed {seed} {history:20s} {name:13s} "
                     + "  ".join(f"{k}={v:.4f}" for k, v in scores.items())
                     + f"  ({time.perf_counter() - start:.0f} s)",
                     flush=True,
@@ -153,7 +167,8 @@ def quality(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- throughput
 class HandCGC(nn.Module):
     """The example's network written plainly: single-valued columns in one embedding table
-    with offsets, genres mean-pooled over a padded [B, L] lookup, the history looked up in
+    with offsets, genres and the history's ratings mean-pooled over padded [B, L] lookups in
+    their own tables, the history looked up in
     the movie rows of the same table and pooled by a DIN MLP over [h, q, h-q, h*q] (masked;
     softmax-normalised when the run file says so), numeric columns projected; CGC: every
     expert's first layer in one GEMM, per-task softmax gates over its experts and the shared
@@ -165,6 +180,7 @@ class HandCGC(nn.Module):
         self,
         cardinalities: list[int],
         genres: int,
+        ratings: int,
         numeric: int,
         *,
         dim: int,
@@ -186,13 +202,14 @@ class HandCGC(nn.Module):
         self.movie = movie
         self.table = nn.Embedding(int(sizes.sum()), dim)
         self.genres = nn.Embedding(genres, dim)
-        nn.init.normal_(self.table.weight, std=0.05)
-        nn.init.normal_(self.genres.weight, std=0.05)
+        self.ratings = nn.Embedding(ratings, dim)
+        for table in (self.table, self.genres, self.ratings):
+            nn.init.normal_(table.weight, std=0.05)
         self.attention = nn.Sequential(
             nn.Linear(4 * dim, attention), nn.ReLU(), nn.Linear(attention, 1)
         )
         self.numeric = nn.Linear(numeric, numeric_dim)
-        width = (len(cardinalities) + 2) * dim + numeric_dim
+        width = (len(cardinalities) + 3) * dim + numeric_dim
         self.tasks, self.te, self.se = tasks, task_experts, shared_experts
         experts = tasks * task_experts + shared_experts
         self.experts = nn.Linear(width, experts * units)
@@ -203,13 +220,20 @@ class HandCGC(nn.Module):
             for _ in range(tasks)
         )
 
-    def forward(self, cat: Tensor, num: Tensor, genres: Tensor, history: Tensor) -> Tensor:
+    @staticmethod
+    def mean(table: nn.Embedding, values: Tensor) -> Tensor:
+        mask = (values != 0).float()
+        pooled = torch.bmm(mask.unsqueeze(1), table.weight[values]).squeeze(1)
+        return pooled / mask.sum(1, keepdim=True).clamp(min=1)
+
+    def forward(
+        self, cat: Tensor, num: Tensor, genres: Tensor, history: Tensor, ratings: Tensor
+    ) -> Tensor:
         b = cat.shape[0]
         w = self.table.weight
         single = w[cat + self.offsets]  # [B, C, D]
-        gm = (genres != 0).float()
-        g = torch.bmm(gm.unsqueeze(1), self.genres.weight[genres]).squeeze(1)
-        g = g / gm.sum(1, keepdim=True).clamp(min=1)
+        g = self.mean(self.genres, genres)
+        r = self.mean(self.ratings, ratings)
         hm = history != 0
         h = w[history + self.movie_offset]  # [B, L, D]
         q = single[:, self.movie].unsqueeze(1).expand_as(h)
@@ -218,7 +242,7 @@ class HandCGC(nn.Module):
             score = score.masked_fill(~hm, float("-inf")).softmax(-1)
         score = torch.where(hm, score, 0.0)
         pooled = torch.bmm(score.unsqueeze(1), h).squeeze(1)
-        x = torch.cat([single.flatten(1), g, pooled, self.numeric(num)], 1)
+        x = torch.cat([single.flatten(1), g, pooled, r, self.numeric(num)], 1)
         e = torch.relu(self.experts(x)).view(b, -1, self.units)  # [B, E, U]
         gates = self.gates(x).view(b, self.tasks, self.te + self.se).softmax(-1)
         shared = e[:, self.tasks * self.te :]
@@ -270,7 +294,11 @@ def throughput(args: argparse.Namespace) -> None:
     def run_hand() -> float:
         torch.manual_seed(0)
         net = HandCGC(
-            pre.cardinalities, pre.list_cardinalities["genres"], data.numeric.shape[1], **hand_kw
+            pre.cardinalities,
+            pre.list_cardinalities["genres"],
+            pre.list_cardinalities["history_ratings"],
+            data.numeric.shape[1],
+            **hand_kw,
         )
         opt = torch.optim.Adam(net.parameters(), lr=base["optimizer"]["lr"])
         n = len(data)
@@ -279,9 +307,9 @@ def throughput(args: argparse.Namespace) -> None:
             start = time.perf_counter()
             perm = torch.randperm(n)
             c, x, y = data.categorical[perm], data.numeric[perm], labels[perm]
-            gl, hl = data.lists["genres"][perm], data.lists["history"][perm]
+            lists = [data.lists[name][perm] for name in ("genres", "history", "history_ratings")]
             for i in range(0, n, batch):
-                out = net(c[i : i + batch], x[i : i + batch], gl[i : i + batch], hl[i : i + batch])
+                out = net(c[i : i + batch], x[i : i + batch], *(v[i : i + batch] for v in lists))
                 t = y[i : i + batch]
                 mse = F.mse_loss(out[:, regression], t[:, regression])
                 bce = F.binary_cross_entropy_with_logits(out[:, ~regression], t[:, ~regression])
@@ -329,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-user-id",
         action="store_true",
         help="leave the user_id feature out (the history is then the user's only id signal)",
+    )
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="quality: also the history's movie ids alone and its ratings alone",
     )
     parser.add_argument(
         "--unnormalised",

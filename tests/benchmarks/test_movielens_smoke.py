@@ -50,3 +50,24 @@ def test_quality_smoke(capsys: pytest.CaptureFixture[str], movielens_dir: Path) 
         ["without history", "single-task"],
         ["without history", "cgc"],
     ]
+
+
+def test_quality_ablation_runs_each_half_of_the_history(
+    capsys: pytest.CaptureFixture[str], movielens_dir: Path
+) -> None:
+    bench = load()
+    data = str(movielens_dir.parent)
+    args = ["quality", "--seeds", "1", "--epochs", "1", "--rows", "2000", "--data", data]
+    assert bench.main([*args, "--models", "cgc", "--ablation"]) == 0  # type: ignore[attr-defined]
+    table = rows(capsys.readouterr().out)
+    assert [r[0] for r in table[1:]] == [
+        "with history",
+        "without history",
+        "history ids only",
+        "history ratings only",
+    ]
+    features = bench.settings(1, 1)["features"]  # type: ignore[attr-defined]
+    for keep in bench.VARIANTS.values():  # type: ignore[attr-defined]
+        kept = bench.history_variant(features, keep)["categorical"]  # type: ignore[attr-defined]
+        names = [c["name"] for c in kept if isinstance(c, dict)]
+        assert [n for n in names if n.startswith("history")] == list(keep)

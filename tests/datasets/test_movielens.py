@@ -36,7 +36,7 @@ def test_one_row_per_rating_with_the_documented_columns(ratings):
     assert (ratings["like"] == (ratings["rating"] >= 4)).all()
     assert (ratings["dislike"] == (ratings["rating"] <= 2)).all()
     first = ratings.iloc[0]  # user 1's first rating: no history
-    assert list(first["history"]) == []
+    assert list(first["history"]) == [] and list(first["history_ratings"]) == []
     toy_story = ratings[ratings["movie_id"] == 1].iloc[0]
     assert list(toy_story["genres"]) == ["Animation", "Children's", "Comedy"]
     assert toy_story["release_year"] == 1995
@@ -53,8 +53,9 @@ def test_history_holds_only_strictly_earlier_ratings(ratings):
         row = ratings.iloc[i]
         mine = ratings[ratings["user_id"] == row["user_id"]]
         earlier = mine[mine["timestamp"] < row["timestamp"]]
-        expected = earlier.sort_values(["timestamp", "movie_id"])["movie_id"].tolist()[-20:]
-        assert list(row["history"]) == expected, i
+        expected = earlier.sort_values(["timestamp", "movie_id"]).iloc[-20:]
+        assert list(row["history"]) == expected["movie_id"].tolist(), i
+        assert list(row["history_ratings"]) == expected["rating"].tolist(), i
 
 
 def test_split_by_time_within_each_user(ratings):

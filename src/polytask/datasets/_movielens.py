@@ -57,6 +57,8 @@ def load_movielens_100k(path: str | os.PathLike[str], *, history: int = 20) -> p
     - ``history``: the ids of the (at most) ``history`` movies the user rated strictly before
       this rating's timestamp, oldest first (a pyarrow list column; ratings at the same second
       are not each other's history, so nothing at or after the row's time leaks in);
+    - ``history_ratings``: the ratings (1-5) the user gave those movies, in the same order:
+      the feedback of each behaviour, known before this rating as the ids are;
     - ``genres``: the movie's genres (a pyarrow list of names); ``release_year`` (float, NaN
       when unknown);
     - ``age`` (int), ``gender``, ``occupation``, ``zip_prefix`` (the first two characters of
@@ -111,11 +113,13 @@ def load_movielens_100k(path: str | os.PathLike[str], *, history: int = 20) -> p
     lo = np.maximum(start, first_at_time - history)
     lengths = first_at_time - lo
     offsets = np.r_[0, np.cumsum(lengths)]
-    values = movie[
-        np.repeat(lo, lengths) + (np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths))
-    ]
-    hist = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int64()))
-    df["history"] = pd.Series(pd.arrays.ArrowExtensionArray(hist))
+    earlier = np.repeat(lo, lengths) + (np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths))
+    # the rows of each history, oldest first
+    for column, source in (("history", movie), ("history_ratings", df["rating"].to_numpy())):
+        lists = pa.ListArray.from_arrays(
+            pa.array(offsets, pa.int32()), pa.array(source[earlier], pa.int64())
+        )
+        df[column] = pd.Series(pd.arrays.ArrowExtensionArray(lists))
 
     flags = items[list(MOVIELENS_GENRES)].to_numpy(dtype=bool)
     names = np.array(MOVIELENS_GENRES, dtype=object)
@@ -151,8 +155,9 @@ def load_movielens_100k(path: str | os.PathLike[str], *, history: int = 20) -> p
         rank < train_end, "train", np.where(rank < valid_end, "validation", "test")
     )
     columns = [
-        "user_id", "movie_id", "timestamp", "history", "genres", "release_year", "age",
-        "gender", "occupation", "zip_prefix", "rating", "like", "dislike", "split",
+        "user_id", "movie_id", "timestamp", "history", "history_ratings", "genres",
+        "release_year", "age", "gender", "occupation", "zip_prefix", "rating", "like", "dislike",
+        "split",
     ]  # fmt: skip
     return df[columns]
 
