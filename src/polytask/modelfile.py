@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import stat
 import struct
@@ -116,6 +117,15 @@ def read_regular(path: Path, cap: int) -> bytes:
     return data
 
 
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
 def _check_regular(path: Path, st: os.stat_result, cap: int) -> None:
     mode = st.st_mode
     if stat.S_ISLNK(mode):
@@ -123,17 +133,7 @@ def _check_regular(path: Path, st: os.stat_result, cap: int) -> None:
             f"{path}: is a symbolic link; polytask reads only regular files in a model folder"
         )
     if not stat.S_ISREG(mode):
-        kind = (
-            "a folder"
-            if stat.S_ISDIR(mode)
-            else "a FIFO"
-            if stat.S_ISFIFO(mode)
-            else "a device"
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a socket"
-            if stat.S_ISSOCK(mode)
-            else "not a regular file"
-        )
+        kind = next((k for is_, k in _KINDS if is_(mode)), "not a regular file")
         raise ModelFileError(
             f"{path}: is {kind}; polytask reads only regular files in a model folder"
         )
@@ -304,9 +304,7 @@ def tensor_shapes(path: Path, data: bytes) -> dict[str, tuple[str, tuple[int, ..
         try:
             dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
             dims = tuple(int(d) for d in shape)
-            count = 1
-            for d in dims:
-                count *= d
+            count = math.prod(dims)
             ok = (
                 dtype in _DTYPE_BYTES
                 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
@@ -418,18 +416,22 @@ def write_folder(target: Path, files: Mapping[str, bytes], meta: Mapping[str, An
     unknown = sorted(set(files) - set(FILES))
     if unknown:
         raise ValueError(f"not model folder files: {unknown}")
-    full = {
-        "format_version": FORMAT_VERSION,
-        "polytask_version": __version__,
-        **meta,
-        "files": {name: digest(data) for name, data in files.items()},
-    }
-    text = json.dumps(full, indent=2)
+    meta = {"format_version": FORMAT_VERSION, "polytask_version": __version__, **meta}
+    write_manifested(target, files, META, meta, indent=2)
+    return target
+
+
+def write_manifested(
+    target: Path, files: Mapping[str, bytes], meta_name: str, meta: Mapping[str, Any], **dump: Any
+) -> None:
+    """Write the folder ``target`` atomically: ``files``, then ``meta_name``, the JSON of
+    ``meta`` (``json.dumps(..., **dump)``) with the manifest (``files``: each file's size and
+    SHA-256) added. Written last, so a folder holding ``meta_name`` has every other file."""
+    text = json.dumps({**meta, "files": {n: digest(d) for n, d in files.items()}}, **dump)
     with atomic_dir(target) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        (tmp / META).write_text(text, encoding="utf-8")
-    return target
+        (tmp / meta_name).write_text(text, encoding="utf-8")
 
 
 def is_model_folder(path: Path) -> bool:

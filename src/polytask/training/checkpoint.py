@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import pickle
 import random
@@ -42,7 +41,7 @@ import re
 import shutil
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -55,7 +54,6 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from polytask import modelfile
-from polytask._atomic import atomic_dir
 from polytask._version import __version__
 from polytask.errors import ConfigError, DataError, ModelFileError
 from polytask.models import MultiTaskNet
@@ -120,10 +118,6 @@ class Checkpoint:
     model: dict[str, Tensor]
     state: dict[str, Tensor]
     optimizer: dict[str, Any]
-
-
-def step_dir(folder: Path, step: int) -> Path:
-    return folder / f"step-{step:09d}"
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
@@ -223,14 +217,8 @@ def write_checkpoint(
         "numpy_random": [np_state[0], np_state[1], *np_state[2:]],
         "config": config,
         "data_fingerprint": fingerprint,
-        "files": {name: modelfile.digest(data) for name, data in files.items()},
     }
-    text = json.dumps(meta, default=_plain)
-    with atomic_dir(path) as tmp:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        # Written last: a folder with checkpoint.json had every other file written first.
-        (tmp / "checkpoint.json").write_text(text, encoding="utf-8")
+    modelfile.write_manifested(path, files, "checkpoint.json", meta, default=_plain)
 
 
 def prune(folder: Path, keep: int = KEEP) -> None:
@@ -258,33 +246,26 @@ def remove_checkpoints(folder: Path) -> None:
         folder.rmdir()
 
 
+@dataclass
 class Checkpointer:
     """Writes a checkpoint of one run every ``every`` steps into ``folder`` (the
     `polytask.training.trainer.Checkpoints` that `fit_loop` calls). Under torchrun (``group``)
     every rank calls `save` at the same step; rank 0 writes."""
 
-    def __init__(
-        self,
-        folder: Path,
-        *,
-        every: int,
-        parts: TrainingParts,
-        config: Any,
-        fingerprint: str,
-        latest: Path | None = None,
-        group: ProcessGroup | None = None,
-    ) -> None:
-        self.folder = folder
-        self.every = every
-        self.parts = parts
-        self.config = config
-        self.fingerprint = fingerprint
-        self.latest = latest
-        self.resumed_from = latest
-        self.group = group
+    folder: Path
+    _: KW_ONLY
+    every: int
+    parts: TrainingParts
+    config: Any
+    fingerprint: str
+    latest: Path | None = None
+    group: ProcessGroup | None = None
+
+    def __post_init__(self) -> None:
+        self.resumed_from = self.latest
 
     def save(self, state: LoopState) -> None:
-        path = step_dir(self.folder, state.step)
+        path = self.folder / f"step-{state.step:09d}"
         device = next(self.parts.network.parameters()).device
         rngs = rng_states(device, self.group)  # a collective under torchrun
         if self.group is None or self.group.rank == 0:
