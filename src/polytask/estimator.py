@@ -14,7 +14,7 @@ import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -67,12 +67,10 @@ from polytask.training.checkpoint import Checkpointer, _strip, open_checkpoints
 from polytask.training.distributed import (
     DistributedTraining,
     ProcessGroup,
-    broadcast_from_main,
     current_group,
-    gather_on_main,
+    evaluate_shard,
     is_main_process,
     join_process_group,
-    shard_outputs,
 )
 from polytask.training.inputs import TrainingData, read_training_data
 from polytask.training.precision import training_network
@@ -101,25 +99,11 @@ def resolve_device(name: str, setting: str = "training.device") -> torch.device:
     return device
 
 
-class _Sizes(Protocol):
-    """What sizes a network: the fitted `Preprocessor`, or `_SmallestSizes` before data."""
-
-    @property
-    def cardinalities(self) -> list[int]: ...
-
-    @property
-    def numeric_width(self) -> int: ...
-
-    @property
-    def list_cardinalities(self) -> dict[str, int]: ...
-
-    def num_classes(self, task: str) -> int: ...
-
-
 class _SmallestSizes:
     """The smallest sizes any data could give a config: two rows per embedding table
     (missing and unseen), no missing-value indicators, two classes per multiclass task. A
-    network planned with them has fewer parameters than any the config can train."""
+    network planned with them has fewer parameters than any the config can train. It stands
+    in for the fitted `Preprocessor` (the sizes are all a network reads of it)."""
 
     def __init__(self, cfg: EstimatorConfig) -> None:
         self.cardinalities = [2] * len(cfg.features.single)
@@ -129,6 +113,9 @@ class _SmallestSizes:
 
     def num_classes(self, task: str) -> int:
         return 2 if task_type(self._types[task]).has_classes else 1
+
+
+_Sizes = Preprocessor | _SmallestSizes
 
 
 def build_network(cfg: EstimatorConfig, preprocessor: _Sizes) -> MultiTaskNet:
@@ -218,9 +205,6 @@ class MultiTaskModel:
             "decision": decision,
         }
         self.config: EstimatorConfig = _validated(self._params)
-        # The smallest network these settings can give, before any data is read: a size
-        # beyond model.max_parameters fails here, not after the data is loaded.
-        plan_network(self.config, _SmallestSizes(self.config))
 
     # ------------------------------------------------------------------------------ params
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -241,24 +225,12 @@ class MultiTaskModel:
                 f"{sorted(self._params)}{closest(unknown[0], self._params)}"
             )
         merged = {**self._params, **params}
-        config = _validated(merged)
-        plan_network(config, _SmallestSizes(config))
-        self.config, self._params = config, merged
+        self.config, self._params = _validated(merged), merged
         return self
 
     @classmethod
     def from_config(cls, config: EstimatorConfig) -> MultiTaskModel:
-        c = config
-        return cls(
-            features=c.features,
-            tasks=c.tasks,
-            model=c.model,
-            loss=c.loss,
-            optimizer=c.optimizer,
-            training=c.training,
-            calibration=c.calibration,
-            decision=c.decision,
-        )
+        return cls(**{name: getattr(config, name) for name in EstimatorConfig.model_fields})
 
     # ------------------------------------------------------------------------------ fit
     def fit(
@@ -523,22 +495,22 @@ class MultiTaskModel:
             chunk_rows=chunk_rows,
             what="evaluation data",
         )
-        bs = self.config.training.eval_batch_size
-        outputs, labels = shard_outputs(self.network_, shard, bs, self._device())
-        gathered = (outputs, labels) if group is None else gather_on_main(outputs, labels)
-        result: dict[str, dict[str, float]] | None = None
-        if gathered is not None:
-            outputs, labels = gathered
+
+        def metrics(
+            outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]
+        ) -> dict[str, dict[str, float]]:
             n = shard.rows
             encoded = EncodedData(
                 categorical=torch.zeros((n, 0), dtype=torch.long),
                 numeric=torch.zeros((n, 0)),
                 labels={k: torch.from_numpy(v) for k, v in labels.items()},
             )
-            result = self._metrics(encoded, outputs, None, None)
-        if group is not None:
-            result = broadcast_from_main(result, self._device())
-        assert result is not None
+            return self._metrics(encoded, outputs, None, None)
+
+        bs = self.config.training.eval_batch_size
+        result: dict[str, dict[str, float]] = evaluate_shard(
+            self.network_, shard, bs, self._device(), metrics, distributed=group is not None
+        )
         return result
 
     def _metrics(
@@ -1014,9 +986,12 @@ def _check_shapes(
 
 
 def _validated(params: Mapping[str, Any]) -> EstimatorConfig:
-    """The constructor's arguments validated into one config (None: the section's default)."""
+    """The constructor's arguments validated into one config (None: the section's default).
+    The smallest network these settings can give is planned too, before any data is read: a
+    size beyond model.max_parameters fails here, not after the data is loaded."""
     raw = {k: v for k, v in params.items() if v is not None}
     config: EstimatorConfig = validate(EstimatorConfig, _plain(raw), what="MultiTaskModel settings")
+    plan_network(config, _SmallestSizes(config))
     return config
 
 

@@ -81,6 +81,8 @@ MAY_DIFFER = frozenset(
 """Config keys a resumed run may change: they extend or report training without changing
 the steps already taken. Any other difference refuses to resume."""
 
+_POSITION = ("step", "epoch", "position", "finite_steps", "skipped_in_epoch")
+"""`LoopState`'s counters, stored in checkpoint.json under their names."""
 _STEP_DIR = re.compile(r"step-(\d+)")
 _FILES = ("model.safetensors", "state.safetensors", "optimizer.pt")
 
@@ -200,11 +202,7 @@ def write_checkpoint(
         "format_version": FORMAT_VERSION,
         "polytask_version": __version__,
         "world_size": world_size,
-        "step": state.step,
-        "epoch": state.epoch,
-        "position": state.position,
-        "finite_steps": state.finite_steps,
-        "skipped_in_epoch": state.skipped_in_epoch,
+        **{name: getattr(state, name) for name in _POSITION},
         "elapsed": state.elapsed,
         "bad_epochs": state.bad_epochs,
         "has_best_state": state.best_state is not None,
@@ -467,11 +465,7 @@ def restore(
             best_value=meta.get("best_value"),
             skipped_batches=int(meta.get("skipped_batches", 0)),
         ),
-        step=int(meta["step"]),
-        epoch=int(meta["epoch"]),
-        position=int(meta["position"]),
-        finite_steps=int(meta["finite_steps"]),
-        skipped_in_epoch=int(meta["skipped_in_epoch"]),
+        **{name: int(meta[name]) for name in _POSITION},
         loss_sums=checkpoint.state["epoch.loss_sums"].to(device),
         loss_counts=checkpoint.state["epoch.loss_counts"].to(device),
         elapsed=float(meta.get("elapsed", 0.0)),

@@ -38,8 +38,9 @@ from __future__ import annotations
 import atexit
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -326,7 +327,7 @@ class DistributedTraining(Reduction):
         rank 0 gathers the outputs and labels (`evaluate_shard`)."""
         self.sync_buffers()  # every rank predicts its block with the same model
         if isinstance(data, SplitShard):
-            return evaluate_shard(model, tasks, data, batch_size, self.device)
+            return evaluate_shard(model, data, batch_size, self.device, partial(all_metrics, tasks))
         n = len(data)
         if n < self.world_size:
             outputs = predict_outputs(model, data, batch_size)
@@ -335,14 +336,13 @@ class DistributedTraining(Reduction):
             block = data.select(slice(lo, hi))
             mine = predict_outputs(model, block, batch_size)
             outputs = {name: self._gather_rows(mine[name], n) for name in mine}
-        metrics: list[Any] = [None]
+        metrics = None
         if self.is_main:
             labels = {name: v.cpu().numpy() for name, v in data.labels.items()}  # weights too
-            metrics[0] = all_metrics(tasks, outputs, labels)
+            metrics = all_metrics(tasks, outputs, labels)
         # One computation, broadcast: ranks on different machines could round differently,
         # and early stopping must decide the same everywhere.
-        dist.broadcast_object_list(metrics, src=0, device=self._object_device())
-        result: dict[str, dict[str, float]] = metrics[0]
+        result: dict[str, dict[str, float]] = broadcast_from_main(metrics, self.device)
         return result
 
     def _gather_rows(self, mine: np.ndarray, n: int) -> np.ndarray:
@@ -357,9 +357,6 @@ class DistributedTraining(Reduction):
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(parts, padded)
         return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]).cpu().numpy()
-
-    def _object_device(self) -> torch.device | None:
-        return self.device if dist.get_backend() == "nccl" else None
 
 
 def shard_outputs(
@@ -401,23 +398,23 @@ def gather_on_main(
 
 def evaluate_shard(
     model: MultiTaskNet,
-    tasks: dict[str, TaskSpec],
     shard: SplitShard,
     batch_size: int,
     device: torch.device,
-) -> dict[str, dict[str, float]]:
-    """Exact metrics over the whole split of ``shard``, the same dict on every rank: each
-    rank predicts its row groups, rank 0 gathers outputs and labels (about ``4 x (output
-    columns + labels)`` bytes per row of the split: 16 B for two binary tasks), computes
-    the metrics once and broadcasts them. A collective."""
+    metrics: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], Any],
+    *,
+    distributed: bool = True,
+) -> Any:
+    """``metrics(outputs, labels)`` over the whole split of ``shard``, the same value on every
+    rank: each rank predicts its row groups, rank 0 gathers outputs and labels (about ``4 x
+    (output columns + labels)`` bytes per row of the split: 16 B for two binary tasks),
+    computes the metrics once and broadcasts them. A collective; without ``distributed``
+    one process reads the whole split."""
     outputs, labels = shard_outputs(model, shard, batch_size, device)
+    if not distributed:
+        return metrics(outputs, labels)
     gathered = gather_on_main(outputs, labels)
-    metrics: list[Any] = [None]
-    if gathered is not None:
-        metrics[0] = all_metrics(tasks, gathered[0], gathered[1])
-    dist.broadcast_object_list(metrics, src=0, device=device if device.type == "cuda" else None)
-    result: dict[str, dict[str, float]] = metrics[0]
-    return result
+    return broadcast_from_main(None if gathered is None else metrics(*gathered), device)
 
 
 def current_group() -> tuple[int, int] | None:
