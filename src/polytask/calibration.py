@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-Method = Literal["isotonic", "platt", "temperature"]
 METHODS: tuple[str, ...] = ("isotonic", "platt", "temperature")
 
 

@@ -86,13 +86,6 @@ class ScoreSpec:
     def transform(self, name: str, task_type: str) -> str:
         return self.transforms.get(name, DEFAULT_TRANSFORM.get(task_type, "value"))
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "form": self.form,
-            "weights": dict(self.weights),
-            "transforms": dict(self.transforms),
-        }
-
 
 def group_rank(values: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
     """Rank of each value within its group (1 = smallest, ties averaged) over the group size."""
@@ -218,27 +211,21 @@ def search_weights(
                 )
         rows.append({**{f"w.{t}": w for t, w in weights.items()}, **kpis})
     table = pd.DataFrame(rows)
-    feasible = np.ones(len(table), dtype=bool)
-    for c in constraints:
-        feasible &= np.array([c.holds(v, own) for v in table[c.kpi]])
+    holds = [np.array([c.holds(v, own) for v in table[c.kpi]]) for c in constraints]
+    feasible = np.logical_and.reduce([np.ones(len(table), dtype=bool), *holds])
     table["feasible"] = feasible
     table["pareto"] = pareto_front(table[list(dict.fromkeys(front_kpis))].to_numpy())
     if not feasible.any():
-        worst = None
-        for c in constraints:
-            ok = np.array([c.holds(v, own) for v in table[c.kpi]])
-            if not ok.any():
-                values = table[c.kpi].to_numpy(dtype=np.float64)
-                best = np.nanmax(values) if c.op == ">=" else np.nanmin(values)
-                worst = (c, best)
-                break
-        if worst is None:
+        binding = [c for c, ok in zip(constraints, holds, strict=True) if not ok.any()]
+        if not binding:
             raise ValueError(
                 "no candidate satisfies every constraint at once: "
                 + ", ".join(str(c) for c in constraints)
                 + f"; try more --trials (tried {len(table)})"
             )
-        c, best = worst
+        c = binding[0]
+        values = table[c.kpi].to_numpy(dtype=np.float64)
+        best = np.nanmax(values) if c.op == ">=" else np.nanmin(values)
         raise ValueError(
             f"no candidate satisfies {c} (bound {c.bound(own):.6g}); the best {c.kpi} found "
             f"was {best:.6g} over {len(table)} candidates"

@@ -59,12 +59,21 @@ def _starts(sorted_codes: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
 
 
-def _gauc(codes_in: np.ndarray, score: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    """Group AUC weighted by each group's labelled rows; see the module docstring.
+def _summary(
+    name: str, values: np.ndarray, ok: np.ndarray, weights: np.ndarray | None = None
+) -> dict[str, float]:
+    """``name``: the (weighted) mean of ``values``, one per group that counts (``ok``), NaN
+    when none does; ``name_groups`` and ``name_skipped_groups``: how many groups did and did
+    not count."""
+    value = float(np.average(values, weights=weights)) if ok.any() else float("nan")
+    return {
+        name: value,
+        f"{name}_groups": float(ok.sum()),
+        f"{name}_skipped_groups": float((~ok).sum()),
+    }
 
-    Returns ``{"gauc": value, "gauc_groups": counted, "gauc_skipped_groups": skipped}``;
-    ``gauc`` is NaN when no group holds both classes.
-    """
+
+def _gauc(codes_in: np.ndarray, score: np.ndarray, label: np.ndarray) -> dict[str, float]:
     codes, s, y = _labelled(codes_in, score, label)
     if y.size and not np.isin(y, (0.0, 1.0)).all():
         raise ValueError("GAUC needs 0/1 labels")
@@ -87,13 +96,7 @@ def _gauc(codes_in: np.ndarray, score: np.ndarray, label: np.ndarray) -> dict[st
     rank_sum = np.add.reduceat(ranks * y, grp_start)
     ok = (pos > 0) & (neg > 0)
     auc = (rank_sum[ok] - pos[ok] * (pos[ok] + 1) / 2.0) / (pos[ok] * neg[ok])
-    weight = rows[ok]
-    value = float(np.sum(auc * weight) / np.sum(weight)) if ok.any() else float("nan")
-    return {
-        "gauc": value,
-        "gauc_groups": float(ok.sum()),
-        "gauc_skipped_groups": float((~ok).sum()),
-    }
+    return _summary("gauc", auc, ok, weights=rows[ok])
 
 
 def _positions(g: np.ndarray) -> np.ndarray:
@@ -114,7 +117,6 @@ def _ranked(codes: np.ndarray, key: np.ndarray) -> np.ndarray:
 def _ndcg_at_k(
     codes_in: np.ndarray, score: np.ndarray, label: np.ndarray, k: int = 10
 ) -> dict[str, float]:
-    """Mean NDCG@k over groups with a positive ideal DCG; gains are the labels (>= 0)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, received {k}")
     codes, s, y = _labelled(codes_in, score, label)
@@ -136,18 +138,12 @@ def _ndcg_at_k(
     ideal, grp_i = dcg(_ranked(codes, y))
     assert np.array_equal(grp_a, grp_i)  # both sorted by group code
     ok = ideal > 0
-    value = float(np.mean(actual[ok] / ideal[ok])) if ok.any() else float("nan")
-    return {
-        name: value,
-        f"{name}_groups": float(ok.sum()),
-        f"{name}_skipped_groups": float((~ok).sum()),
-    }
+    return _summary(name, actual[ok] / ideal[ok], ok)
 
 
 def _recall_at_k(
     codes_in: np.ndarray, score: np.ndarray, label: np.ndarray, k: int = 10
 ) -> dict[str, float]:
-    """Mean recall@k (0/1 labels) over groups holding at least one positive."""
     if k < 1:
         raise ValueError(f"k must be >= 1, received {k}")
     codes, s, y = _labelled(codes_in, score, label)
@@ -162,12 +158,7 @@ def _recall_at_k(
     hits = np.add.reduceat(np.where(_positions(g) < k, y[order], 0.0), starts)
     positives = np.add.reduceat(y[order], starts)
     ok = positives > 0
-    value = float(np.mean(hits[ok] / positives[ok])) if ok.any() else float("nan")
-    return {
-        name: value,
-        f"{name}_groups": float(ok.sum()),
-        f"{name}_skipped_groups": float((~ok).sum()),
-    }
+    return _summary(name, hits[ok] / positives[ok], ok)
 
 
 def grouped_metrics(
