@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polytask._atomic import atomic_path, atomic_write_text
+from polytask._atomic import atomic_write_text
 from polytask.config import EstimatorConfig, ModelConfig, RunConfig, TaskConfig, validate
 from polytask.errors import ConfigError, MissingExtraError, PolytaskError, closest
 from polytask.metrics import HIGHER_IS_BETTER
@@ -237,13 +237,12 @@ def compare_splits(
     device = resolve_device(cfg.training.device)
     shared = Preprocessor(features=cfg.features, tasks=cfg.task_specs())
     train = shared.fit_transform(train_frame, labels=True, what="training set").to(device)
-    valid = None
-    if validation_frame is not None:
-        valid = shared.transform(validation_frame, labels=True, what="validation set")
-        valid = valid.to(device)
-    test = None
-    if test_frame is not None:
-        test = shared.transform(test_frame, labels=True, what="test set").to(device)
+
+    def encoded(frame: Any | None, what: str) -> Any | None:
+        return None if frame is None else shared.transform(frame, labels=True, what=what).to(device)
+
+    valid = encoded(validation_frame, "validation set")
+    test = encoded(test_frame, "test set")
     scored = test if test is not None else valid
     if scored is None:
         raise ConfigError(
@@ -285,18 +284,12 @@ def compare_splits(
                         model = MultiTaskModel.from_config(run).fit(
                             train, validation=valid, preprocessor=pre
                         )
-                    for task, metrics in model.evaluate(scored).items():
-                        for metric, value in metrics.items():
-                            if metric != "count":
-                                rows.append(
-                                    {
-                                        "model": name,
-                                        "seed": seed,
-                                        "task": task,
-                                        "metric": metric,
-                                        "value": float(value),
-                                    }
-                                )
+                    rows += [
+                        {"model": name, "seed": seed, "task": task, "metric": m, "value": float(v)}
+                        for task, metrics in model.evaluate(scored).items()
+                        for m, v in metrics.items()
+                        if m != "count"
+                    ]
             except (PolytaskError, RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as err:
                 message = str(err).splitlines()[0] if str(err) else type(err).__name__
                 result.failures.append(Failure(name, seed, f"{type(err).__name__}: {message}"))
@@ -332,10 +325,6 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], S
     return out
 
 
-def _better(metric: str, a: float, b: float) -> bool:
-    return a > b if HIGHER_IS_BETTER.get(metric, False) else a < b
-
-
 def best_models(
     summary: Mapping[tuple[str, str, str], Summary], models: Sequence[str], task: str, metric: str
 ) -> list[str]:
@@ -369,7 +358,8 @@ def negative_transfer(
                 continue
             gap = abs(s.mean - ref.mean)
             spread = s.std + ref.std
-            if _better(metric, ref.mean, s.mean) and gap > spread:
+            worse = ref.mean > s.mean if HIGHER_IS_BETTER.get(metric, False) else ref.mean < s.mean
+            if worse and gap > spread:
                 flags.append(NegativeTransfer(model, task, metric, s.mean, ref.mean, gap, spread))
     return flags
 
@@ -460,7 +450,7 @@ def markdown(result: Comparison, title: str) -> str:
 def write_png(result: Comparison, path: Path) -> None:
     """One panel per task: the mean of its metric per model with ± std error bars; the
     single-task mean as a dashed line."""
-    from polytask.plots import pyplot
+    from polytask.plots import pyplot, save
 
     plt = pyplot()
     summary = summarize(result.rows)
@@ -489,9 +479,7 @@ def write_png(result: Comparison, path: Path) -> None:
         arrow = "higher" if HIGHER_IS_BETTER.get(metric, False) else "lower"
         ax.set_title(f"{task}: {result.split} {metric} ({arrow} is better)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100)
 
 
 def write_outputs(result: Comparison, out: Path, title: str) -> list[Path]:

@@ -125,18 +125,16 @@ def decide(
 
 def write_front(decision: Decision, folder: str | os.PathLike[str]) -> list[Path]:
     """``front.csv`` and ``front.png`` into ``folder`` (created); returns their paths."""
-    try:
-        import matplotlib
+    from polytask._atomic import atomic_path
+    from polytask.plots import pyplot, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    try:
+        plt = pyplot()
+    except MissingExtraError:
         raise MissingExtraError(
             "polytask decide draws front.png with matplotlib: pip install 'polytask[plot]' "
             "(from a checkout: pip install -e '.[plot]')"
         ) from None
-    from polytask._atomic import atomic_path
-
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out / "front.csv", out / "front.png"
@@ -165,7 +163,4 @@ def write_front(decision: Decision, folder: str | os.PathLike[str]) -> list[Path
     ax.set_title(f"maximize {decision.maximize}")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return [csv_path, png_path]
+    return [csv_path, save(fig, png_path, dpi=100)]

@@ -38,11 +38,11 @@ def pyplot() -> Any:
     return plt
 
 
-def save(fig: Any, path: Path) -> Path:
+def save(fig: Any, path: Path, dpi: int = 90) -> Path:
     """Write ``fig`` as PNG atomically and close it."""
     plt = pyplot()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
+        fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
     return path
 
@@ -226,14 +226,12 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     metrics_file = run / "metrics.json"
     metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
     best = metrics.get("task_best_epochs") or history[-1].get("task_best", {})
-    written = [plot_curves(history, best, metrics.get("best_epoch"), target / "curves.png")]
-    for drawn in (
+    drawn = [
+        plot_curves(history, best, metrics.get("best_epoch"), target / "curves.png"),
         plot_weights(history, target / "weights.png"),
         plot_gates(metrics.get("gates", {}), target / "gates.png"),
         plot_gate_entropy(history, target / "gate_entropy.png"),
-    ):
-        if drawn is not None:
-            written.append(drawn)
+    ]
     if (run / "config.yaml").is_file():
         try:
             curves = calibration_curves(run)
@@ -241,7 +239,5 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
             if "has no test split" not in str(err):
                 raise
             curves = {}
-        drawn = plot_calibration(curves, target / "calibration.png")
-        if drawn is not None:
-            written.append(drawn)
-    return written
+        drawn.append(plot_calibration(curves, target / "calibration.png"))
+    return [path for path in drawn if path is not None]
