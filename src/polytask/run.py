@@ -58,24 +58,18 @@ def _read(data: DataConfig, base: Path, path: str, what: str) -> pd.DataFrame:
             f"{what}: file {path!r} not found: relative paths are resolved against the run "
             f"file's folder {str(base)!r}, and {str(resolved)!r} does not exist"
         )
-    if data.loader == "census_income":
-        from polytask.datasets import load_census_income
+    if data.loader in ("census_income", "movielens_100k"):
+        from polytask import datasets
 
-        return load_census_income(resolved)
-    if data.loader == "movielens_100k":
-        from polytask.datasets import load_movielens_100k
-
-        return load_movielens_100k(resolved)
+        frame: pd.DataFrame = getattr(datasets, f"load_{data.loader}")(resolved)
+        return frame
     if data.loader == "conll":
         from polytask.data.conll import read_conll
 
         assert data.columns is not None  # DataConfig pairs them
         return read_conll(resolved, data.columns, what=what)
-    if data.loader == "csv":
-        return read_table(resolved, format="csv", what=what)
-    if data.loader == "parquet":
-        return read_table(resolved, format="parquet", what=what)
-    return read_table(resolved, what=what)
+    forced = data.loader if data.loader in ("csv", "parquet") else None
+    return read_table(resolved, format=forced, what=what)
 
 
 def load_splits(
@@ -110,9 +104,7 @@ def load_splits(
                 f"data.split of data.path {data.path!r} ({len(frame)} rows): "
                 f"{str(err).removeprefix('split_frame: ')}"
             ) from None
-        out: list[pd.DataFrame | None] = []
-        for f in fractions:
-            out.append(parts.pop(0) if f > 0 else None)
+        out = [parts.pop(0) if f > 0 else None for f in fractions]
         assert out[0] is not None
         test = _read(data, base, data.test, "data.test") if data.test else out[2]
         return Splits(out[0], out[1], test)

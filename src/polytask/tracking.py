@@ -14,12 +14,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from polytask._atomic import atomic_write_text
-from polytask.errors import MissingExtraError, install_hint
+from polytask.errors import ConfigError, MissingExtraError, install_hint
 from polytask.metrics import HIGHER_IS_BETTER
 from polytask.tasks import TaskSpec, task_type
 
@@ -139,9 +140,7 @@ def scalars(record: Mapping[str, Any]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------ loggers
 def _csv_text(rows: Sequence[Mapping[str, float]], index: str) -> str:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -225,12 +224,7 @@ class MLflowLogger:
     the final metrics, the run file and the model folder as artifacts."""
 
     def __init__(self, params: Mapping[str, Any], run_name: str | None = None) -> None:
-        import os
-
-        from polytask.errors import ConfigError
-
-        mlflow = _mlflow()
-        self.mlflow = mlflow
+        self.mlflow = mlflow = _mlflow()
         try:
             if not os.environ.get("MLFLOW_EXPERIMENT_NAME") and not os.environ.get(
                 "MLFLOW_EXPERIMENT_ID"
@@ -243,8 +237,7 @@ class MLflowLogger:
                 f"training.loggers: mlflow cannot start a run at tracking URI {uri!r}: "
                 f"{str(err).split('. ')[0]}"
             ) from None
-        flat = _flatten(params)
-        items = list(flat.items())
+        items = list(_flatten(params).items())
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
             mlflow.log_params(dict(items[i : i + 100]))
 

@@ -296,16 +296,16 @@ def tune(
             log(f"trial {trial.number}: failed  {trial.params}")
 
     study.optimize(objective, n_trials=trials, catch=(PolytaskError,), callbacks=[pruned])
-    result = TuneResult(objectives=names, directions=directions)
-    for t in study.trials:
-        result.trials.append(
-            {
-                "number": t.number,
-                "state": t.state.name,
-                "values": list(t.values) if t.values is not None else [None] * len(names),
-                "params": dict(t.params),
-            }
-        )
+    trial_rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "values": list(t.values) if t.values is not None else [None] * len(names),
+            "params": dict(t.params),
+        }
+        for t in study.trials
+    ]
+    result = TuneResult(objectives=names, directions=directions, trials=trial_rows)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise ConfigError(f"polytask tune: none of the {trials} trial(s) completed")
@@ -328,9 +328,7 @@ def tune(
 
 
 def _write_trials(result: TuneResult, path: Path, only: Sequence[int] | None = None) -> Path:
-    keys: list[str] = []
-    for t in result.trials:
-        keys += [k for k in t["params"] if k not in keys]
+    keys = list(dict.fromkeys(k for t in result.trials for k in t["params"]))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["trial", "state", *result.objectives, *keys])
