@@ -295,6 +295,27 @@ class Preprocessor:
             )
 
     # ---------------------------------------------------------------------------- fit
+    def _fit_frames(
+        self,
+        df: pd.DataFrame,
+        label_frames: Mapping[str, pd.DataFrame] | None,
+        columns: list[str],
+        what: str,
+    ) -> Mapping[str, pd.DataFrame]:
+        """Each task's training table, once ``df`` is checked to have ``columns`` and each
+        table its task's label columns; the tasks are unscaled until the fit scales them."""
+        self.tasks = dict(self.specs)
+        if label_frames is None:
+            labels = [c for t in self.tasks for c in self.label_columns(t)]
+            self._require_columns(df, columns + labels, what)
+            return dict.fromkeys(self.tasks, df)
+        self._require_columns(df, columns, what)
+        for name in self.tasks:
+            self._require_columns(
+                label_frames[name], self.label_columns(name), f"training set of task {name!r}"
+            )
+        return label_frames
+
     def fit(
         self, df: pd.DataFrame, *, label_frames: Mapping[str, pd.DataFrame] | None = None
     ) -> Preprocessor:
@@ -329,17 +350,7 @@ class Preprocessor:
         the fit computes, column by column, so no more than one column's strings are held."""
         if len(df) == 0:
             raise DataError(f"{what} is empty: expected at least one row, found 0")
-        self.tasks = dict(self.specs)  # unscaled until the labels are fitted below
-        if label_frames is None:
-            labels = [c for t in self.tasks for c in self.label_columns(t)]
-            self._require_columns(df, self.features.columns + labels, what)
-            label_frames = dict.fromkeys(self.tasks, df)
-        else:
-            self._require_columns(df, self.features.columns, what)
-            for name in self.tasks:
-                self._require_columns(
-                    label_frames[name], self.label_columns(name), f"training set of task {name!r}"
-                )
+        label_frames = self._fit_frames(df, label_frames, self.features.columns, what)
         train_columns = [str(c) for c in df.columns]
 
         vocabularies, list_lengths, cat, lists = self._fit_categorical(df, what, encode=encode)
@@ -460,17 +471,23 @@ class Preprocessor:
         for name, vc in counts.items():  # list columns with a table of their own
             feat = next(f for f in features.lists if f.name == name)
             vocabularies[name] = _vocabulary(vc, feat, features)
-        lists: dict[str, np.ndarray] = {}
-        if encode:
-            for feat in features.lists:
-                lc = read.pop(feat.name)
-                codes = self._codes(
-                    self._owner(feat), lc.values, np.zeros(len(lc.values), bool), vocabularies
-                )
-                lists[feat.name] = pad_lists(
-                    codes, lc.lengths, list_lengths[feat.name], feat.truncate
-                )
+        lists = self._list_codes(read, vocabularies, list_lengths) if encode else {}
         return vocabularies, list_lengths, cat, lists
+
+    def _list_codes(
+        self,
+        read: dict[str, ListColumn],
+        vocabularies: Mapping[str, list[str]],
+        widths: Mapping[str, int],
+    ) -> dict[str, np.ndarray]:
+        """The padded codes of each list column ``read`` (its values are never missing)."""
+        out: dict[str, np.ndarray] = {}
+        for feat in self.features.lists:
+            lc = read.pop(feat.name)
+            none = np.zeros(len(lc.values), bool)
+            codes = self._codes(self._owner(feat), lc.values, none, vocabularies)
+            out[feat.name] = pad_lists(codes, lc.lengths, widths[feat.name], feat.truncate)
+        return out
 
     def _owner(self, feat: CategoricalFeature) -> CategoricalFeature:
         """The feature whose table (vocabulary or hashing) ``feat`` uses."""
@@ -545,15 +562,11 @@ class Preprocessor:
                 continue
             values, missing = category_strings(df[feat.name])
             cat[:, j] = self._codes(feat, values, missing, self.vocabularies_)
-        lists: dict[str, np.ndarray] = {}
-        for feat in self.features.lists:
-            lc = list_values(df[feat.name], feat.name, feat.sep, what)
-            codes = self._codes(
-                self._owner(feat), lc.values, np.zeros(len(lc.values), bool), self.vocabularies_
-            )
-            lists[feat.name] = pad_lists(
-                codes, lc.lengths, self.list_lengths_[feat.name], feat.truncate
-            )
+        lists = self._list_codes(
+            {f.name: list_values(df[f.name], f.name, f.sep, what) for f in self.features.lists},
+            self.vocabularies_,
+            self.list_lengths_,
+        )
 
         scaled: list[_Scaled] = []
         for nfeat in self.features.numeric:
@@ -759,33 +772,32 @@ def _warn_if_id_like(column: str, distinct: int, rows: int, what: str) -> None:
 
 
 _NESTED = (list, tuple, dict, np.ndarray)
+_NESTED_FIX = {
+    "struct": "",
+    "list": "declare it list-valued (e.g. pooling: mean, docs/features.md), or ",
+}
 
 
 def _refuse_nested(series: pd.Series, column: str, what: str) -> None:
     """A list- or struct-valued column (a Parquet list or struct column) is not a plain
     categorical: refused rather than silently turned into strings."""
-    if series.dtype != object and not isinstance(series.dtype, pd.ArrowDtype):
-        return
     if isinstance(series.dtype, pd.ArrowDtype):
         import pyarrow as pa
 
         arrow = series.dtype.pyarrow_dtype
         nested = pa.types.is_nested(arrow)
         kind = "struct" if pa.types.is_struct(arrow) else "list"
-    else:
+    elif series.dtype == object:
         found = next((v for v in series.to_numpy() if isinstance(v, _NESTED)), None)
         nested = found is not None
         kind = "struct" if isinstance(found, dict) else "list"
-    if nested and kind == "struct":
-        raise DataError(
-            f"{what}: categorical column {column!r} holds struct values (a Parquet struct "
-            "column); a categorical feature takes one value per row: leave the column out"
-        )
+    else:
+        return
     if nested:
         raise DataError(
-            f"{what}: categorical column {column!r} holds list values (a Parquet list column); "
-            "a categorical feature takes one value per row: declare it list-valued (e.g. "
-            "pooling: mean, docs/features.md), or leave the column out"
+            f"{what}: categorical column {column!r} holds {kind} values (a Parquet {kind} "
+            f"column); a categorical feature takes one value per row: {_NESTED_FIX[kind]}"
+            "leave the column out"
         )
 
 

@@ -33,7 +33,8 @@ import queue
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, groupby, islice
+from operator import itemgetter
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -148,22 +149,10 @@ class ParquetSet:
         """Record batches of at most ``chunk_rows`` rows of ``groups`` (indices into
         `groups`), in that order; consecutive groups of one file are read as one run."""
         cols = self.columns if columns is None else list(columns)
-        run: list[int] = []
-        current = -1
-        for g in [*groups, -1]:
-            f, rg = self.groups[g] if g >= 0 else (-1, -1)
-            if f != current and run:
-                yield from self._open(current).iter_batches(
-                    batch_size=chunk_rows, row_groups=run, columns=cols
-                )
-                run = []
-            current = f
-            if g >= 0:
-                run.append(rg)
-
-
-def _open(path: str | PathLike[str], pre: Preprocessor) -> ParquetSet:
-    return ParquetSet(path, _columns(pre))
+        for f, run in groupby((self.groups[g] for g in groups), key=itemgetter(0)):
+            yield from self._open(f).iter_batches(
+                batch_size=chunk_rows, row_groups=[rg for _, rg in run], columns=cols
+            )
 
 
 class _Moments:
@@ -290,10 +279,6 @@ def count_for_fit(
     out.moments = {f.name: _Moments() for f in pre.features.numeric}
     out.any_nan = dict.fromkeys(out.moments, False)
     out.classes = {n: set() for n, t in pre.tasks.items() if task_type(t).has_classes}
-    out.labelled = dict.fromkeys(pre.tasks, 0)
-    out.positives = dict.fromkeys(pre.tasks, 0)
-    out.label_moments = {name: _Moments() for name in pre.tasks}
-    out.label_max = dict.fromkeys(pre.tasks, 0.0)
     try:
         for rb in source.read(groups, chunk_rows):
             df = rb.to_pandas()
@@ -366,7 +351,7 @@ def fit_preprocessor_streaming(
     rank + W, ...`` and ``gather`` brings every rank's counts; they are merged in rank order
     (``min_freq`` applies to the merged counts), so every rank ends with the same
     preprocessor, equal to the one-process fit's (means/stds to float64 rounding)."""
-    source = _open(path, pre)
+    source = ParquetSet(path, _columns(pre))
     rank, world = shard
     if world > 1 and gather is None:
         raise ValueError("a sharded fit needs gather")
@@ -378,33 +363,26 @@ def fit_preprocessor_streaming(
     if merged.rows == 0:
         raise DataError("training set is empty: expected at least one row, found 0")
     by_name = {f.name: f for f in pre.features.categorical}
-    vocabularies = {
-        name: _vocabulary(pd.Series(counts, dtype="int64"), by_name[name], pre.features)
+    features = pre.features
+    pre.tasks = dict(pre.specs)  # unscaled until `_finish_labels`
+    pre.vocabularies_ = {
+        name: _vocabulary(pd.Series(counts, dtype="int64"), by_name[name], features)
         for name, counts in merged.counts.items()
     }
-    list_lengths = {
-        f.name: f.max_len or max(merged.list_lengths.get(f.name, 0), 1) for f in pre.features.lists
+    pre.list_lengths_ = {
+        f.name: f.max_len or max(merged.list_lengths.get(f.name, 0), 1) for f in features.lists
     }
-    numeric: dict[str, dict[str, Any]] = {}
-    for f in pre.features.numeric:
-        mean, std = merged.moments[f.name].mean_std()
-        state = _numeric_state(mean, std, merged.any_nan[f.name], f, pre.features.numeric_scaling)
-        numeric[f.name] = vars(state)
-    pre.load_state_dict(
-        {
-            "vocabularies": vocabularies,
-            "hash_buckets": {
-                f.name: f.hash_buckets for f in pre.features.categorical if f.hash_buckets
-            },
-            "list_lengths": list_lengths,
-            "numeric": numeric,
-            "classes": {
-                k: task_type(pre.tasks[k]).fit_classes(k, pre.label_column(k), sorted(v))
-                for k, v in merged.classes.items()
-            },
-            "train_columns": source.names,
-        }
-    )
+    pre.numeric_stats_ = {
+        f.name: _numeric_state(
+            *merged.moments[f.name].mean_std(), merged.any_nan[f.name], f, features.numeric_scaling
+        )
+        for f in features.numeric
+    }
+    pre.classes_ = {
+        k: task_type(pre.tasks[k]).fit_classes(k, pre.label_column(k), sorted(v))
+        for k, v in merged.classes.items()
+    }
+    pre.train_columns_ = source.names
     labels = FitCounts(
         labelled=dict.fromkeys(pre.tasks, 0),
         positives=dict.fromkeys(pre.tasks, 0),
@@ -457,7 +435,7 @@ class StreamingBatches:
         self.buffer_rows = buffer_rows
         self.chunk_rows = chunk_rows
         self.device = torch.device(device)
-        self.source = _open(path, preprocessor)
+        self.source = ParquetSet(path, _columns(preprocessor))
         self._rows = self.source.rows
 
     @classmethod
@@ -554,17 +532,20 @@ class StreamingBatches:
         buffer: list[EncodedData] = []
         held = 0
         shuffle = generator is not None
-        for chunk in self._prefetched(generator, groups):
-            buffer.append(chunk)
-            held += len(chunk)
-            limit = self.buffer_rows if shuffle else batch_size
-            if held < limit:
-                continue
+        for chunk in chain(self._prefetched(generator, groups), [None]):  # None: the end
+            if chunk is not None:
+                buffer.append(chunk)
+                held += len(chunk)
+                if held < (self.buffer_rows if shuffle else batch_size):
+                    continue
+            elif not buffer:
+                return
             data = EncodedData.concat(buffer) if len(buffer) > 1 else buffer[0]
             if shuffle:
                 data = data.select(torch.randperm(len(data), generator=generator))
             keep = self.buffer_rows // 2 if shuffle else 0
-            emit = (len(data) - keep) // batch_size * batch_size
+            # at the end every row is emitted, the last batch possibly smaller
+            emit = len(data) if chunk is None else (len(data) - keep) // batch_size * batch_size
             # only the emitted rows go to the device; the rest stays a view of the buffer
             out = data.select(slice(0, emit)).to(self.device)
             for start in range(0, emit, batch_size):
@@ -572,13 +553,6 @@ class StreamingBatches:
             rest = data.select(slice(emit, None))
             buffer = [rest] if len(rest) else []
             held = len(rest)
-        if buffer:
-            data = EncodedData.concat(buffer) if len(buffer) > 1 else buffer[0]
-            if shuffle:
-                data = data.select(torch.randperm(len(data), generator=generator))
-            out = data.to(self.device)
-            for start in range(0, len(out), batch_size):
-                yield out.slice(start, start + batch_size)
 
 
 def _seeded(*words: int) -> torch.Generator:

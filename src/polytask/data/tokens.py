@@ -20,6 +20,7 @@ they carry rows.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch
 
 from polytask.data.encoded import EncodedData
 from polytask.data.features import TokenFeatures
-from polytask.data.preprocess import Preprocessor
+from polytask.data.preprocess import Preprocessor, _category_codes
 from polytask.errors import DataError
 from polytask.tasks import task_type
 
@@ -77,11 +78,6 @@ def sentence_lists(series: pd.Series, column: str, what: str, *, labels: bool) -
     return out
 
 
-def _codes(values: list[str], vocabulary: list[str]) -> np.ndarray:
-    codes = pd.Index(vocabulary, dtype=object).get_indexer(pd.Index(values, dtype=object))
-    return np.where(codes < 0, UNKNOWN_INDEX, codes + 2)
-
-
 class SentencePreprocessor(Preprocessor):
     """`Preprocessor` for ``features.tokens``: ``Preprocessor(features=..., tasks=...)``
     builds one when the features section has ``tokens``. Its ``vocabularies_`` are
@@ -104,17 +100,7 @@ class SentencePreprocessor(Preprocessor):
         if len(df) == 0:
             raise DataError(f"{what} is empty: expected at least one sentence, found 0")
         tf = self.token_features
-        self.tasks = dict(self.specs)
-        if label_frames is None:
-            labels = [self.label_column(t) for t in self.tasks]
-            self._require_columns(df, [tf.column, *labels], what)
-            label_frames = dict.fromkeys(self.tasks, df)
-        else:
-            self._require_columns(df, [tf.column], what)
-            for name in self.tasks:
-                self._require_columns(
-                    label_frames[name], [self.label_column(name)], f"training set of task {name!r}"
-                )
+        label_frames = self._fit_frames(df, label_frames, [tf.column], what)
         sentences = sentence_lists(df[tf.column], tf.column, what, labels=False)
         tokens = [w for s in sentences for w in s]
         counts = pd.Series([w.lower() for w in tokens]).value_counts()
@@ -144,8 +130,6 @@ class SentencePreprocessor(Preprocessor):
         return self.transform(df, labels=True, what=what)
 
     def _set_tags(self) -> None:
-        from dataclasses import replace
-
         self.tasks = {
             name: replace(spec, tags=tuple(self.classes_[name])) if name in self.classes_ else spec
             for name, spec in self.specs.items()
@@ -187,12 +171,10 @@ class SentencePreprocessor(Preprocessor):
         tokens = [w for s in sentences for w in s]
         depth = CHARS + (tf.max_chars if tf.char_filters > 0 else 0)
         cat = np.zeros((n, width, depth), dtype=np.int64)
-        cat[rows, positions, WORD] = _codes(
-            [w.lower() for w in tokens], self.vocabularies_["words"]
-        )
-        cat[rows, positions, SHAPE] = _codes(
-            [word_shape(w) for w in tokens], self.vocabularies_["shapes"]
-        )
+        none = np.zeros(len(tokens), bool)  # a token is never missing
+        for at, of, vocabulary in ((WORD, str.lower, "words"), (SHAPE, word_shape, "shapes")):
+            values = np.asarray([of(w) for w in tokens], dtype=object)
+            cat[rows, positions, at] = _category_codes(values, none, self.vocabularies_[vocabulary])
         if tf.char_filters > 0:
             forms, inverse = np.unique(np.asarray(tokens, dtype=object), return_inverse=True)
             table = np.zeros((len(forms), tf.max_chars), dtype=np.int64)
