@@ -23,13 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from polytask.tasks import sigmoid
+
 METHODS: tuple[str, ...] = ("isotonic", "platt", "temperature")
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64)
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _labelled(logit: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,13 +56,13 @@ class Calibrator:
         """Calibrated probabilities for raw logits (any shape)."""
         z = np.asarray(logit, dtype=np.float64)
         if self.method == "temperature":
-            return _sigmoid(z / self.params["temperature"])
+            return sigmoid(z / self.params["temperature"])
         if self.method == "platt":
-            return _sigmoid(self.params["a"] * z + self.params["b"])
+            return sigmoid(self.params["a"] * z + self.params["b"])
         if self.method == "isotonic":
             x = np.asarray(self.params["x"], dtype=np.float64)
             y = np.asarray(self.params["y"], dtype=np.float64)
-            return np.interp(_sigmoid(z), x, y)  # clipped to the ends outside [x0, x-1]
+            return np.interp(sigmoid(z), x, y)  # clipped to the ends outside [x0, x-1]
         raise ValueError(f"unknown calibration method {self.method!r}; expected one of {METHODS}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,7 +110,7 @@ def fit_calibrator(method: str, logit: np.ndarray, label: np.ndarray) -> Calibra
         from sklearn.isotonic import IsotonicRegression
 
         iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-        iso.fit(_sigmoid(z), y)
+        iso.fit(sigmoid(z), y)
         return Calibrator(
             "isotonic",
             {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()},

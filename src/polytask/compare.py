@@ -266,19 +266,12 @@ def compare_splits(
                     run = run.model_copy(deep=True)
                     run.training.seed = seed
                     run.training.progress = False
-                    pre = Preprocessor(
-                        features=run.features, tasks=run.task_specs()
-                    ).load_state_dict(
-                        {
-                            **state,
-                            "classes": {
-                                t: state["classes"][t] for t in state["classes"] if t in run.tasks
-                            },
-                            "label_scaling": {
-                                t: v for t, v in state["label_scaling"].items() if t in run.tasks
-                            },
-                        }
-                    )
+                    own = {
+                        key: {t: v for t, v in state[key].items() if t in run.tasks}
+                        for key in ("classes", "label_scaling")
+                    }
+                    pre = Preprocessor(features=run.features, tasks=run.task_specs())
+                    pre.load_state_dict({**state, **own})
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         model = MultiTaskModel.from_config(run).fit(

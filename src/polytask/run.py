@@ -79,7 +79,6 @@ def load_splits(
     resolved against ``base`` (the run file's folder). With ``stream`` (``training.stream``)
     the training file is not read: ``train`` is its path (`RunConfig` refuses a streamed
     ``data.path`` or a loader other than Parquet)."""
-    # RunConfig has checked that a streamed training set is a Parquet data.train.
     if data.path is not None and data.loader == "movielens_100k" and data.split is None:
         from polytask.datasets import split_by_column
 

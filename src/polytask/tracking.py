@@ -207,16 +207,6 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-def _mlflow() -> Any:
-    try:
-        import mlflow
-    except ImportError:
-        raise MissingExtraError(
-            f"training.loggers: mlflow needs the mlflow package: {install_hint('mlflow')}"
-        ) from None
-    return mlflow
-
-
 class MLflowLogger:
     """An MLflow run (tracking URI and experiment from ``MLFLOW_TRACKING_URI`` /
     ``MLFLOW_EXPERIMENT_NAME`` as MLflow reads them; the experiment defaults to
@@ -224,7 +214,13 @@ class MLflowLogger:
     the final metrics, the run file and the model folder as artifacts."""
 
     def __init__(self, params: Mapping[str, Any], run_name: str | None = None) -> None:
-        self.mlflow = mlflow = _mlflow()
+        try:
+            import mlflow
+        except ImportError:
+            raise MissingExtraError(
+                f"training.loggers: mlflow needs the mlflow package: {install_hint('mlflow')}"
+            ) from None
+        self.mlflow = mlflow
         try:
             if not os.environ.get("MLFLOW_EXPERIMENT_NAME") and not os.environ.get(
                 "MLFLOW_EXPERIMENT_ID"
