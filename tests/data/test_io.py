@@ -10,7 +10,8 @@ import pytest
 
 from polytask.config import DataConfig
 from polytask.data import read_table
-from polytask.data.chunks import is_parquet, read_chunks
+from polytask.data.chunks import read_chunks
+from polytask.data.io import is_parquet
 from polytask.errors import DataError
 from polytask.run import load_splits
 

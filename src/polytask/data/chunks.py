@@ -18,8 +18,7 @@ import pyarrow.parquet as pq
 
 from polytask._atomic import atomic_path
 from polytask._defaults import CHUNK_ROWS as CHUNK_ROWS  # defined there for the CLI's help
-from polytask.data.io import check_unique_columns, output_format, table_format
-from polytask.data.io import is_parquet as is_parquet  # re-exported: the CLI asks it here
+from polytask.data.io import output_format, table_format
 from polytask.errors import DataError
 
 
@@ -35,10 +34,7 @@ def read_chunks(
     if chunk_rows < 1:
         raise DataError(f"{what}: chunk_rows must be at least 1, found {chunk_rows}")
     source = Path(path)
-    if not source.exists():
-        raise DataError(f"{what}: file {str(source)!r} does not exist")
     kind = table_format(source, what=what)
-    check_unique_columns(source, kind, what)
     try:
         if kind == "parquet":
             yield from _parquet_chunks(source, columns, chunk_rows)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -49,15 +49,18 @@ class EncodedData:
     def __len__(self) -> int:
         return int(self.categorical.shape[0])
 
+    def _map(self, f: Callable[[torch.Tensor], torch.Tensor]) -> EncodedData:
+        return EncodedData(
+            categorical=f(self.categorical),
+            numeric=f(self.numeric),
+            labels={k: f(v) for k, v in self.labels.items()},
+            lists={k: f(v) for k, v in self.lists.items()},
+        )
+
     def select(self, index: torch.Tensor | slice) -> EncodedData:
         """Rows at ``index``: one gather per column for a tensor of indices, views (no copy)
         for a slice."""
-        return EncodedData(
-            categorical=self.categorical[index],
-            numeric=self.numeric[index],
-            labels={k: v[index] for k, v in self.labels.items()},
-            lists={k: v[index] for k, v in self.lists.items()},
-        )
+        return self._map(lambda t: t[index])
 
     @staticmethod
     def concat(parts: list[EncodedData]) -> EncodedData:
@@ -70,24 +73,16 @@ class EncodedData:
         )
 
     def to(self, device: torch.device | str) -> EncodedData:
-        return EncodedData(
-            categorical=self.categorical.to(device),
-            numeric=self.numeric.to(device),
-            labels={k: v.to(device) for k, v in self.labels.items()},
-            lists={k: v.to(device) for k, v in self.lists.items()},
-        )
+        return self._map(lambda t: t.to(device))
 
     def slice(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop`` as a batch of views (no copy)."""
-        batch: Batch = {
+        return {
             "categorical": self.categorical[start:stop],
             "numeric": self.numeric[start:stop],
+            **{LIST_PREFIX + k: v[start:stop] for k, v in self.lists.items()},
+            **{LABEL_PREFIX + k: v[start:stop] for k, v in self.labels.items()},
         }
-        for k, v in self.lists.items():
-            batch[LIST_PREFIX + k] = v[start:stop]
-        for k, v in self.labels.items():
-            batch[LABEL_PREFIX + k] = v[start:stop]
-        return batch
 
     def batches(
         self, batch_size: int, *, generator: torch.Generator | None = None
@@ -116,7 +111,7 @@ def data_fingerprint(splits: Mapping[str, EncodedData], *, extra: str = "") -> s
     for name, data in splits.items():
         columns = {"categorical": data.categorical, "numeric": data.numeric}
         columns.update({LIST_PREFIX + k: v for k, v in data.lists.items()})
-        columns.update({f"label:{k}": v for k, v in sorted(data.labels.items())})
+        columns.update({LABEL_PREFIX + k: v for k, v in sorted(data.labels.items())})
         for column, tensor in columns.items():
             array = tensor.detach().cpu().contiguous().numpy()
             h.update(f"{name}/{column}/{array.dtype}/{array.shape}".encode())

@@ -39,18 +39,23 @@ def sniff_format(path: str | os.PathLike[str]) -> TableFormat | None:
 def table_format(
     path: str | os.PathLike[str], format: str | None = None, *, what: str = "data"
 ) -> TableFormat:
-    """The format to read ``path`` as: ``format`` (``"csv"`` or ``"parquet"``) when given,
-    else `sniff_format`; a `DataError` when neither says."""
+    """The format to read the existing file ``path`` as: ``format`` (``"csv"`` or
+    ``"parquet"``) when given, else `sniff_format`; a `DataError` when the file is missing,
+    neither says, or the file names a column twice (`check_unique_columns`)."""
+    if not Path(path).exists():
+        raise DataError(f"{what}: file {str(path)!r} does not exist")
     if format is not None:
         if format not in _FORMATS:
             raise DataError(f"{what}: format must be one of {list(_FORMATS)}, found {format!r}")
-        return "csv" if format == "csv" else "parquet"
-    found = sniff_format(path)
+        found: TableFormat | None = "csv" if format == "csv" else "parquet"
+    else:
+        found = sniff_format(path)
     if found is None:
         raise DataError(
             f"{what}: cannot tell the format of {str(path)!r}; expected a .csv, .csv.gz or "
             ".parquet file"
         )
+    check_unique_columns(Path(path), found, what)
     return found
 
 
@@ -78,10 +83,7 @@ def read_table(data: Any, *, format: str | None = None, what: str = "data") -> p
         return data
     if isinstance(data, str | os.PathLike):
         path = Path(data)
-        if not path.exists():
-            raise DataError(f"{what}: file {str(path)!r} does not exist")
         kind = table_format(path, format, what=what)
-        check_unique_columns(path, kind, what)
         try:
             if kind == "parquet":
                 return pd.read_parquet(path)

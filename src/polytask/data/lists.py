@@ -45,14 +45,9 @@ def _arrow(series: pd.Series, column: str, sep: str | None, what: str) -> Any:
         try:
             arr = pa.array(values, from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            arr = None
-        if arr is None:
             bad = _first_bad(values)
             if bad is not None:
-                raise DataError(
-                    f"{where} holds {type(bad).__name__} values such as {bad!r}; expected a "
-                    "list per row (or text split on sep), empty or missing for none"
-                ) from None
+                raise _not_lists(where, bad) from None
             raise DataError(
                 f"{where} mixes value types within its lists or lists with text; expected "
                 "lists whose values are all numbers or all text"
@@ -74,8 +69,11 @@ def _arrow(series: pd.Series, column: str, sep: str | None, what: str) -> Any:
                 f"{where} holds lists of {kind.value_type}; expected lists of single values"
             )
         return arr
-    example = next(v for v in arr.to_pylist() if v is not None)
-    raise DataError(
+    raise _not_lists(where, next(v for v in arr.to_pylist() if v is not None))
+
+
+def _not_lists(where: str, example: object) -> DataError:
+    return DataError(
         f"{where} holds {type(example).__name__} values such as {example!r}; expected a list "
         "per row (or text split on sep), empty or missing for none"
     )

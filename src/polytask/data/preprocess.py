@@ -736,16 +736,11 @@ class Preprocessor:
         self.numeric_stats_ = numeric
         self.classes_ = classes
         self.train_columns_ = train_columns
-        self.tasks = {
-            name: replace(
-                spec,
-                label_shift=float(label_scaling[name][0]),
-                label_scale=float(label_scaling[name][1]),
+        self.tasks = dict(self.specs)
+        for name, (shift, scale) in label_scaling.items():
+            self.tasks[name] = replace(
+                self.specs[name], label_shift=float(shift), label_scale=float(scale)
             )
-            if name in label_scaling
-            else spec
-            for name, spec in self.specs.items()
-        }
         return self
 
 

@@ -236,8 +236,7 @@ def merge_counts(parts: Sequence[FitCounts]) -> FitCounts:
     """The counts of all ``parts`` (in order: the result is the same on every rank)."""
     out = FitCounts()
     for part in parts:
-        if out.error is None and part.error is not None:
-            out.error = part.error
+        out.error = part.error if out.error is None else out.error
         out.rows += part.rows
         for name, c in part.counts.items():
             _add_counts(out.counts.setdefault(name, {}), pd.Series(c, dtype="int64"))
@@ -309,12 +308,18 @@ def count_for_fit(
 
 
 def _count_labels(
-    pre: Preprocessor, source: ParquetSet, groups: Sequence[int], chunk: int, out: FitCounts
-) -> None:
+    pre: Preprocessor, source: ParquetSet, groups: Sequence[int], chunk: int
+) -> FitCounts:
     """The label checks of ``Preprocessor.fit`` over ``groups`` (a second pass, over the
     label columns only, once the classes are known): bad values fail (per chunk); labelled
-    rows, positives and the labels' moments are counted into ``out``."""
+    rows, positives and the labels' moments are counted."""
     labels = list(dict.fromkeys(c for t in pre.tasks for c in pre.label_columns(t)))
+    out = FitCounts(
+        labelled=dict.fromkeys(pre.tasks, 0),
+        positives=dict.fromkeys(pre.tasks, 0),
+        label_moments={name: _Moments() for name in pre.tasks},
+        label_max=dict.fromkeys(pre.tasks, 0.0),
+    )
     try:
         for rb in source.read(groups, chunk, labels):
             df = rb.to_pandas()
@@ -330,6 +335,7 @@ def _count_labels(
                 )
     except DataError as err:
         out.error = str(err)
+    return out
 
 
 Gather = Callable[[FitCounts], list[FitCounts]]
@@ -383,13 +389,7 @@ def fit_preprocessor_streaming(
         for k, v in merged.classes.items()
     }
     pre.train_columns_ = source.names
-    labels = FitCounts(
-        labelled=dict.fromkeys(pre.tasks, 0),
-        positives=dict.fromkeys(pre.tasks, 0),
-        label_moments={name: _Moments() for name in pre.tasks},
-        label_max=dict.fromkeys(pre.tasks, 0.0),
-    )
-    _count_labels(pre, source, groups, chunk_rows, labels)
+    labels = _count_labels(pre, source, groups, chunk_rows)
     merged = merge_counts(gather(labels)) if gather is not None else labels
     if merged.error is not None:
         raise DataError(merged.error)

@@ -30,20 +30,16 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def _world() -> dict[str, np.ndarray]:
-    """Per-category logit effects: user groups partly shared, item categories partly opposite."""
+def _world() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-category logit effects ``user_click, user_conv, cat_click, cat_conv``: user groups
+    partly shared, item categories partly opposite."""
     rng = np.random.default_rng(_WORLD_SEED)
     user_click = rng.normal(0.0, 0.4, _NUM_USER_GROUPS)
     user_conv = 0.6 * user_click + rng.normal(0.0, 0.3, _NUM_USER_GROUPS)
     cat_click = rng.normal(0.0, 0.5, _NUM_ITEM_CATS)
     # "Clickbait": categories that attract clicks convert worse, and the other way round.
     cat_conv = -0.7 * cat_click + rng.normal(0.0, 0.3, _NUM_ITEM_CATS)
-    return {
-        "user_click": user_click,
-        "user_conv": user_conv,
-        "cat_click": cat_click,
-        "cat_conv": cat_conv,
-    }
+    return user_click, user_conv, cat_click, cat_conv
 
 
 def funnel_synthetic(n_samples: int, *, selection_bias: float = 1.0, seed: int = 0) -> pd.DataFrame:
@@ -113,7 +109,7 @@ def funnel_synthetic(n_samples: int, *, selection_bias: float = 1.0, seed: int =
     )
     seed = _check_int(func, "seed", seed, minimum=0)
 
-    world = _world()
+    user_click, user_conv, cat_click, cat_conv = _world()
     rng = np.random.default_rng(seed)
     user = rng.integers(0, _NUM_USER_GROUPS, n)
     cat = rng.integers(0, _NUM_ITEM_CATS, n)
@@ -130,16 +126,16 @@ def funnel_synthetic(n_samples: int, *, selection_bias: float = 1.0, seed: int =
         + 1.5 * activity
         + 0.3 * z_price
         + 0.2 * quality
-        + world["user_click"][user]
-        + world["cat_click"][cat]
+        + user_click[user]
+        + cat_click[cat]
         + 2.0 * bias * latent
     )
     conv_logit = (
         _CONV_INTERCEPT
         - 0.9 * z_price
         + 2.5 * (quality - 2.0 / 3.0)
-        + world["user_conv"][user]
-        + world["cat_conv"][cat]
+        + user_conv[user]
+        + cat_conv[cat]
         + 1.5 * bias * latent
     )
     click = (rng.random(n) < _sigmoid(click_logit)).astype(np.int64)
