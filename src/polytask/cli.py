@@ -138,11 +138,6 @@ def gates_table(gates: Mapping[str, Mapping[str, Any]], width: int = 80) -> list
     return [Text(title), *tables]
 
 
-def _print_tables(console: Console, tables: Sequence[Any]) -> None:
-    for table in tables:
-        console.print(table)
-
-
 def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -150,6 +145,7 @@ def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> Non
 def cmd_train(args: argparse.Namespace) -> int:
     from polytask.config import load_run_file
     from polytask.run import run_training
+    from polytask.tracking import epochs_apart
     from polytask.training.distributed import is_main_process
     from polytask.training.progress import printed_to_stdout
 
@@ -176,9 +172,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     width = console.width
     for split in ("validation", "test"):
         if split in metrics:
-            _print_tables(console, metrics_table(split, metrics[split], width))
+            console.print(*metrics_table(split, metrics[split], width))
     if "gates" in metrics:
-        _print_tables(console, gates_table(metrics["gates"], width))
+        console.print(*gates_table(metrics["gates"], width))
     if metrics.get("skipped_batches"):
         console.print(
             f"skipped {metrics['skipped_batches']} batch(es) with a non-finite loss "
@@ -195,11 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"trained{by}: {metrics['train_samples_per_s']:,.0f} train samples/s; {best_text}; "
         f"wrote {out / 'model'} and {out / 'metrics.json'}"
     )
-    from polytask.tracking import epochs_apart
-
-    apart = epochs_apart(
-        metrics.get("task_best_epochs", {}), cfg.training.monitor, metrics["best_epoch"]
-    )
+    apart = epochs_apart(metrics.get("task_best_epochs", {}), cfg.training.monitor, best)
     if apart:
         console.print(apart, markup=False)
     return 0
@@ -254,7 +246,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(scored, indent=2))
     else:
         console = _console()
-        _print_tables(console, metrics_table(name, scored, console.width))
+        console.print(*metrics_table(name, scored, console.width))
     return 0
 
 

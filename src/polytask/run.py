@@ -365,31 +365,31 @@ def _train_and_write(
             _write_run(model, {"interrupted": True}, cfg, base, out, checkpoint_dir)
             stop.saved = out / "model"
         raise
+    tables = {"test": splits.test, "validation": splits.validation}
     # Sharded evaluation (torchrun, streamed): every process evaluates its row groups.
     sharded: dict[str, Any] = {}
-    sharded_rows: dict[str, int] = {}
-    for name, split in (("test", splits.test), ("validation", splits.validation)):
+    rows: dict[str, int] = {}
+    for name, split in tables.items():
         if isinstance(split, Path):
             assert cfg.training.stream is not None
             chunk_rows = cfg.training.stream.chunk_rows
             sharded[name] = model.evaluate_sharded(split, chunk_rows=chunk_rows)
-            sharded_rows[name] = count_rows(split)
+            rows[name] = count_rows(split)
     if not is_main_process():
         barrier()  # distributed training: rank 0 holds the same model, evaluates and writes
         return {}
     # Each table is encoded once, for its metrics and the gate statistics.
-    test = valid = None
-    if isinstance(splits.test, pd.DataFrame):
-        test = model.encode(splits.test, what="test set")
-    if isinstance(splits.validation, pd.DataFrame):
-        valid = model.encode(splits.validation, what="validation set")
-    metrics: dict[str, Any] = {}
+    encoded = {
+        name: model.encode(split, what=f"{name} set")
+        for name, split in tables.items()
+        if isinstance(split, pd.DataFrame)
+    }
+    rows.update({name: len(data) for name, data in encoded.items()})
     # Grouped ranking metrics need the group column, which only the raw tables hold.
     by_group = cfg.decision.group is not None
-    if test is not None:
-        metrics["test"] = model.evaluate(splits.test if by_group else test)
-    if valid is not None:
-        metrics["validation"] = model.evaluate(splits.validation if by_group else valid)
+    metrics: dict[str, Any] = {
+        name: model.evaluate(tables[name] if by_group else data) for name, data in encoded.items()
+    }
     metrics.update(sharded)
     metrics["train_samples_per_s"] = train_samples_per_s(model.history_)
     metrics["best_epoch"] = model.best_epoch_
@@ -399,10 +399,10 @@ def _train_and_write(
     metrics["skipped_batches"] = model.skipped_batches_
     metrics["rows"] = {
         "train": model.n_train_,
-        "validation": sharded_rows.get("validation", 0 if valid is None else len(valid)),
-        "test": sharded_rows.get("test", 0 if test is None else len(test)),
+        "validation": rows.get("validation", 0),
+        "test": rows.get("test", 0),
     }
-    gates_on = test if test is not None else valid
+    gates_on = encoded.get("test", encoded.get("validation"))
     if gates_on is not None:
         gates = model.gate_statistics(gates_on)
         if gates:
