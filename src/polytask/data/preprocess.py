@@ -44,8 +44,9 @@ UNKNOWN_INDEX = 1
 _CLIP = 1e6  # standardized values beyond this are clipped so float32 never overflows
 
 
-def _numeric(series: pd.Series, column: str, what: str) -> np.ndarray:
-    """Column as float64 with NaN for missing and non-finite values; text is an error."""
+def _numeric_input(series: pd.Series, column: str, log1p: bool, what: str) -> np.ndarray:
+    """A numeric column as it is scaled: float64 with NaN for missing and non-finite values,
+    after the optional signed log1p; text is an error."""
     if not_real(series.dtype):
         raise DataError(
             f"{what}: numeric column {column!r} has dtype {series.dtype}; expected real numbers"
@@ -57,6 +58,8 @@ def _numeric(series: pd.Series, column: str, what: str) -> np.ndarray:
             f"{examples(series, bad, 3)}; expected numbers (empty or NaN for missing)"
         )
     arr[~np.isfinite(arr)] = np.nan
+    if log1p:
+        arr = np.sign(arr) * np.log1p(np.abs(arr))
     return arr
 
 
@@ -160,15 +163,6 @@ def _encoded(
 # the two cannot drift apart.
 
 
-def _numeric_input(series: pd.Series, column: str, log1p: bool, what: str) -> np.ndarray:
-    """A numeric column as it is scaled: float64 with NaN for missing, after the optional
-    signed log1p."""
-    arr = _numeric(series, column, what)
-    if log1p:
-        arr = np.sign(arr) * np.log1p(np.abs(arr))
-    return arr
-
-
 def _vocabulary(counts: pd.Series, feat: CategoricalFeature, features: FeaturesConfig) -> list[str]:
     """The sorted values counted at least ``min_freq`` times (the column's, else the
     section's)."""
@@ -234,13 +228,6 @@ class Preprocessor:
         weight = self.tasks[task].sample_weight
         return [self.label_column(task), *([weight] if weight else [])]
 
-    def _fit_label_scaling(self, task: str, y: np.ndarray) -> None:
-        """Fit the task's label scaling on its raw training labels ``y`` (NaN missing)."""
-        present = y[~np.isnan(y)].astype(np.float64)
-        self.label_max_[task] = float(np.abs(present).max()) if present.size else 0.0
-        if task_type(self.specs[task]).fit_scaling(0.0, 1.0) is not None:  # a scaled type
-            self.set_label_scaling(task, *_mean_std(present))
-
     def set_label_scaling(self, task: str, mean: float, std: float) -> None:
         """The task's label scaling from its training labels' mean and std (its type's form;
         none with ``label_scaling: none``)."""
@@ -269,9 +256,11 @@ class Preprocessor:
     def fitted(self) -> bool:
         return self.vocabularies_ is not None
 
-    def _check_fitted(self) -> None:
-        if not self.fitted:
+    def _check_fitted(self) -> dict[str, list[str]]:
+        """The fitted vocabularies; a `NotFittedError` before a fit."""
+        if self.vocabularies_ is None:
             raise NotFittedError("this Preprocessor is not fitted yet; call fit(train) first")
+        return self.vocabularies_
 
     def _require_columns(self, df: pd.DataFrame, columns: list[str], what: str) -> None:
         have = [str(x) for x in df.columns]
@@ -388,7 +377,10 @@ class Preprocessor:
         for name, task in self.tasks.items():
             frame = label_frames[name]
             y = self._encode_label(frame, name, what, strings=label_strings.pop(name, None))
-            self._fit_label_scaling(name, y)
+            present = y[~np.isnan(y)].astype(np.float64)
+            self.label_max_[name] = float(np.abs(present).max()) if present.size else 0.0
+            if task_type(task).fit_scaling(0.0, 1.0) is not None:  # a scaled type
+                self.set_label_scaling(name, *_mean_std(present))
             y = task_type(self.tasks[name]).scale_label(y, self.tasks[name])
             if np.isnan(y).all():
                 raise DataError(
@@ -450,10 +442,11 @@ class Preprocessor:
                 kind = value_kind(values[~missing])
                 for f in sharers:
                     if "empty" not in (kind, kinds[f.name]) and kinds[f.name] != kind:
+                        mine = read[f.name].values[:3].tolist() if f.name in read else []
                         raise DataError(
                             f"{what}: list column {f.name!r} is shared_with {feat.name!r}, but "
                             f"its values are {kinds[f.name]} and {feat.name!r}'s are {kind} "
-                            f"(such as {_sample(read.get(f.name))} vs "
+                            f"(such as {mine} vs "
                             f"{values[~missing][:3].tolist()}); a shared table needs values "
                             "of one kind"
                         )
@@ -511,11 +504,10 @@ class Preprocessor:
     def table_size(self, feat: CategoricalFeature) -> int:
         """Rows of a categorical feature's own embedding table: its vocabulary (or hash
         buckets) + missing + unknown."""
-        self._check_fitted()
-        assert self.vocabularies_ is not None
+        vocabularies = self._check_fitted()
         if feat.hash_buckets is not None:
             return feat.hash_buckets + 2
-        return len(self.vocabularies_[feat.name]) + 2
+        return len(vocabularies[feat.name]) + 2
 
     @property
     def cardinalities(self) -> list[int]:
@@ -549,8 +541,7 @@ class Preprocessor:
         """Encode a table. ``labels=True`` requires every label column, ``False`` ignores
         them, ``None`` encodes the ones present (absent ones become all-NaN). ``only=task``
         encodes that task's label alone (a per-task dataset); the others are all-NaN."""
-        self._check_fitted()
-        assert self.vocabularies_ is not None
+        vocabularies = self._check_fitted()
         self._require_columns(df, self.features.columns, what)
         n = len(df)
 
@@ -561,10 +552,10 @@ class Preprocessor:
                 cat[:, j] = _hashed_column(df[feat.name], feat.hash_buckets)
                 continue
             values, missing = category_strings(df[feat.name])
-            cat[:, j] = self._codes(feat, values, missing, self.vocabularies_)
+            cat[:, j] = self._codes(feat, values, missing, vocabularies)
         lists = self._list_codes(
             {f.name: list_values(df[f.name], f.name, f.sep, what) for f in self.features.lists},
-            self.vocabularies_,
+            vocabularies,
             self.list_lengths_,
         )
 
@@ -639,11 +630,10 @@ class Preprocessor:
     def decode_categorical(self, column: str, indices: np.ndarray) -> np.ndarray:
         """Inverse of the categorical encoding: index -> value (None for missing/unknown, and
         for every index of a hashed column, which keeps no vocabulary)."""
-        self._check_fitted()
-        assert self.vocabularies_ is not None
-        if column not in self.vocabularies_:
+        vocabularies = self._check_fitted()
+        if column not in vocabularies:
             return np.full(np.shape(indices), None, dtype=object)
-        vocab = np.asarray([None, None, *self.vocabularies_[column]], dtype=object)
+        vocab = np.asarray([None, None, *vocabularies[column]], dtype=object)
         return vocab[np.asarray(indices)]
 
     def decode_class(self, task: str, indices: np.ndarray) -> np.ndarray:
@@ -794,10 +784,6 @@ def _refuse_nested(series: pd.Series, column: str, what: str) -> None:
             f"column); a categorical feature takes one value per row: {_NESTED_FIX[kind]}"
             "leave the column out"
         )
-
-
-def _sample(lc: ListColumn | None) -> list[str]:
-    return [] if lc is None else lc.values[:3].tolist()
 
 
 def _finite(x: Any) -> bool:

@@ -51,10 +51,6 @@ def word_shape(word: str) -> str:
     return "".join(out)
 
 
-def _is_list(value: Any) -> bool:
-    return isinstance(value, list | tuple | np.ndarray)
-
-
 def sentence_lists(series: pd.Series, column: str, what: str, *, labels: bool) -> list[Any]:
     """A list column as Python values: a list of strings per row; for a label column a row
     without a list (None, NaN) is a sentence without that label (None). Anything else is a
@@ -62,7 +58,7 @@ def sentence_lists(series: pd.Series, column: str, what: str, *, labels: bool) -
     values = series.tolist()
     out: list[Any] = []
     for i, v in enumerate(values):
-        if _is_list(v):
+        if isinstance(v, list | tuple | np.ndarray):
             items = [str(x) for x in v]
             if not items:
                 raise DataError(f"{what}: sentence {i}: column {column!r} is an empty list")
@@ -122,7 +118,6 @@ class SentencePreprocessor(Preprocessor):
             )
         self.vocabularies_ = {"words": words, "shapes": shapes, "chars": chars}
         self.classes_ = classes
-        self.numeric_stats_ = {}
         self.train_columns_ = [str(c) for c in df.columns]
         self._set_tags()
         if not encode:
@@ -139,13 +134,8 @@ class SentencePreprocessor(Preprocessor):
     @property
     def cardinalities(self) -> list[int]:
         """Embedding table sizes: words, shapes, characters (each + padding + unknown)."""
-        self._check_fitted()
-        assert self.vocabularies_ is not None
-        return [len(self.vocabularies_[k]) + 2 for k in ("words", "shapes", "chars")]
-
-    @property
-    def numeric_width(self) -> int:
-        return 0
+        vocabularies = self._check_fitted()
+        return [len(vocabularies[k]) + 2 for k in ("words", "shapes", "chars")]
 
     def transform(
         self,
@@ -158,8 +148,7 @@ class SentencePreprocessor(Preprocessor):
         """Encode a table of sentences (see the module's docstring); ``labels`` and ``only``
         as `Preprocessor.transform`. A sentence whose tag list is not as long as its token
         list is a `DataError` naming the sentence."""
-        self._check_fitted()
-        assert self.vocabularies_ is not None
+        vocabularies = self._check_fitted()
         tf = self.token_features
         self._require_columns(df, [tf.column], what)
         sentences = sentence_lists(df[tf.column], tf.column, what, labels=False)
@@ -172,13 +161,13 @@ class SentencePreprocessor(Preprocessor):
         depth = CHARS + (tf.max_chars if tf.char_filters > 0 else 0)
         cat = np.zeros((n, width, depth), dtype=np.int64)
         none = np.zeros(len(tokens), bool)  # a token is never missing
-        for at, of, vocabulary in ((WORD, str.lower, "words"), (SHAPE, word_shape, "shapes")):
+        for at, of, vocab in ((WORD, str.lower, "words"), (SHAPE, word_shape, "shapes")):
             values = np.asarray([of(w) for w in tokens], dtype=object)
-            cat[rows, positions, at] = _category_codes(values, none, self.vocabularies_[vocabulary])
+            cat[rows, positions, at] = _category_codes(values, none, vocabularies[vocab])
         if tf.char_filters > 0:
             forms, inverse = np.unique(np.asarray(tokens, dtype=object), return_inverse=True)
             table = np.zeros((len(forms), tf.max_chars), dtype=np.int64)
-            known = {c: j + 2 for j, c in enumerate(self.vocabularies_["chars"])}
+            known = {c: j + 2 for j, c in enumerate(vocabularies["chars"])}
             for k, form in enumerate(forms):
                 ids = [known.get(c, UNKNOWN_INDEX) for c in form[: tf.max_chars]]
                 table[k, : len(ids)] = ids
@@ -244,7 +233,6 @@ class SentencePreprocessor(Preprocessor):
             )
         self.vocabularies_ = vocabularies
         self.classes_ = classes
-        self.numeric_stats_ = {}
         self.train_columns_ = train_columns
         self._set_tags()
         return self
