@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -88,19 +88,6 @@ def _parquet_chunks(
         yield schema.empty_table().select(present).to_pandas()
 
 
-class _CsvAppender:
-    def __init__(self, path: Path) -> None:
-        self.handle = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        self.header = True
-
-    def __call__(self, frame: pd.DataFrame) -> None:
-        frame.to_csv(self.handle, header=self.header, index=False)
-        self.header = False
-
-    def close(self) -> None:
-        self.handle.close()
-
-
 class _ParquetAppender:
     """Each frame becomes row group(s) of one file; the first frame fixes the schema."""
 
@@ -128,9 +115,12 @@ def write_chunks(path: str | os.PathLike[str]) -> Iterator[Callable[[pd.DataFram
     (possibly empty) so the file has its columns."""
     target = Path(path)
     kind = output_format(target)
-    with atomic_path(target) as tmp:
-        append = _CsvAppender(tmp) if kind == "csv" else _ParquetAppender(tmp)
-        try:
+    with atomic_path(target) as tmp, ExitStack() as stack:
+        if kind == "csv":
+            handle = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
+            # the header goes with the first frame (a frame's CSV is never empty)
+            yield lambda frame: frame.to_csv(handle, header=handle.tell() == 0, index=False)
+        else:
+            append = _ParquetAppender(tmp)
+            stack.callback(append.close)
             yield append
-        finally:
-            append.close()
