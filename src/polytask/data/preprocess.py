@@ -340,7 +340,6 @@ class Preprocessor:
         if len(df) == 0:
             raise DataError(f"{what} is empty: expected at least one row, found 0")
         label_frames = self._fit_frames(df, label_frames, self.features.columns, what)
-        train_columns = [str(c) for c in df.columns]
 
         vocabularies, list_lengths, cat, lists = self._fit_categorical(df, what, encode=encode)
 
@@ -349,9 +348,8 @@ class Preprocessor:
         for nfeat in self.features.numeric:
             arr = _numeric_input(df[nfeat.name], nfeat.name, nfeat.log1p, what)
             isnan = np.isnan(arr)
-            mean, std = _mean_std(arr[~isnan])
             stats[nfeat.name] = _numeric_state(
-                mean, std, bool(isnan.any()), nfeat, self.features.numeric_scaling
+                *_mean_std(arr[~isnan]), bool(isnan.any()), nfeat, self.features.numeric_scaling
             )
             if encode:
                 scaled.append(_scaled(arr, isnan, stats[nfeat.name]))
@@ -369,7 +367,7 @@ class Preprocessor:
         self.list_lengths_ = list_lengths
         self.numeric_stats_ = stats
         self.classes_ = classes
-        self.train_columns_ = train_columns
+        self.train_columns_ = [str(c) for c in df.columns]
         # Validate the labels now, so a bad label fails before any training. These are
         # checks of the whole training set: a chunk of it (streamed training) may well have
         # no positive row, so `_encode_label` must not make them.

@@ -268,8 +268,8 @@ def needs_fit(pre: Preprocessor) -> list[Any]:
 def count_for_fit(
     pre: Preprocessor, source: ParquetSet, groups: Sequence[int], chunk_rows: int
 ) -> FitCounts:
-    """One pass over ``groups`` of ``source``: vocabulary counts, numeric moments, label
-    classes, and the label statistics `finish_fit` checks."""
+    """One pass over ``groups`` of ``source``: vocabulary counts, list widths, numeric
+    moments, label classes."""
     what = "training set"
     out = FitCounts()
     categorical = needs_fit(pre)
@@ -286,12 +286,9 @@ def count_for_fit(
                 lc = list_values(df[feat.name], feat.name, feat.sep, what)
                 longest = int(lc.lengths.max(initial=0))
                 out.list_lengths[feat.name] = max(out.list_lengths[feat.name], longest)
-                if pre._owner(feat).hash_buckets is None:
-                    owner = pre._owner(feat).name
-                    _add_counts(out.counts[owner], pd.Series(lc.values).value_counts())
-            for feat in categorical:
-                if feat.is_list:
-                    continue
+                if (owner := pre._owner(feat)).hash_buckets is None:
+                    _add_counts(out.counts[owner.name], pd.Series(lc.values).value_counts())
+            for feat in (f for f in categorical if not f.is_list):
                 values, missing = category_strings(df[feat.name])
                 _add_counts(out.counts[feat.name], pd.Series(values[~missing]).value_counts())
             for nfeat in pre.features.numeric:
