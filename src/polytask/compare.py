@@ -196,14 +196,11 @@ def compare(
     ``model`` section (by default `model_spec`)."""
     from polytask.run import load_splits
 
-    estimator = validate(
-        EstimatorConfig, cfg.model_dump(mode="python", exclude={"data"}), what="run file"
-    )
-    run_configs(estimator, models, specs)  # every model's settings are checked before reading
+    run_configs(cfg, models, specs)  # every model's settings are checked before reading
     splits = load_splits(cfg.data, base)
     assert not isinstance(splits.train, Path)  # no streaming here
     return compare_splits(
-        estimator,
+        cfg,
         splits.train,
         splits.validation,
         splits.test,
@@ -407,13 +404,12 @@ def markdown(result: Comparison, title: str) -> str:
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines.append("")
     if flags:
-        lines.append("Negative transfer:")
-        lines.append("")
-        for f in flags:
-            lines.append(
-                f"- {f.model} on {f.task}: {f.metric} {f.value:.4f} vs single-task "
-                f"{f.single:.4f} (worse by {f.gap:.4f}, spread {f.spread:.4f})"
-            )
+        lines += ["Negative transfer:", ""]
+        lines += [
+            f"- {f.model} on {f.task}: {f.metric} {f.value:.4f} vs single-task "
+            f"{f.single:.4f} (worse by {f.gap:.4f}, spread {f.spread:.4f})"
+            for f in flags
+        ]
     elif SINGLE_TASK in result.models:
         lines.append(
             "No negative transfer: no multi-task model is worse than single-task by "
