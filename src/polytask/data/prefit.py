@@ -28,11 +28,8 @@ FITTED = "fitted.json"
 
 def _schema(features: FeaturesConfig, tasks: dict[str, TaskSpec]) -> dict[str, Any]:
     """The sections a fit depends on, as plain JSON (fitted label scaling left out)."""
-    specs = {}
-    for name, spec in tasks.items():
-        d = asdict(spec)
-        d.pop("label_shift"), d.pop("label_scale")
-        specs[name] = d
+    fitted = ("label_shift", "label_scale")
+    specs = {n: {k: v for k, v in asdict(s).items() if k not in fitted} for n, s in tasks.items()}
     out: dict[str, Any] = json.loads(
         json.dumps({"features": features.model_dump(mode="json"), "tasks": specs})
     )

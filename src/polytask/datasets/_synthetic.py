@@ -155,13 +155,9 @@ def mmoe_synthetic(
     tasks = _mmoe_tasks(rng, correlation=p, dim=dim, num_sin=num_sin, scale=scale)
     x = rng.standard_normal((n_samples, dim)).astype(np.float32)
     x64 = x.astype(np.float64)
-    labels = {}
+    frame = pd.DataFrame(x, columns=[f"x{j}" for j in range(dim)])
     for name, w in (("y1", tasks.w1), ("y2", tasks.w2)):
         y = _mmoe_response(x64, w, tasks.alpha, tasks.beta)
         y = y + noise_std * rng.standard_normal(n_samples)
-        labels[name] = (y > np.median(y)).astype(np.int64) if binary else y
-
-    frame = pd.DataFrame(x, columns=[f"x{j}" for j in range(dim)])
-    for name, y in labels.items():
-        frame[name] = y
+        frame[name] = (y > np.median(y)).astype(np.int64) if binary else y
     return frame
