@@ -90,11 +90,10 @@ def as_float(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     values that are not numbers. Text that read_csv reads as missing is missing, not bad;
     ``True``/``False`` as text count as 1/0, like the booleans they were written from."""
     dtype = series.dtype
-    n = len(series)
     if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
         with np.errstate(over="ignore", invalid="ignore"):
             arr = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        return arr.copy(), np.zeros(n, dtype=bool)
+        return arr.copy(), np.zeros(len(series), dtype=bool)
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)

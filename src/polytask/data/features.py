@@ -144,17 +144,13 @@ class FeaturesConfig(Strict):
         if not names:
             raise ValueError("no feature columns: list at least one categorical or numeric column")
         single = {f.name: f for f in self.categorical if not f.is_list}
+        kinds = dict.fromkeys(names, "a list-valued feature")  # a categorical not in single
+        kinds.update(dict.fromkeys((f.name for f in self.numeric), "a numeric feature"))
         for f in self.categorical:
             for key in ("query", "shared_with"):
                 target = getattr(f, key)
                 if target is not None and target not in single:
-                    kind = (
-                        "a list-valued feature"
-                        if target in {c.name for c in self.categorical}
-                        else "a numeric feature"
-                        if target in names
-                        else "not a feature"
-                    )
+                    kind = kinds.get(target, "not a feature")
                     raise ValueError(
                         f"categorical feature {f.name!r}: {key} {target!r} is {kind}; expected "
                         f"a single-valued categorical feature, one of {sorted(single)}"

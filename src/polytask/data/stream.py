@@ -472,19 +472,19 @@ class StreamingBatches:
         """`_chunks` one chunk ahead in a thread: decoding/encoding overlaps the steps. The
         row-group order is drawn here (unless ``groups`` gives it), so only this thread
         touches ``generator`` until the first chunk arrives."""
-        if groups is not None:
-            groups = list(groups)
-        else:
-            groups = list(range(len(self.source.groups)))
-            if generator is not None:
-                groups = [groups[i] for i in torch.randperm(len(groups), generator=generator)]
+        if groups is None:
+            n = len(self.source.groups)
+            groups = (
+                range(n) if generator is None else torch.randperm(n, generator=generator).tolist()
+            )
+        order = list(groups)
         q: queue.Queue[Any] = queue.Queue(maxsize=1)
         done = object()
         stop = threading.Event()
 
         def work() -> None:
             try:
-                for chunk in self._chunks(groups):
+                for chunk in self._chunks(order):
                     while not stop.is_set():
                         try:
                             q.put(chunk, timeout=0.1)

@@ -17,7 +17,6 @@ from polytask.errors import DataError
 
 
 def _check_int(func: str, name: str, value: object, *, minimum: int) -> int:
-    """Return ``value`` as an int, or raise DataError naming ``func(name=...)``."""
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise DataError(
             f"{func}: argument {name!r} expected an integer >= {minimum}, "
@@ -40,7 +39,6 @@ def _check_real(
     low_open: bool = False,
     expected: str,
 ) -> float:
-    """Return ``value`` as a finite float within bounds, or raise DataError."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise DataError(
             f"{func}: argument {name!r} expected {expected}, "
