@@ -195,8 +195,7 @@ class TensorBoardLogger:
         self.writer = SummaryWriter(log_dir=str(logdir))
 
     def log_epoch(self, epoch: int, values: Mapping[str, float]) -> None:
-        for name, value in values.items():
-            self.writer.add_scalar(name, value, global_step=epoch)
+        self.log_step(epoch, values)
         self.writer.flush()
 
     def log_step(self, step: int, values: Mapping[str, float]) -> None:
