@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from polytask.estimator import MultiTaskModel
+
 CONFIG_DOC = "docs/config.md"
 OVERRIDE_HELP = (
     "KEY=VALUE overrides of run-file keys, after the run file or after --out; VALUE is YAML: "
@@ -232,11 +234,21 @@ def _table_of(args: argparse.Namespace) -> tuple[Any, str]:
     return load_run_split(run, args.split), f"{args.split} split of {run}"
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _model_and_table(
+    args: argparse.Namespace, default_split: str | None = None
+) -> tuple[MultiTaskModel, Any, str]:
+    """The saved model and the table it is to read (`_table_of`); ``default_split`` when
+    given no DATA and no --split (``decide``/``calibrate``: the run's validation split)."""
     from polytask.estimator import MultiTaskModel
 
     model = MultiTaskModel.load(args.model_dir)
-    table, name = _table_of(args)
+    if args.data is None and args.split is None:
+        args.split = default_split
+    return model, *_table_of(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model, table, name = _model_and_table(args)
     metrics = model.evaluate(table, group=args.group)
     # A task whose label column is absent has no metrics (evaluate warned, naming it).
     scored = {t: m for t, m in metrics.items() if set(m) != {"count"} or m["count"] > 0}
@@ -413,18 +425,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validation_by_default(args: argparse.Namespace) -> None:
-    """``decide``/``calibrate`` read the run's validation split when given no table."""
-    if args.data is None and args.split is None:
-        args.split = "validation"
-
-
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from polytask.estimator import MultiTaskModel
-
-    model = MultiTaskModel.load(args.model_dir)
-    _validation_by_default(args)
-    table, name = _table_of(args)
+    model, table, name = _model_and_table(args, default_split="validation")
     methods = None
     if args.method:
         methods = {}
@@ -448,11 +450,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_decide(args: argparse.Namespace) -> int:
     from polytask.decide import decide, write_front
-    from polytask.estimator import MultiTaskModel
 
-    model = MultiTaskModel.load(args.model_dir)
-    _validation_by_default(args)
-    table, name = _table_of(args)
+    model, table, name = _model_and_table(args, default_split="validation")
     result = decide(
         model,
         table,
