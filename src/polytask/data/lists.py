@@ -100,10 +100,9 @@ def list_values(series: pd.Series, column: str, sep: str | None, what: str) -> L
     if arr is None:
         return ListColumn(values=np.empty(0, dtype=object), lengths=np.zeros(n, dtype=np.int64))
     lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
-    flat = arr.flatten()
-    strings, missing = category_strings(flat.to_pandas())
-    drop = missing | (strings == "")
     lengths = lengths.astype(np.int64)
+    strings, missing = category_strings(arr.flatten().to_pandas())
+    drop = missing | (strings == "")
     if drop.any():
         rows = np.repeat(np.arange(n), lengths)
         lengths = np.bincount(rows[~drop], minlength=n).astype(np.int64)

@@ -44,25 +44,6 @@ UNKNOWN_INDEX = 1
 _CLIP = 1e6  # standardized values beyond this are clipped so float32 never overflows
 
 
-def _numeric_input(series: pd.Series, column: str, log1p: bool, what: str) -> np.ndarray:
-    """A numeric column as it is scaled: float64 with NaN for missing and non-finite values,
-    after the optional signed log1p; text is an error."""
-    if not_real(series.dtype):
-        raise DataError(
-            f"{what}: numeric column {column!r} has dtype {series.dtype}; expected real numbers"
-        )
-    arr, bad = as_float(series)
-    if bad.any():
-        raise DataError(
-            f"{what}: numeric column {column!r} has non-numeric values such as "
-            f"{examples(series, bad, 3)}; expected numbers (empty or NaN for missing)"
-        )
-    arr[~np.isfinite(arr)] = np.nan
-    if log1p:
-        arr = np.sign(arr) * np.log1p(np.abs(arr))
-    return arr
-
-
 def _mean_std(x: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of finite values, independent of their order; when the sums
     overflow float64 (values near 1e308) they are taken on ``x / max|x|`` and scaled back, so
@@ -161,6 +142,25 @@ def _encoded(
 
 # The pieces of a fit shared by `Preprocessor.fit` and the streaming fit (data/stream.py), so
 # the two cannot drift apart.
+
+
+def _numeric_input(series: pd.Series, column: str, log1p: bool, what: str) -> np.ndarray:
+    """A numeric column as it is scaled: float64 with NaN for missing and non-finite values,
+    after the optional signed log1p; text is an error."""
+    if not_real(series.dtype):
+        raise DataError(
+            f"{what}: numeric column {column!r} has dtype {series.dtype}; expected real numbers"
+        )
+    arr, bad = as_float(series)
+    if bad.any():
+        raise DataError(
+            f"{what}: numeric column {column!r} has non-numeric values such as "
+            f"{examples(series, bad, 3)}; expected numbers (empty or NaN for missing)"
+        )
+    arr[~np.isfinite(arr)] = np.nan
+    if log1p:
+        arr = np.sign(arr) * np.log1p(np.abs(arr))
+    return arr
 
 
 def _vocabulary(counts: pd.Series, feat: CategoricalFeature, features: FeaturesConfig) -> list[str]:
