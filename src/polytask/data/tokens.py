@@ -206,14 +206,9 @@ class SentencePreprocessor(Preprocessor):
 
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        self._check_fitted()
-        return {
-            "vocabularies": self.vocabularies_,
-            "numeric": {},
-            "classes": self.classes_,
-            "train_columns": self.train_columns_,
-            "label_scaling": {},
-        }
+        state = super().state_dict()
+        del state["hash_buckets"], state["list_lengths"]  # a sentence model has neither
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> SentencePreprocessor:
         try:
