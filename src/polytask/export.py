@@ -101,20 +101,13 @@ class Output:
 
 def graph_inputs(model: MultiTaskModel) -> dict[str, list[str]]:
     """Input name -> the columns of its second axis, for each feature kind the model has."""
-    pre = model.preprocessor_
+    stats, features = model.preprocessor_.numeric_stats_, model.config.features
     inputs: dict[str, list[str]] = {}
-    categorical = [f.name for f in model.config.features.single]
-    if categorical:
-        inputs["categorical"] = categorical
-    numeric = [f.name for f in model.config.features.numeric]
-    indicators = [f"{f.name}.missing" for f in model.config.features.numeric]
-    indicators = [
-        ind
-        for f, ind in zip(model.config.features.numeric, indicators, strict=True)
-        if pre.numeric_stats_[f.name].indicator
-    ]
-    if numeric:
-        inputs["numeric"] = numeric + indicators
+    if features.single:
+        inputs["categorical"] = [f.name for f in features.single]
+    if features.numeric:
+        indicators = [f"{f.name}.missing" for f in features.numeric if stats[f.name].indicator]
+        inputs["numeric"] = [f.name for f in features.numeric] + indicators
     return inputs
 
 

@@ -142,9 +142,10 @@ def read_training_data(
     """Read, fit the preprocessor on and encode ``train`` (then ``validation`` with it), in
     the mode ``training`` and the type of ``train`` say; errors name what does not fit."""
     if training.stream is not None and not isinstance(train, str | os.PathLike):
+        found = "mapping {task: table}" if isinstance(train, Mapping) else type(train).__name__
         raise ConfigError(
             "training.stream reads the training set from a Parquet file: pass its path "
-            f"(fit('train.parquet', ...)); found {_kind(train)}"
+            f"(fit('train.parquet', ...)); found a {found}"
         )
     if training.schedule == "alternate" and not isinstance(train, Mapping):
         raise ConfigError(
@@ -182,17 +183,14 @@ def read_training_data(
             splits = {"train": EncodedData.concat(list(splits.values()))}
         train_columns = set().union(*(set(f.columns) for f in frames.values()))
     elif training.stream is not None:  # out-of-core (data/stream.py)
-        chunk_rows = training.stream.chunk_rows
         if distributed:
             shard = (dist.get_rank(), dist.get_world_size())
-        if prefitted:
-            pass
-        elif shard is not None:  # every rank counts its row groups, the counts are merged
+        if not prefitted:  # sharded: every rank counts its row groups, the counts are merged
+            gather = None if shard is None else gather_counts
+            chunk_rows = training.stream.chunk_rows
             fit_preprocessor_streaming(
-                pre, train, chunk_rows=chunk_rows, shard=shard, gather=gather_counts
+                pre, train, chunk_rows=chunk_rows, shard=shard or (0, 1), gather=gather
             )
-        else:
-            fit_preprocessor_streaming(pre, train, chunk_rows=chunk_rows)
         streamed = StreamingBatches.from_config(train, pre, training.stream, device)
         kind, splits, train_columns = "stream", {}, set(pre.train_columns_)
     elif isinstance(train, EncodedData):  # encoded by the given preprocessor
@@ -293,9 +291,3 @@ def _encoded_by(
             f"({sorted(preprocessor.tasks)}) than the model's ({sorted(tasks)})"
         )
     return preprocessor
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "a mapping {task: table}"
-    return f"a {type(value).__name__}"

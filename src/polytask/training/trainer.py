@@ -200,32 +200,31 @@ def fit_loop(
     return result
 
 
+@dataclass
 class _Loop:
     """What one `fit_loop` call shares between its epochs: the step, the loop state, where
     records go, and who shows them."""
 
-    def __init__(
-        self,
-        model: MultiTaskNet,
-        weighting: Weighting,
-        tasks: dict[str, TaskSpec],
-        optimizer: torch.optim.Optimizer,
-        train: BatchSource,
-        cfg: TrainingConfig,
-        callbacks: Sequence[EpochCallback],
-        checkpoints: Checkpoints | None,
-        state: LoopState,
-        distributed: DistributedTraining | None,
-    ) -> None:
-        self.model, self.weighting, self.tasks, self.optimizer = model, weighting, tasks, optimizer
-        self.train, self.cfg, self.checkpoints, self.state = train, cfg, checkpoints, state
-        self.callbacks, self.distributed = callbacks, distributed
+    model: MultiTaskNet
+    weighting: Weighting
+    tasks: dict[str, TaskSpec]
+    optimizer: torch.optim.Optimizer
+    train: BatchSource
+    cfg: TrainingConfig
+    callbacks: Sequence[EpochCallback]
+    checkpoints: Checkpoints | None
+    state: LoopState
+    distributed: DistributedTraining | None
+
+    def __post_init__(self) -> None:
+        model, tasks, distributed = self.model, self.tasks, self.distributed
         self.names = list(tasks)
         self.index = {name: k for k, name in enumerate(self.names)}
-        self.step = TrainStep(model, weighting, tasks, optimizer, distributed or LOCAL)
+        self.step = TrainStep(model, self.weighting, tasks, self.optimizer, distributed or LOCAL)
         self.main = distributed is None or distributed.is_main
-        self.shown = cfg.progress and self.main
-        self.step_hooks = [cb.on_step for cb in callbacks if self.main and hasattr(cb, "on_step")]
+        self.shown = self.cfg.progress and self.main
+        hooks = [cb.on_step for cb in self.callbacks if hasattr(cb, "on_step")]
+        self.step_hooks = hooks if self.main else []
         self.device = next(model.parameters()).device
         self.left_out: set[str] = set()  # tasks a mean.<metric> monitor left out (warned)
         if self.shown:
@@ -278,8 +277,8 @@ class _Loop:
                 saved = checkpoints is not None and state.step % checkpoints.every == 0
                 if saved or stop.requested:
                     state.elapsed = time.perf_counter() - began
-                if checkpoints is not None and (saved or stop.requested):
-                    checkpoints.save(state)
+                    if checkpoints is not None:
+                        checkpoints.save(state)
                 if stop.requested:
                     result.interrupted = True
                     break
