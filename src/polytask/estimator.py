@@ -62,8 +62,7 @@ from polytask.training import (
     gate_statistics,
     predict_outputs,
 )
-from polytask.training.build import Trainable
-from polytask.training.checkpoint import Checkpointer, _strip, open_checkpoints
+from polytask.training.checkpoint import Checkpointer, TrainingParts, _strip, open_checkpoints
 from polytask.training.distributed import (
     DistributedTraining,
     ProcessGroup,
@@ -301,23 +300,22 @@ class MultiTaskModel:
         tasks = data.preprocessor.tasks  # with the label scaling fitted on the training set
         torch.manual_seed(tcfg.seed)
         network, weighting = build_network(cfg, data.preprocessor), build_weighting(cfg)
-        parts = Trainable.build(network, weighting, cfg.optimizer, tcfg.epochs, device)
+        source = data.batches(tcfg)
+        parts = build.training_parts(network, weighting, cfg.optimizer, tcfg.epochs, device, source)
         trained = training_network(parts.network, tcfg)  # bf16/compile wrap it (precision.py)
         parallel = None
         if group is not None:
             parallel = DistributedTraining(
                 group, network=trained, weighting=parts.weighting, tasks=tasks, training=tcfg,
-                data=data.encoded(), local_batches=data.shard is not None,
-                fingerprint_extra=data.stream_identity(),
+                fingerprint=data.fingerprint(), local_batches=data.shard is not None,
             )  # fmt: skip
-        source = data.batches(tcfg)
         checkpoints, start = None, None
         if checkpoint_dir is not None:
             checkpoints, start = open_checkpoints(
                 checkpoint_dir,
                 every=tcfg.checkpoint_every or source.steps,
                 resume=resume,
-                parts=parts.with_source(source),
+                parts=parts,
                 config=cfg.model_dump(mode="json"),
                 fingerprint=data.fingerprint(),
                 group=group,
@@ -370,7 +368,7 @@ class MultiTaskModel:
     def _fitted(
         self,
         cfg: EstimatorConfig,
-        parts: Trainable,
+        parts: TrainingParts,
         data: TrainingData,
         result: FitResult,
         checkpoints: Checkpointer | None,
@@ -401,22 +399,17 @@ class MultiTaskModel:
                 best_epoch=result.best_epoch,
                 checkpoint=None if checkpoints is None else checkpoints.latest,
             )
-        if cfg.calibration:
+        if cfg.calibration and data.validation is not None:
+            self.calibrate(data.validation)
+        elif cfg.calibration:  # a sharded validation set is held whole by no process
+            why = "and fit was given none"
             if data.validation_shard is not None:
-                warnings.warn(
-                    f"calibration {dict(cfg.calibration)} is fitted on the validation set, "
-                    "which is sharded over the processes here; call calibrate(table) with a "
-                    "labelled table",
-                    stacklevel=3,
-                )
-            elif data.validation is None:
-                warnings.warn(
-                    f"calibration {dict(cfg.calibration)} is fitted on the validation set, and "
-                    "fit was given none; call calibrate(table) with a labelled table",
-                    stacklevel=3,
-                )
-            else:
-                self.calibrate(data.validation)
+                why = "which is sharded over the processes here"
+            warnings.warn(
+                f"calibration {dict(cfg.calibration)} is fitted on the validation set, {why}; "
+                "call calibrate(table) with a labelled table",
+                stacklevel=3,
+            )
         return self
 
     # ------------------------------------------------------------------------------ use
@@ -840,7 +833,8 @@ class MultiTaskModel:
         try:
             shapes = modelfile.tensor_shapes(weights_file, files.weights)
         except ModelFileError as err:
-            if not _looks_pickled(files.weights):
+            # torch.save/pickle output starts with a zip header or a pickle opcode
+            if not (files.weights.startswith(b"PK\x03\x04") or files.weights[:1] == b"\x80"):
                 raise
             raise ModelFileError(
                 f"{err} - it looks like a torch.save/pickle file, which could run code when "
@@ -955,12 +949,6 @@ def _read_calibrators(
         except ValueError as err:
             raise ModelFileError(f"{path}: task {name!r}: {err}") from None
     return found
-
-
-def _looks_pickled(data: bytes) -> bool:
-    """Whether weights look like ``torch.save``/pickle output (a zip or a pickle opcode);
-    nothing is unpickled."""
-    return data.startswith(b"PK\x03\x04") or data[:1] == b"\x80"
 
 
 def _check_shapes(

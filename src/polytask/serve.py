@@ -63,7 +63,7 @@ class Service:
 
         from polytask import modelfile
         from polytask.estimator import MultiTaskModel
-        from polytask.export import ONNX_FILE, check_backend
+        from polytask.export import CONTRACT_VERSION, ONNX_FILE, check_backend, graph_for
 
         check_backend(backend)
         if max_rows < 1:
@@ -81,8 +81,6 @@ class Service:
         self.backend = backend
         self.graph = None
         if backend == "onnx":
-            from polytask.export import graph_for
-
             path = Path(onnx_file) if onnx_file is not None else folder / ONNX_FILE
             self.graph = graph_for(self.model, path, threads=threads)
         self.max_rows = max_rows
@@ -113,8 +111,6 @@ class Service:
             "format_version": meta.get("format_version"),
         }
         if backend == "onnx":
-            from polytask.export import CONTRACT_VERSION
-
             self._metadata["onnx_contract_version"] = CONTRACT_VERSION
 
     def _classes(self, task: str) -> dict[str, Any]:

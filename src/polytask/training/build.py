@@ -8,7 +8,6 @@ estimator, a saved model's loader and tests build the same things the same way.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -99,34 +98,21 @@ def build_weighting(name: str, params: Mapping[str, Any], tasks: dict[str, TaskS
         raise ConfigError(f"loss: {err}") from None
 
 
-@dataclass
-class Trainable:
-    """A fit's network and weighting on its device, and the optimizer and scheduler over
-    their parameters (the weighting's learned ones as the group ``weighting``)."""
-
-    network: MultiTaskNet
-    weighting: Weighting
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-
-    @classmethod
-    def build(
-        cls,
-        network: MultiTaskNet,
-        weighting: Weighting,
-        optimizer: OptimizerConfig,
-        epochs: int,
-        device: torch.device,
-    ) -> Trainable:
-        """Move ``network`` and ``weighting`` to ``device``; an optimizer over both and the
-        scheduler of ``epochs`` epochs."""
-        network, weighting = network.to(device), weighting.to(device)
-        groups = network.parameter_groups()
-        if any(True for _ in weighting.parameters()):
-            groups["weighting"] = list(weighting.parameters())
-        optim = build_optimizer(groups, optimizer)
-        return cls(network, weighting, optim, build_scheduler(optim, optimizer, epochs))
-
-    def with_source(self, source: ResumableSource) -> TrainingParts:
-        """What a checkpoint saves: these and the batch source."""
-        return TrainingParts(self.network, self.weighting, self.optimizer, self.scheduler, source)
+def training_parts(
+    network: MultiTaskNet,
+    weighting: Weighting,
+    optimizer: OptimizerConfig,
+    epochs: int,
+    device: torch.device,
+    source: ResumableSource,
+) -> TrainingParts:
+    """What a fit trains (and a checkpoint saves): ``network`` and ``weighting`` moved to
+    ``device``, an optimizer over both (the weighting's learned parameters as the group
+    ``weighting``), the scheduler of ``epochs`` epochs, and the batch ``source``."""
+    network, weighting = network.to(device), weighting.to(device)
+    groups = network.parameter_groups()
+    if any(True for _ in weighting.parameters()):
+        groups["weighting"] = list(weighting.parameters())
+    optim = build_optimizer(groups, optimizer)
+    scheduler = build_scheduler(optim, optimizer, epochs)
+    return TrainingParts(network, weighting, optim, scheduler, source)

@@ -102,7 +102,8 @@ class ResumableSource(Protocol):
 
 @dataclass
 class TrainingParts:
-    """What a checkpoint saves and restores besides the trainer's `LoopState`."""
+    """What a fit trains, and a checkpoint saves and restores besides the trainer's
+    `LoopState` (`polytask.training.build.training_parts` builds it)."""
 
     network: MultiTaskNet
     weighting: Weighting

@@ -38,7 +38,7 @@ from __future__ import annotations
 import atexit
 import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -49,7 +49,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from polytask.data import LABEL_PREFIX, Batch, EncodedData, data_fingerprint
+from polytask.data import LABEL_PREFIX, Batch, EncodedData
 from polytask.data.stream import SplitShard
 from polytask.errors import ConfigError, DataError
 from polytask.metrics import all_metrics
@@ -186,9 +186,9 @@ class DistributedTraining(Reduction):
 
     ``network`` and ``weighting`` must already be on ``group.device``; they are wrapped in one
     `DistributedDataParallel` module (which also broadcasts rank 0's initial parameters).
-    ``data`` are the encoded splits, checked to be identical on every rank (with
-    ``fingerprint_extra``: a streamed split's fitted preprocessor). With ``local_batches``
-    (sharded streaming) each rank's batches are its own rows, not a global batch.
+    ``fingerprint`` is the data's (`polytask.training.inputs.TrainingData.fingerprint`),
+    checked to be the same on every rank. With ``local_batches`` (sharded streaming) each
+    rank's batches are its own rows, not a global batch.
     """
 
     def __init__(
@@ -199,9 +199,8 @@ class DistributedTraining(Reduction):
         weighting: Weighting,
         tasks: dict[str, TaskSpec],
         training: TrainingConfig,
-        data: Sequence[EncodedData | None],
+        fingerprint: str,
         local_batches: bool = False,
-        fingerprint_extra: str = "",
     ) -> None:
         self.rank, self.world_size, self.device = group.rank, group.world_size, group.device
         self.local_batches = local_batches
@@ -211,8 +210,7 @@ class DistributedTraining(Reduction):
                 f"processes: expected at least {self.world_size}, found {training.batch_size}"
             )
         digests: list[Any] = [None] * self.world_size
-        present = {str(i): d for i, d in enumerate(data) if d is not None}  # names keep positions
-        dist.all_gather_object(digests, data_fingerprint(present, extra=fingerprint_extra))
+        dist.all_gather_object(digests, fingerprint)
         differ = [r for r, d in enumerate(digests) if d != digests[0]]
         if differ:
             raise DataError(

@@ -65,10 +65,6 @@ class TrainingData:
             return len(self.streamed)
         return sum(len(d) for d in self.splits.values())
 
-    def encoded(self) -> list[EncodedData | None]:
-        """Every split held in memory, validation last (None without one)."""
-        return [*self.splits.values(), self.validation]
-
     def batches(self, training: TrainingConfig) -> JointBatches | AlternateBatches | ShardedStream:
         """The resumable batch source of the fit's epochs, shuffled from ``training.seed``."""
         if self.streamed is not None and self.shard is not None:
@@ -91,23 +87,20 @@ class TrainingData:
         rows = self.streamed if self.streamed is not None else self.splits["train"]
         return JointBatches(rows, batch_size=training.batch_size, generator=generator)
 
-    def stream_identity(self) -> str:
-        """What stands for a streamed training set in fingerprints: its fitted preprocessor
-        and row count ("" without one)."""
-        if self.streamed is None:
-            return ""
-        parts = [self.preprocessor.state_dict(), self.rows]
-        if self.validation_shard is not None:
-            parts.append(self.validation_shard.rows)
-        return json.dumps(parts, sort_keys=True)
-
     def fingerprint(self) -> str:
-        """What a checkpoint checks it resumes on: a hash of every split in memory; a
-        streamed file, too large to hash, is stood for by its fitted preprocessor and rows."""
+        """What a checkpoint checks it resumes on, and torchrun's ranks compare: a hash of
+        every split in memory; a streamed file, too large to hash, is stood for by its fitted
+        preprocessor and rows."""
         splits = dict(self.splits)
         if self.validation is not None:
             splits["validation"] = self.validation
-        return data_fingerprint(splits, extra=self.stream_identity())
+        streamed = ""
+        if self.streamed is not None:
+            parts = [self.preprocessor.state_dict(), self.rows]
+            if self.validation_shard is not None:
+                parts.append(self.validation_shard.rows)
+            streamed = json.dumps(parts, sort_keys=True)
+        return data_fingerprint(splits, extra=streamed)
 
     def warn_constant_labels(self, tasks: Mapping[str, TaskSpec]) -> None:
         """Warn, before training, of a binary task whose training labels are all one class:

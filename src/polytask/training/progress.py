@@ -43,6 +43,7 @@ class _StreamHandler(logging.StreamHandler):
     def __init__(self, stdout: bool = False) -> None:
         super().__init__()
         self._stdout = stdout
+        self.setFormatter(logging.Formatter("%(message)s"))  # the bare message
 
     @property
     def stream(self) -> IO[str]:
@@ -59,9 +60,7 @@ def ensure_visible() -> None:
     keeps full control."""
     if logger.handlers or logging.getLogger().handlers:
         return
-    handler = _StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
+    logger.addHandler(_StreamHandler())
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
 
@@ -71,7 +70,6 @@ def printed_to_stdout() -> Iterator[None]:
     """Inside the block the ``polytask`` log's INFO lines are printed to stdout, bare (what
     ``polytask train`` does); the logger is as it was after it."""
     handler = _StreamHandler(stdout=True)
-    handler.setFormatter(logging.Formatter("%(message)s"))
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -25,11 +25,6 @@ from polytask.data import Batch, EncodedData
 Sampling = Literal["uniform", "proportional", "round_robin"]
 
 
-def steps_per_epoch(datasets: Mapping[str, EncodedData], batch_size: int) -> int:
-    """One epoch = as many steps as it takes to see every dataset once on average."""
-    return sum(d.num_batches(batch_size) for d in datasets.values())
-
-
 def task_sequence(
     sizes: Mapping[str, int], steps: int, sampling: Sampling, generator: torch.Generator
 ) -> list[str]:
@@ -146,7 +141,8 @@ class AlternateBatches:
         self.sampling = sampling
         self.generator = generator
         self.streams = {k: _Stream(d, batch_size, generator) for k, d in self.datasets.items()}
-        self.steps = steps_per_epoch(self.datasets, batch_size)
+        # One epoch = as many steps as it takes to see every dataset once on average.
+        self.steps = sum(d.num_batches(batch_size) for d in self.datasets.values())
         self._sequence_start: Tensor | None = None
         self._resume_at: int | None = None
 
