@@ -24,7 +24,7 @@ works on raw rows of the original table.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -462,19 +462,22 @@ class Preprocessor:
         for name, vc in counts.items():  # list columns with a table of their own
             feat = next(f for f in features.lists if f.name == name)
             vocabularies[name] = _vocabulary(vc, feat, features)
-        lists = self._list_codes(read, vocabularies, list_lengths) if encode else {}
+        if not encode:
+            return vocabularies, list_lengths, cat, {}
+        lists = self._list_codes(lambda f: read.pop(f.name), vocabularies, list_lengths)
         return vocabularies, list_lengths, cat, lists
 
     def _list_codes(
         self,
-        read: dict[str, ListColumn],
+        read: Callable[[CategoricalFeature], ListColumn],
         vocabularies: Mapping[str, list[str]],
         widths: Mapping[str, int],
     ) -> dict[str, np.ndarray]:
-        """The padded codes of each list column ``read`` (its values are never missing)."""
+        """The padded codes of each list column, ``read`` one at a time (a list's values are
+        never missing)."""
         out: dict[str, np.ndarray] = {}
         for feat in self.features.lists:
-            lc = read.pop(feat.name)
+            lc = read(feat)
             none = np.zeros(len(lc.values), bool)
             codes = self._codes(self._owner(feat), lc.values, none, vocabularies)
             out[feat.name] = pad_lists(codes, lc.lengths, widths[feat.name], feat.truncate)
@@ -548,13 +551,10 @@ class Preprocessor:
             _refuse_nested(df[feat.name], feat.name, what)
             if feat.hash_buckets is not None:
                 cat[:, j] = _hashed_column(df[feat.name], feat.hash_buckets)
-                continue
-            values, missing = category_strings(df[feat.name])
-            cat[:, j] = self._codes(feat, values, missing, vocabularies)
+            else:
+                cat[:, j] = self._codes(feat, *category_strings(df[feat.name]), vocabularies)
         lists = self._list_codes(
-            {f.name: list_values(df[f.name], f.name, f.sep, what) for f in self.features.lists},
-            vocabularies,
-            self.list_lengths_,
+            lambda f: list_values(df[f.name], f.name, f.sep, what), vocabularies, self.list_lengths_
         )
 
         scaled: list[_Scaled] = []
