@@ -19,9 +19,10 @@ from polytask.models import MODELS, Head, MultiTaskNet
 from polytask.nn import FeatureInput, ListInput
 from polytask.nn.tokens import TokenInput
 from polytask.tasks import TaskSpec
-from polytask.training.checkpoint import ResumableSource, TrainingParts
+from polytask.training.checkpoint import TrainingParts
 from polytask.training.optim import build_optimizer, build_scheduler
 from polytask.training.settings import OptimizerConfig
+from polytask.training.state import BatchSource
 from polytask.weighting import WEIGHTINGS, Weighting
 
 
@@ -104,7 +105,7 @@ def training_parts(
     optimizer: OptimizerConfig,
     epochs: int,
     device: torch.device,
-    source: ResumableSource,
+    source: BatchSource,
 ) -> TrainingParts:
     """What a fit trains (and a checkpoint saves): ``network`` and ``weighting`` moved to
     ``device``, an optimizer over both (the weighting's learned parameters as the group

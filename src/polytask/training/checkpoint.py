@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ from polytask import modelfile
 from polytask._version import __version__
 from polytask.errors import ConfigError, DataError, ModelFileError
 from polytask.models import MultiTaskNet
-from polytask.training.state import FitResult, LoopState
+from polytask.training.state import BatchSource, FitResult, LoopState
 from polytask.weighting import Weighting
 
 if TYPE_CHECKING:
@@ -91,15 +91,6 @@ class CheckpointWarning(UserWarning):
     """Resuming skipped an unreadable checkpoint, found none, or cannot be exact."""
 
 
-class ResumableSource(Protocol):
-    @property
-    def steps(self) -> int: ...
-
-    def state_dict(self) -> dict[str, Tensor]: ...
-
-    def load_state_dict(self, state: Mapping[str, Tensor], *, position: int) -> None: ...
-
-
 @dataclass
 class TrainingParts:
     """What a fit trains, and a checkpoint saves and restores besides the trainer's
@@ -109,7 +100,7 @@ class TrainingParts:
     weighting: Weighting
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    source: ResumableSource
+    source: BatchSource
 
 
 @dataclass

@@ -254,10 +254,8 @@ class DistributedTraining(Reduction):
         for t in self.names:
             labelled = ~torch.isnan(batch[LABEL_PREFIX + t])
             w = batch.get(LABEL_PREFIX + weight_key(t)) if self.tasks[t].sample_weight else None
-            if w is not None:
-                amounts.append(torch.where(labelled, w, 0.0).sum().to(torch.float64))
-            else:
-                amounts.append(labelled.sum().to(torch.float64))
+            amount = labelled if w is None else torch.where(labelled, w, 0.0)
+            amounts.append(amount.sum().to(torch.float64))
         return torch.stack(amounts)
 
     def shard(self, batch: Batch) -> tuple[Batch, Tensor]:

@@ -71,9 +71,7 @@ class TrainNet(nn.Module):
     def forward(self, batch: Mapping[str, Tensor], *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         with self._autocast(), _compile_errors(self.compiled):
             out = self._impl(batch, *args, **kwargs)
-        if self.precision == "fp32":
-            return cast(dict[str, Tensor], out)
-        return {k: v.float() for k, v in out.items()}
+        return self._float(out)
 
     def training_forward(
         self, batch: Mapping[str, Tensor], *args: Any, **kwargs: Any
@@ -81,9 +79,11 @@ class TrainNet(nn.Module):
         """`MultiTaskNet.training_forward` under the same autocast and compilation."""
         with self._autocast(), _compile_errors(self.compiled):
             out, terms = self._train_impl(batch, *args, **kwargs)
-        if self.precision == "fp32":
-            return out, terms
-        return {k: v.float() for k, v in out.items()}, {k: v.float() for k, v in terms.items()}
+        return self._float(out), self._float(terms)
+
+    def _float(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Outputs in float32 (autocast computes them in bfloat16)."""
+        return tensors if self.precision == "fp32" else {k: v.float() for k, v in tensors.items()}
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from itertools import islice
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from polytask.data import Batch, EncodedData
+from polytask.data.stream import StreamingBatches
 
 Sampling = Literal["uniform", "proportional", "round_robin"]
+Rows = EncodedData | StreamingBatches
+"""A split that shuffles itself into batches (`StreamingBatches`: a file read out of core)."""
 
 
 def task_sequence(
@@ -38,19 +41,6 @@ def task_sequence(
         probs = torch.tensor([float(sizes[n]) for n in names])
     draws = torch.multinomial(probs, steps, replacement=True, generator=generator)
     return [names[i] for i in draws.tolist()]
-
-
-class Rows(Protocol):
-    """A split that shuffles itself into batches: `EncodedData`, or `StreamingBatches` for a
-    file read out of core."""
-
-    def __len__(self) -> int: ...
-
-    def num_batches(self, batch_size: int) -> int: ...
-
-    def batches(
-        self, batch_size: int, *, generator: torch.Generator | None = None
-    ) -> Iterator[Batch]: ...
 
 
 class JointBatches:

@@ -1,13 +1,34 @@
 """Where a fit is: `LoopState`, everything of the loop a checkpoint needs to resume exactly,
-and `FitResult`, what a fit returns. Shared by the loop (`polytask.training.trainer`) and the
-checkpoints (`polytask.training.checkpoint`), which need not know each other."""
+`FitResult`, what a fit returns, and `BatchSource`, what it draws its batches from. Shared by
+the loop (`polytask.training.trainer`) and the checkpoints (`polytask.training.checkpoint`),
+which need not know each other."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+
+from polytask.data import Batch
+
+
+class BatchSource(Protocol):
+    """Yields ``(task or None for every task, batch)`` for each step of an epoch; saves and
+    restores its place in the epoch in progress (checkpoints)."""
+
+    @property
+    def steps(self) -> int: ...
+
+    @property
+    def rows_per_epoch(self) -> int: ...
+
+    def epoch(self) -> Iterator[tuple[str | None, Batch]]: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], *, position: int) -> None: ...
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from polytask.data import Batch, EncodedData
+from polytask.data import EncodedData
 from polytask.data.stream import SplitShard, StreamingBatches
 from polytask.errors import TrainingError
 from polytask.metrics import all_metrics, monitor_mode, monitor_value, undefined_in_mean
@@ -31,7 +31,7 @@ from polytask.training.optim import group_lrs
 from polytask.training.progress import EpochCallback, batch_bar, ensure_visible, epoch_line, logger
 from polytask.training.schedules import JointBatches
 from polytask.training.settings import TrainingConfig
-from polytask.training.state import FitResult, LoopState
+from polytask.training.state import BatchSource, FitResult, LoopState
 from polytask.training.step import LOCAL, TrainStep
 from polytask.weighting import Weighting
 
@@ -46,18 +46,6 @@ class Checkpoints(Protocol):
     latest: Path | None
 
     def save(self, state: LoopState) -> None: ...
-
-
-class BatchSource(Protocol):
-    """Yields ``(task or None for every task, batch)`` for each step of an epoch."""
-
-    @property
-    def steps(self) -> int: ...
-
-    @property
-    def rows_per_epoch(self) -> int: ...
-
-    def epoch(self) -> Iterator[tuple[str | None, Batch]]: ...
 
 
 @dataclass
