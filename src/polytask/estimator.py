@@ -707,9 +707,7 @@ class MultiTaskModel:
         its ONNX ``graph``, turned into columns by the task types, then calibrated and
         scored (`_decided`; ``groups``: each row's ``decision.group`` value, if known)."""
         if graph is None:
-            outputs = predict_outputs(
-                self.network_, encoded.to(self._device()), self.config.training.eval_batch_size
-            )
+            outputs = self._raw_outputs(encoded.to(self._device()))
         else:
             outputs = graph.run(encoded)
         columns: dict[str, Any] = {}

@@ -46,9 +46,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from polytask._atomic import atomic_dir
+from polytask._atomic import atomic_dir, restore_interrupted
 from polytask._version import __version__
-from polytask.errors import ModelFileError
+from polytask.errors import ModelFileError, OutputError
 
 FORMAT_VERSION = 2
 """Version of the folder layout written now. 2 added the manifest (``files`` in
@@ -91,27 +91,21 @@ def read_regular(path: Path, cap: int) -> bytes:
     """The bytes of ``path``, a regular file of at most ``cap`` bytes; anything else (a
     symbolic link, FIFO, device, folder, or a larger file) is a `ModelFileError`, raised
     before the file is opened or read."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        st = os.lstat(path)
+        _check_regular(path, os.lstat(path), cap)
+        fd = os.open(path, flags)
+        try:
+            opened = os.fstat(fd)
+            _check_regular(path, opened, cap)  # what was opened, not what lstat saw
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(min(cap, opened.st_size) + 1)  # one byte more tells a file grew
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise ModelFileError(f"{path}: missing; is this a polytask model folder?") from None
     except OSError as err:
         raise ModelFileError(f"{path}: cannot be read: {err.strerror or err}") from None
-    _check_regular(path, st, cap)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as err:
-        raise ModelFileError(f"{path}: cannot be read: {err.strerror or err}") from None
-    try:
-        opened = os.fstat(fd)
-        _check_regular(path, opened, cap)  # what was opened, not what lstat saw
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(min(cap, opened.st_size) + 1)  # one byte more tells a file grew
-    except OSError as err:
-        raise ModelFileError(f"{path}: cannot be read: {err.strerror or err}") from None
-    finally:
-        os.close(fd)
     if len(data) > min(cap, opened.st_size):
         raise ModelFileError(f"{path}: changed while it was read")
     return data
@@ -449,9 +443,6 @@ def check_replaceable(target: Path, *, overwrite: bool) -> None:
     """Refuse to write the model folder ``target`` over anything but nothing, an empty
     folder or, with ``overwrite``, a model folder polytask wrote that holds nothing else
     (so replacing it deletes nothing polytask did not write). `OutputError` otherwise."""
-    from polytask._atomic import restore_interrupted
-    from polytask.errors import OutputError
-
     if not os.path.lexists(target):
         with contextlib.suppress(OSError):
             restore_interrupted(target)  # a swap cut short: the previous model comes back

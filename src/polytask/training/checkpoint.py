@@ -441,14 +441,17 @@ def restore(
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise ModelFileError(f"{path}: the checkpoint does not fit this run: {err}") from None
     aggregator = getattr(parts.weighting, "aggregator", None)
-    if aggregator is not None and isinstance(aggregator, _torchjd_stateful()):
-        warnings.warn(
-            f"{type(aggregator).__name__} keeps internal state that checkpoints do not hold; "
-            "it restarts from its initial state, so the resumed run is not bit-identical to "
-            "an uninterrupted one",
-            CheckpointWarning,
-            stacklevel=2,
-        )
+    if aggregator is not None:
+        import torchjd  # here: slow to import, and only the aggregator weightings need it
+
+        if isinstance(aggregator, torchjd.Stateful):
+            warnings.warn(
+                f"{type(aggregator).__name__} keeps internal state that checkpoints do not hold; "
+                "it restarts from its initial state, so the resumed run is not bit-identical to "
+                "an uninterrupted one",
+                CheckpointWarning,
+                stacklevel=2,
+            )
     best = _strip(checkpoint.model, "best.") if meta.get("has_best_state") else None
     state = LoopState(
         result=FitResult(
@@ -540,11 +543,3 @@ def _load_latest_shared(folder: Path, group: ProcessGroup) -> Checkpoint | None:
     if group.rank == 0 or choice[0] is None:
         return checkpoint
     return read_checkpoint(choice[0])
-
-
-def _torchjd_stateful() -> type:
-    """``torchjd.Stateful``, imported only when an aggregator is in use (torchjd is slow to
-    import, and only the aggregator weightings need it)."""
-    import torchjd
-
-    return torchjd.Stateful

@@ -43,12 +43,15 @@ def batch_labels(batch: Batch, tasks: dict[str, TaskSpec]) -> dict[str, Tensor]:
     return labels
 
 
-def task_loss_vector(model: MultiTaskNet, tasks: dict[str, TaskSpec], batch: Batch) -> Tensor:
+def task_loss_vector(
+    model: MultiTaskNet, tasks: dict[str, TaskSpec], batch: Batch, scale: Tensor | None = None
+) -> Tensor:
     """``[K]`` the batch's task losses, attached, with the model's own loss terms
-    (`MultiTaskNet.training_forward`) added to their tasks'."""
+    (`MultiTaskNet.training_forward`) added to their tasks', times ``scale [K]`` if given."""
     labels = batch_labels(batch, tasks)
     outputs, terms = model.training_forward(batch, labels)
-    return add_terms(task_losses(tasks, outputs, labels), list(tasks), terms)
+    losses = add_terms(task_losses(tasks, outputs, labels), list(tasks), terms)
+    return losses if scale is None else losses * scale
 
 
 def forward_objective(
@@ -67,9 +70,7 @@ def forward_objective(
     ``scale [K]`` multiplies the task losses first (a torchrun rank's share). A model's own
     loss terms (`MultiTaskNet.training_forward`) are part of their task's loss."""
     if task is None:
-        losses = task_loss_vector(model, tasks, batch)
-        if scale is not None:
-            losses = losses * scale
+        losses = task_loss_vector(model, tasks, batch, scale)
         return weighting(losses), losses
     k = weighting.task_index[task]
     # A task's own dataset (alternate training) may lack the other tasks' labels.
@@ -200,9 +201,7 @@ class TrainStep:
         assert split is not None and isinstance(weighting, GradientWeighting)
         r.prepare()
         local, scale = r.shard(batch)
-        losses = task_loss_vector(self.model, self.tasks, local)
-        if scale is not None:
-            losses = losses * scale
+        losses = task_loss_vector(self.model, self.tasks, local, scale)
         global_losses = r.mean(losses)
         self.optimizer.zero_grad(set_to_none=True)
         if not bool(torch.isfinite(global_losses).all()):  # before the Jacobian (NaN)
