@@ -50,18 +50,12 @@ from polytask.errors import (
     closest,
     os_reason,
 )
+from polytask.metrics import all_metrics
 from polytask.models import MultiTaskNet
 from polytask.ranking import grouped_metrics
 from polytask.tasks import TaskSpec, task_type
 from polytask.tracking import annotate_history, task_best_epochs
-from polytask.training import (
-    FitResult,
-    build,
-    evaluate_split,
-    fit_loop,
-    gate_statistics,
-    predict_outputs,
-)
+from polytask.training import FitResult, build, fit_loop, gate_statistics, predict_outputs
 from polytask.training.checkpoint import Checkpointer, TrainingParts, _strip, open_checkpoints
 from polytask.training.distributed import (
     DistributedTraining,
@@ -463,7 +457,8 @@ class MultiTaskModel:
                     )
             frame = data
         encoded = self._encoded(data, labels=None, what="evaluation data")
-        return self._metrics(encoded, self._raw_outputs(encoded), frame, group)
+        labels = {k: v.cpu().numpy() for k, v in encoded.labels.items()}  # weights too
+        return self._metrics(self._raw_outputs(encoded), labels, frame, group)
 
     def evaluate_sharded(
         self, path: str | os.PathLike[str], *, chunk_rows: int = CHUNK_ROWS
@@ -488,41 +483,23 @@ class MultiTaskModel:
             chunk_rows=chunk_rows,
             what="evaluation data",
         )
-
-        def metrics(
-            outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]
-        ) -> dict[str, dict[str, float]]:
-            n = shard.rows
-            encoded = EncodedData(
-                categorical=torch.zeros((n, 0), dtype=torch.long),
-                numeric=torch.zeros((n, 0)),
-                labels={k: torch.from_numpy(v) for k, v in labels.items()},
-            )
-            return self._metrics(encoded, outputs, None, None)
-
         bs = self.config.training.eval_batch_size
         result: dict[str, dict[str, float]] = evaluate_shard(
-            self.network_, shard, bs, self._device(), metrics, distributed=group is not None
+            self.network_, shard, bs, self._device(), self._metrics, distributed=group is not None
         )
         return result
 
     def _metrics(
         self,
-        encoded: EncodedData,
         outputs: dict[str, np.ndarray],
-        frame: pd.DataFrame | None,
-        group: str | None,
+        encoded_labels: dict[str, np.ndarray],
+        frame: pd.DataFrame | None = None,
+        group: str | None = None,
     ) -> dict[str, dict[str, float]]:
-        """`evaluate`'s metrics from the outputs on ``encoded`` (whose labels are read)."""
-        result = evaluate_split(
-            self.network_,
-            self.preprocessor_.tasks,
-            encoded,
-            self.config.training.eval_batch_size,
-            outputs=outputs,
-        )
+        """`evaluate`'s metrics from the outputs and the encoded labels (and weights)."""
+        result = all_metrics(self.preprocessor_.tasks, outputs, encoded_labels)
         scores = self._task_scores(outputs)
-        labels = self._label_values(encoded)
+        labels = self._unscaled(encoded_labels)
         for name, task in self.config.task_specs().items():
             if task.type != "binary" or not result[name].get("count"):
                 continue
@@ -552,7 +529,10 @@ class MultiTaskModel:
     def _label_values(self, encoded: EncodedData) -> dict[str, np.ndarray]:
         """Each task's encoded labels in the label's own units (label scaling undone), float64
         with NaN where missing."""
-        labels = {k: v.cpu().numpy().astype(np.float64) for k, v in encoded.labels.items()}
+        return self._unscaled({k: v.cpu().numpy() for k, v in encoded.labels.items()})
+
+    def _unscaled(self, encoded_labels: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        labels = {k: v.astype(np.float64) for k, v in encoded_labels.items()}
         for name, task in self.preprocessor_.tasks.items():
             labels[name] = labels[name] * task.label_scale + task.label_shift
         return labels

@@ -143,7 +143,7 @@ class BatchBar:
 @contextmanager
 def batch_bar(enabled: bool, description: str, total: int, start: int) -> Iterator[BatchBar]:
     """A transient batch bar on a terminal or in a notebook; nothing elsewhere."""
-    if not enabled:
+    if not enabled or not (_in_notebook() or sys.stderr.isatty()):
         yield BatchBar()
         return
     if _in_notebook():
@@ -154,9 +154,6 @@ def batch_bar(enabled: bool, description: str, total: int, start: int) -> Iterat
             return
         with tqdm(total=total, initial=start, desc=description, leave=False) as bar:
             yield BatchBar(lambda n: bar.update(n - bar.n))
-        return
-    if not sys.stderr.isatty():
-        yield BatchBar()
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
