@@ -21,8 +21,6 @@ import pandas as pd
 import torch
 import yaml
 from pydantic import ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from polytask import modelfile
@@ -75,6 +73,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = modelfile.FORMAT_VERSION
 READABLE_FORMATS = modelfile.READABLE_FORMATS
+_NO_PICKLE = "polytask reads weights only as safetensors and never unpickles them"
 
 
 def resolve_device(name: str, setting: str = "training.device") -> torch.device:
@@ -816,20 +815,14 @@ class MultiTaskModel:
                 raise
             raise ModelFileError(
                 f"{err} - it looks like a torch.save/pickle file, which could run code when "
-                "loaded; polytask reads weights only as safetensors and never unpickles them"
+                f"loaded; {_NO_PICKLE}"
             ) from None
         try:
             planned = plan_network(config, pre)
         except ConfigError as err:
             raise ModelFileError(f"{config_file}: {err}") from None
         _check_shapes(weights_file, planned, shapes)
-        try:
-            tensors = load_safetensors(files.weights)
-        except (SafetensorError, ValueError) as err:
-            raise ModelFileError(
-                f"{weights_file}: not a readable safetensors file ({err}); polytask reads "
-                "weights only as safetensors and never unpickles them"
-            ) from None
+        tensors = modelfile.load_tensors(weights_file, files.weights, f"; {_NO_PICKLE}")
         for name, tensor in tensors.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise ModelFileError(

@@ -41,7 +41,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
@@ -49,6 +49,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from polytask._atomic import atomic_dir, restore_interrupted
 from polytask._version import __version__
 from polytask.errors import ModelFileError, OutputError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 FORMAT_VERSION = 2
 """Version of the folder layout written now. 2 added the manifest (``files`` in
@@ -311,6 +314,18 @@ def tensor_shapes(path: Path, data: bytes) -> dict[str, tuple[str, tuple[int, ..
             raise ModelFileError(f"{bad} (header entry of {name!r} is malformed: {entry!r:.80})")
         shapes[str(name)] = (dtype, dims)
     return shapes
+
+
+def load_tensors(path: Path, data: bytes, why: str = "") -> dict[str, Tensor]:
+    """The tensors of the safetensors bytes ``data`` read from ``path`` (a model folder's
+    weights, a checkpoint's); unreadable ones are a `ModelFileError` (``why`` ends it)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load  # here: torch is not imported with this module
+
+    try:
+        return load(data)
+    except (SafetensorError, ValueError) as err:
+        raise ModelFileError(f"{path}: not a readable safetensors file ({err}){why}") from None
 
 
 # -------------------------------------------------------------------------- read / write

@@ -48,8 +48,6 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
@@ -312,14 +310,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     meta = _read_meta(path)
     data = {name: _read_verified(path, name, meta) for name in _FILES}
-    tensors: dict[str, dict[str, Tensor]] = {}
-    for name in ("model.safetensors", "state.safetensors"):
-        try:
-            tensors[name] = load_safetensors(data[name])
-        except (SafetensorError, ValueError) as err:
-            raise ModelFileError(
-                f"{path / name}: not a readable safetensors file ({err})"
-            ) from None
+    model, state = (modelfile.load_tensors(path / name, data[name]) for name in _FILES[:2])
     try:
         optimizer = torch.load(io.BytesIO(data["optimizer.pt"]), weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
@@ -330,9 +321,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         ) from None
     if not isinstance(optimizer, dict) or "optimizer" not in optimizer:
         raise ModelFileError(f"{path / 'optimizer.pt'}: expected the optimizer's state dict")
-    return Checkpoint(
-        path, meta, tensors["model.safetensors"], tensors["state.safetensors"], optimizer
-    )
+    return Checkpoint(path, meta, model, state, optimizer)
 
 
 def load_latest(folder: str | Path) -> Checkpoint | None:
