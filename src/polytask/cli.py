@@ -73,14 +73,11 @@ def fitted_tables(
     first column), so no cell is ever cut or abbreviated."""
     from rich.table import Table
 
-    def cell_width(j: int) -> int:
-        return max([len(columns[j]), *(len(values[j]) for _, values in rows)]) + 3  # pad + rule
-
     first_width = max([len(first), *(len(name) for name, _ in rows)]) + 4
     groups: list[list[int]] = [[]]
     used = first_width
     for j in range(len(columns)):
-        w = cell_width(j)
+        w = max([len(columns[j]), *(len(values[j]) for _, values in rows)]) + 3  # pad + rule
         if groups[-1] and used + w > width:
             groups.append([])
             used = first_width

@@ -55,12 +55,9 @@ def type_name(annotation: Any) -> str:
 
 
 def default_text(field: FieldInfo) -> str:
-    if field.default_factory is not None:
-        value = field.default_factory()  # type: ignore[call-arg]
-    elif field.default is PydanticUndefined:
+    value = field.get_default(call_default_factory=True)
+    if value is PydanticUndefined:
         return "required"
-    else:
-        value = field.default
     if value is None:
         return "none"
     if isinstance(value, BaseModel):

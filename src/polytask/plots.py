@@ -86,12 +86,10 @@ def plot_curves(
             h, label = twin.get_legend_handles_labels()
             handles, labels = handles + h, labels + label
         if b is not None:
-            line = ax.axvline(b["epoch"], color="tab:red", linewidth=1)
-            handles.append(line)
+            handles.append(ax.axvline(b["epoch"], color="tab:red", linewidth=1))
             labels.append(f"{task} best ({b['epoch']})")
         if monitor_epoch is not None:
-            line = ax.axvline(monitor_epoch, color="grey", linestyle="--", linewidth=1)
-            handles.append(line)
+            handles.append(ax.axvline(monitor_epoch, color="grey", linestyle="--", linewidth=1))
             labels.append(f"monitor best ({monitor_epoch})")
         ax.legend(handles, labels, fontsize=7, loc="best")
         ax.set_title(task)
