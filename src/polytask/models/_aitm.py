@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
+from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams, experts_with
 from polytask.nn import ExpertBank, FeatureInput
 
 
@@ -96,13 +96,7 @@ class AITM(MultiTaskNet):
         self.calibrator_weight = params.calibrator_weight
         self.encoders = nn.ModuleDict(
             {
-                name: ExpertBank(
-                    in_dim=inputs.out_dim,
-                    num_experts=1,
-                    units=params.encoder_units,
-                    activation=params.activation,
-                    dropout=params.dropout,
-                )
+                name: experts_with(params, inputs.out_dim, 1, params.encoder_units)
                 for name in self.task_names
             }
         )

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
+from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams, experts_with
 from polytask.nn import ExpertBank, FeatureInput
 
 
@@ -56,16 +56,7 @@ class CrossStitch(MultiTaskNet):
         # columns[layer][task]: one bank with one expert, so each task's column is its own
         # parameters (its own group) while a layer of all columns is still one batched op.
         self.columns = nn.ModuleList(
-            nn.ModuleList(
-                ExpertBank(
-                    in_dim=dims[i],
-                    num_experts=1,
-                    units=[dims[i + 1]],
-                    activation=params.activation,
-                    dropout=params.dropout,
-                )
-                for _ in range(k)
-            )
+            nn.ModuleList(experts_with(params, dims[i], 1, [dims[i + 1]]) for _ in range(k))
             for i in range(len(params.column_units))
         )
         # The same banks, typed: [layer][task].

@@ -21,8 +21,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
-from polytask.nn import ExpertBank, FeatureInput, mix
+from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams, experts_with
+from polytask.nn import FeatureInput, mix
 
 _EPS = 1e-6  # inside the log of the entropy, as in the authors' code
 
@@ -152,13 +152,7 @@ class DSelectK(MultiTaskNet):
             inputs=inputs, heads=heads, body_dim=params.expert_units[-1], params=params
         )
         self.entropy_weight = params.entropy_weight
-        self.experts = ExpertBank(
-            in_dim=inputs.out_dim,
-            num_experts=params.num_experts,
-            units=params.expert_units,
-            activation=params.activation,
-            dropout=params.dropout,
-        )
+        self.experts = experts_with(params, inputs.out_dim, params.num_experts, params.expert_units)
         self.gates = DSelectGates(
             in_dim=inputs.out_dim,
             num_gates=len(self.heads),

@@ -21,11 +21,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from polytask.models._esmm import ESMM, ESMMParams, check_esmm_heads
-from polytask.models.base import Head, Representation
-from polytask.nn import FeatureInput, mlp
+from polytask.models.base import Head, Representation, tower
+from polytask.nn import FeatureInput
 
 
 class ESCM2Params(ESMMParams):
@@ -113,15 +113,7 @@ class ESCM2(ESMM):
         self.imputation_output = params.imputation_output
         if self.form == "dr":
             body_dim = params.shared_units[-1] if params.shared_units else inputs.out_dim
-            width = params.tower_units[-1] if params.tower_units else body_dim
-            hidden = mlp(
-                body_dim,
-                params.tower_units,
-                activation=params.activation,
-                dropout=params.dropout,
-                norm=params.norm,
-            )
-            self.towers[self.imputation_output] = nn.Sequential(hidden, nn.Linear(width, 1))
+            self.towers[self.imputation_output] = tower(params, body_dim, 1)
             self.auxiliary_outputs = {
                 self.cvr_output: "binary",
                 self.imputation_output: "regression",

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pydantic import Field
 from torch import Tensor, nn
 
-from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
-from polytask.nn import ExpertBank, FeatureInput, Gates, mix
+from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams, experts_with
+from polytask.nn import FeatureInput, Gates, mix
 
 
 class MoEParams(TowerParams):
@@ -34,13 +34,7 @@ class GatedExperts(MultiTaskNet):
             inputs=inputs, heads=heads, body_dim=params.expert_units[-1], params=params
         )
         self.per_task = per_task
-        self.experts = ExpertBank(
-            in_dim=inputs.out_dim,
-            num_experts=params.num_experts,
-            units=params.expert_units,
-            activation=params.activation,
-            dropout=params.dropout,
-        )
+        self.experts = experts_with(params, inputs.out_dim, params.num_experts, params.expert_units)
         self.gates = Gates(
             in_dim=inputs.out_dim,
             num_gates=len(heads) if per_task else 1,

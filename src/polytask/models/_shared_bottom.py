@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pydantic import Field
 from torch import Tensor, nn
 
-from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
-from polytask.nn import FeatureInput, mlp
+from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams, mlp_with
+from polytask.nn import FeatureInput
 
 
 class SharedBottomParams(TowerParams):
@@ -33,13 +33,7 @@ class SharedMLPNet(MultiTaskNet):
     ) -> None:
         body_dim = shared_units[-1] if shared_units else inputs.out_dim
         super().__init__(inputs=inputs, heads=heads, body_dim=body_dim, params=params)
-        self.shared = mlp(
-            inputs.out_dim,
-            shared_units,
-            activation=params.activation,
-            dropout=params.dropout,
-            norm=params.norm,
-        )
+        self.shared = mlp_with(params, inputs.out_dim, shared_units)
 
     def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
         return Representation(shared=self.shared(x))

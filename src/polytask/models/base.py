@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from polytask.data.encoded import batch_lists
-from polytask.nn import Activation, FeatureInput, Norm, mlp
+from polytask.nn import Activation, ExpertBank, FeatureInput, Norm, mlp
 from polytask.tasks import task_order, task_type
 
 
@@ -51,6 +51,32 @@ class TowerParams(BaseModel):
     activation: Activation = "relu"
     dropout: float = Field(default=0.0, ge=0, lt=1)
     norm: Norm = "none"
+
+
+def mlp_with(params: TowerParams, in_dim: int, units: Sequence[int]) -> nn.Sequential:
+    """`mlp` with the model's activation, dropout and norm."""
+    return mlp(
+        in_dim, units, activation=params.activation, dropout=params.dropout, norm=params.norm
+    )
+
+
+def tower(params: TowerParams, in_dim: int, out_dim: int) -> nn.Sequential:
+    """A tower: `mlp_with` of ``tower_units``, then a linear layer to ``out_dim``."""
+    width = params.tower_units[-1] if params.tower_units else in_dim
+    return nn.Sequential(mlp_with(params, in_dim, params.tower_units), nn.Linear(width, out_dim))
+
+
+def experts_with(
+    params: TowerParams, in_dim: int, num_experts: int, units: Sequence[int]
+) -> ExpertBank:
+    """An `ExpertBank` with the model's activation and dropout."""
+    return ExpertBank(
+        in_dim=in_dim,
+        num_experts=num_experts,
+        units=units,
+        activation=params.activation,
+        dropout=params.dropout,
+    )
 
 
 def estimate(head: Head, output: Tensor) -> Tensor:
@@ -103,15 +129,7 @@ class MultiTaskNet(nn.Module):
         self.towers = nn.ModuleDict()
         for h in self.heads:
             extra = sum(self.head_by_name[src].estimate_dim for src in h.inputs_from)
-            body = mlp(
-                body_dim + extra,
-                params.tower_units,
-                activation=params.activation,
-                dropout=params.dropout,
-                norm=params.norm,
-            )
-            width = params.tower_units[-1] if params.tower_units else body_dim + extra
-            self.towers[h.name] = nn.Sequential(body, nn.Linear(width, h.out_dim))
+            self.towers[h.name] = tower(params, body_dim + extra, h.out_dim)
 
     # ------------------------------------------------------------------ to implement
     @abstractmethod
