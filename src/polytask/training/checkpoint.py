@@ -187,7 +187,6 @@ def write_checkpoint(
         "optimizer.pt": optim.getvalue(),
     }
     result = state.result
-    np_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))
     meta = {
         "format_version": FORMAT_VERSION,
         "polytask_version": __version__,
@@ -202,7 +201,7 @@ def write_checkpoint(
         "history": result.history,
         "weighting": parts.weighting.state_for_checkpoint(),
         "python_random": random.getstate(),
-        "numpy_random": [np_state[0], np_state[1], *np_state[2:]],
+        "numpy_random": list(cast(tuple[Any, ...], np.random.get_state(legacy=True))),
         "config": config,
         "data_fingerprint": fingerprint,
     }

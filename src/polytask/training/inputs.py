@@ -190,10 +190,8 @@ def read_training_data(
         splits, train_columns = {"train": train}, set(pre.train_columns_)
     else:
         frame = read_table(train, what="training set")
-        if prefitted:
-            splits = {"train": pre.transform(frame, labels=True, what="training set")}
-        else:
-            splits = {"train": pre.fit_transform(frame, labels=True, what="training set")}
+        encode = pre.transform if prefitted else pre.fit_transform
+        splits = {"train": encode(frame, labels=True, what="training set")}
         train_columns = set(frame.columns)
     valid, valid_shard = None, None
     if shard is not None and training.stream is not None and _parquet_path(validation):
