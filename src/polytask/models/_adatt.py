@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from polytask.models._levels import ExpertLevel, last_layer, level_groups, stack_levels
 from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
-from polytask.nn import ExpertBank, FeatureInput, mix
+from polytask.nn import FeatureInput, mix
 
 
 class AdaTTParams(TowerParams):
@@ -67,13 +67,13 @@ class _Level(ExpertLevel):
             [native(ns)] if self.learned_native and self.shared_gate is not None else []
         )
 
-    def native_weights(self, unit: int | None, num_tasks: int, nt: int) -> Tensor | None:
+    def native_weights(self, unit: int | None) -> Tensor | None:
         """Weights ``[E]`` over every expert of the level that a unit's fusion adds to its
         gate: its own experts' native weights, zero elsewhere. ``unit`` is a task index or
         None for the shared unit; None without ``native_residual``."""
         if not self.residual:
             return None
-        ns = self.shared_experts.num_experts if self.shared_experts is not None else 0
+        num_tasks, nt, ns = len(self.task_experts), self.nt, self.ns
         total = num_tasks * nt + ns
         own = (unit * nt, nt) if unit is not None else (num_tasks * nt, ns)
         if self.learned_native:
@@ -120,40 +120,29 @@ class AdaTT(MultiTaskNet):
         self.levels = stack_levels(_Level, inputs.out_dim, self.heads, params)
 
     def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
-        num_tasks = len(self.heads)
-        every = list(range(num_tasks))
+        every = list(range(len(self.heads)))
         last = len(self.levels) - 1
-        nt, ns = self.num_task_experts, self.num_shared_experts
         h_task: dict[int, Tensor] = dict.fromkeys(every, x)
         h_shared = x
         gates: dict[str, Tensor] = {}
         for i, level in enumerate(self.levels):
             assert isinstance(level, _Level)
-            if i == 0:
-                experts = ExpertBank.stacked(level.banks(), x)
-            else:
-                per_expert = [h_task[k].expand(nt, -1, -1) for k in every]
-                if ns:
-                    per_expert.append(h_shared.expand(ns, -1, -1))
-                experts = ExpertBank.stacked(level.banks(), torch.cat(per_expert))
+            experts = level.experts(x if i == 0 else h_task, h_shared, every)
             # Inner levels feed every task's next experts; the last only the active towers.
             units = list(active) if i == last else every
-            if i == 0:
-                g = level.task_gates(x, units)  # every task reads x: one call for all gates
-            else:
-                g = torch.cat([level.task_gates(h_task[k], [k]) for k in units], dim=1)
+            g = level.gates(x if i == 0 else h_task, units)
             for j, k in enumerate(units):
                 name = self.task_names[k]
                 gates[name if i == last else f"level{i + 1}.{name}"] = g[:, j]
             weights = g
-            native = [level.native_weights(k, num_tasks, nt) for k in units]
+            native = [level.native_weights(k) for k in units]
             if native[0] is not None:
                 weights = g + torch.stack(cast(list[Tensor], native))  # [B, G, E] + [G, E]
             fused = mix(weights, experts)  # [len(units), B, D]
             if level.shared_gate is not None:
                 gs = level.shared_gate(h_shared)
                 gates[f"level{i + 1}.shared"] = gs[:, 0]
-                own = level.native_weights(None, num_tasks, nt)
+                own = level.native_weights(None)
                 h_shared = mix(gs if own is None else gs + own, experts)[0]
             h_task = {k: fused[j] for j, k in enumerate(units)}
         return Representation(per_task=[h_task[k] for k in active], gates=gates)

@@ -3,10 +3,11 @@ experts, one gate per task and, at inner levels, a shared gate."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, cast
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from polytask.models.base import Head
 from polytask.nn import Activation, ExpertBank, Gates
@@ -48,7 +49,7 @@ class ExpertLevel(nn.Module):
         task_gate_experts: int,
     ) -> None:
         super().__init__()
-        nt, ns = params.num_task_experts, params.num_shared_experts
+        nt, ns = self.nt, self.ns = params.num_task_experts, params.num_shared_experts
 
         def bank(num: int) -> ExpertBank:
             return ExpertBank(
@@ -78,6 +79,26 @@ class ExpertLevel(nn.Module):
         chosen = range(len(self.task_experts)) if tasks is None else tasks
         banks = [cast(ExpertBank, self.task_experts[k]) for k in chosen]
         return banks + ([self.shared_experts] if self.shared_experts is not None else [])
+
+    def experts(
+        self, h: Tensor | Mapping[int, Tensor], h_shared: Tensor, tasks: Sequence[int]
+    ) -> Tensor:
+        """The experts of ``tasks``, then the shared ones, in one batched op
+        (`ExpertBank.stacked`): every expert reads ``h`` when it is one tensor, else task k's
+        read ``h[k]`` and the shared ones ``h_shared``."""
+        if isinstance(h, Tensor):
+            return ExpertBank.stacked(self.banks(tasks), h)
+        per_expert = [h[k].expand(self.nt, -1, -1) for k in tasks]
+        if self.ns:
+            per_expert.append(h_shared.expand(self.ns, -1, -1))
+        return ExpertBank.stacked(self.banks(tasks), torch.cat(per_expert))
+
+    def gates(self, h: Tensor | Mapping[int, Tensor], tasks: Sequence[int]) -> Tensor:
+        """The task gates of ``tasks``, ``[B, len(tasks), E]``: one call when every task
+        reads ``h``, else task k's gate on ``h[k]``."""
+        if isinstance(h, Tensor):
+            return self.task_gates(h, tasks)
+        return torch.cat([self.task_gates(h[k], [k]) for k in tasks], dim=1)
 
 
 def stack_levels(

@@ -13,7 +13,6 @@ import functools
 from collections.abc import Sequence
 from typing import cast
 
-import torch
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -75,7 +74,7 @@ class PLE(MultiTaskNet):
     def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
         every = list(range(len(self.heads)))
         last = len(self.levels) - 1
-        nt, ns = self.num_task_experts, self.num_shared_experts
+        nt = self.num_task_experts
         h_task: dict[int, Tensor] = dict.fromkeys(every, x)
         h_shared = x
         gates: dict[str, Tensor] = {}
@@ -85,21 +84,12 @@ class PLE(MultiTaskNet):
             expert_tasks = list(active) if i == last else every
             # A task's mixture is needed by its tower (last level) or next-level experts.
             gate_tasks = list(active) if i >= last - 1 else every
-            banks = level.banks(expert_tasks)
-            if i == 0:
-                experts = ExpertBank.stacked(banks, x)
-            else:
-                per_expert = [h_task[k].expand(nt, -1, -1) for k in expert_tasks]
-                per_expert.append(h_shared.expand(ns, -1, -1))
-                experts = ExpertBank.stacked(banks, torch.cat(per_expert))
+            experts = level.experts(x if i == 0 else h_task, h_shared, expert_tasks)
             shared = experts[len(expert_tasks) * nt :]
             slot = {k: j for j, k in enumerate(expert_tasks)}
             # Task gates, [B, len(gate_tasks), nt + ns]: at level 1 every task reads x, so
             # one call computes them all; later levels read each task's own mixture.
-            if i == 0:
-                g = level.task_gates(x, gate_tasks)
-            else:
-                g = torch.cat([level.task_gates(h_task[k], [k]) for k in gate_tasks], dim=1)
+            g = level.gates(x if i == 0 else h_task, gate_tasks)
             # Task k mixes [E_k, E_s]: its own and the shared experts are mixed apart (no
             # concatenation of the experts per task), the shared part for every task at once.
             from_shared = mix(g[..., nt:], shared)  # [len(gate_tasks), B, D]

@@ -94,15 +94,12 @@ class STEM(MultiTaskNet):
         num_tasks = len(self.heads)
         every = list(range(num_tasks))
         last = len(self.levels) - 1
-        nt, ns = self.num_task_experts, self.num_shared_experts
         parts = x.split(self.input_dim, dim=1)  # shared, then one per task
         h_shared, h_task = parts[0], {k: parts[1 + k] for k in every}
         gates: dict[str, Tensor] = {}
         for i, level in enumerate(self.levels):
             assert isinstance(level, ExpertLevel)
-            per_expert = [h_task[k].expand(nt, -1, -1) for k in every]
-            per_expert.append(h_shared.expand(ns, -1, -1))
-            experts = ExpertBank.stacked(level.banks(), torch.cat(per_expert))
+            experts = level.experts(h_task, h_shared, every)
             units = list(active) if i == last else every
             g = torch.cat([level.task_gates(h_task[k] + h_shared, [k]) for k in units], dim=1)
             for j, k in enumerate(units):
