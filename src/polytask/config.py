@@ -116,12 +116,18 @@ class TaskConfig(Strict):
 # model, loss, optimizer, training, data
 
 
-def _check_params(schema: type[BaseModel], params: dict[str, Any], owner: str) -> None:
+def _check_choice(kind: str, name: str, registry: Mapping[str, Any], params: Any) -> None:
+    """``name`` is in ``registry`` and ``params`` fit its entry's parameter schema."""
+    if name not in registry:
+        raise ValueError(
+            f"unknown {kind} {name!r}; expected one of {sorted(registry)}{closest(name, registry)}"
+        )
+    schema = registry[name].params
     try:
         schema.model_validate(params)
     except ValidationError as err:
         detail = format_validation_error(err, schema).replace("\n", "; ")
-        raise ValueError(f"{owner}: {detail}") from None
+        raise ValueError(f"{kind} {name!r}: {detail}") from None
 
 
 class ModelConfig(BaseModel):
@@ -142,12 +148,7 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> ModelConfig:
-        if self.name not in MODELS:
-            raise ValueError(
-                f"unknown model {self.name!r}; expected one of {sorted(MODELS)}"
-                f"{closest(self.name, MODELS)}"
-            )
-        _check_params(MODELS[self.name].params, self.params, f"model {self.name!r}")
+        _check_choice("model", self.name, MODELS, self.params)
         return self
 
     @property
@@ -163,14 +164,7 @@ class LossConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> LossConfig:
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(
-                f"unknown weighting {self.weighting!r}; expected one of {sorted(WEIGHTINGS)}"
-                f"{closest(self.weighting, WEIGHTINGS)}"
-            )
-        _check_params(
-            WEIGHTINGS[self.weighting].params, self.params, f"weighting {self.weighting!r}"
-        )
+        _check_choice("weighting", self.weighting, WEIGHTINGS, self.params)
         return self
 
     @property
@@ -422,22 +416,16 @@ class EstimatorConfig(Strict):
                     f"task {name!r}: layer picks an encoder layer of a sequence model; model "
                     f"{self.model.name!r} has none"
                 )
-        if entry.check_features is not None:
-            try:
-                entry.check_features(
-                    entry.params.model_validate(self.model.params),
-                    [c.name for c in self.features.categorical],
-                )
-            except ValueError as err:
-                raise ValueError(f"model {self.model.name!r}: {err}") from None
-        if entry.check_heads is None:
-            return
+        params = entry.params.model_validate(self.model.params)
         heads = [
             Head(name=n, type=t.type, inputs_from=t.inputs_from, detach=t.detach, layer=t.layer)
             for n, t in self.task_specs().items()
         ]
         try:
-            entry.check_heads(entry.params.model_validate(self.model.params), heads)
+            if entry.check_features is not None:
+                entry.check_features(params, [c.name for c in self.features.categorical])
+            if entry.check_heads is not None:
+                entry.check_heads(params, heads)
         except ValueError as err:
             raise ValueError(f"model {self.model.name!r}: {err}") from None
 
