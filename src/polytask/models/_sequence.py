@@ -64,7 +64,6 @@ class SequenceNet(MultiTaskNet):
         if not isinstance(inputs, TokenInput):
             raise ValueError("a sequence model needs features.tokens (sentences as input)")
         super().__init__(inputs=inputs, heads=heads, body_dim=width, params=params)  # type: ignore[arg-type]
-        self.num_layers = params.layers
         self.layer_of = [h.layer or params.layers for h in self.heads]
         self.input_dropout = nn.Dropout(params.input_dropout)
 

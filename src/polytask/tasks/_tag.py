@@ -18,11 +18,11 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from polytask._chunks import chunk_scores, is_iob
-from polytask.tasks.base import TaskType, log_softmax
+from polytask.tasks._multiclass import Multiclass
+from polytask.tasks.base import log_softmax
 from polytask.tasks.spec import TaskSpec
 
 UNSEEN = -1.0
@@ -66,7 +66,11 @@ def decode(output: np.ndarray, tags: list[str], lengths: np.ndarray) -> np.ndarr
     return path
 
 
-class Tag(TaskType):
+class Tag(Multiclass):
+    """Multiclass per token: the loss (cross-entropy), its key and the estimate's width are
+    `Multiclass`'s, as the loss layer flattens a batch's sentences to their real tokens
+    (``[M, C]`` logits, ``[M]`` tags)."""
+
     name: ClassVar[str] = "tag"
     losses: ClassVar[tuple[str, ...]] = ("cross_entropy",)
     metrics: ClassVar[tuple[str, ...]] = ("accuracy", "f1", "precision", "recall", "loss")
@@ -74,7 +78,6 @@ class Tag(TaskType):
     higher_is_better: ClassVar[frozenset[str]] = frozenset(
         {"accuracy", "f1", "precision", "recall"}
     )
-    has_classes: ClassVar[bool] = True
     class_noun: ClassVar[str] = "tag(s)"
     per_token: ClassVar[bool] = True
 
@@ -107,19 +110,8 @@ class Tag(TaskType):
         y[r, p] = np.where(codes < 0, UNSEEN, codes)
         return y
 
-    def loss(self, spec: TaskSpec, output: Tensor, target: Tensor) -> Tensor:
-        """Cross-entropy per token: ``output [M, C]`` and ``target [M]``, the real tokens of
-        a batch (the loss layer flattens sentences for a per-token type)."""
-        return F.cross_entropy(output, target.long(), reduction="none")
-
-    def loss_key(self, spec: TaskSpec, index: int) -> tuple[object, ...]:
-        return (self.name, index)
-
     def link(self, output: Tensor) -> Tensor:
         return torch.softmax(output, dim=-1)
-
-    def estimate_dim(self, out_dim: int) -> int:
-        return out_dim
 
     def predict_columns(
         self, name: str, spec: TaskSpec, output: np.ndarray, classes: list[str] | None = None
