@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams, experts_with
-from polytask.nn import FeatureInput, mix
+from polytask.nn import FeatureInput, concat, mix
 
 _EPS = 1e-6  # inside the log of the entropy, as in the authors' code
 
@@ -97,15 +97,11 @@ class DSelectGates(nn.Module):
     def forward(self, x: Tensor, which: Sequence[int]) -> tuple[Tensor, Tensor]:
         """The gate weights ``q [B, G, n]`` and the selectors' outputs ``r [B, G, k, n]`` of
         the gates ``which``."""
-        b = self.bias[which[0]] if len(which) == 1 else torch.cat([self.bias[i] for i in which])
+        b = concat([self.bias[i] for i in which])
         if not self.per_example:
             out = b.expand(x.shape[0], -1).view(x.shape[0], len(which), -1)
         else:
-            w = (
-                self.weight[which[0]]
-                if len(which) == 1
-                else torch.cat([self.weight[i] for i in which], dim=1)
-            )
+            w = concat([self.weight[i] for i in which], dim=1)
             out = torch.addmm(b, x, w).view(x.shape[0], len(which), -1)
         z = out[..., : self.k * self.bits].reshape(x.shape[0], len(which), self.k, 1, self.bits)
         s = smooth_step(z, self.gamma)

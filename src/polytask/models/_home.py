@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from polytask.models.base import Head, MultiTaskNet, Representation, TowerParams
-from polytask.nn import ExpertBank, FeatureInput, Gates, mix
+from polytask.nn import ExpertBank, FeatureInput, Gates, concat, mix
 
 
 class HoMEParams(TowerParams):
@@ -78,8 +78,7 @@ class _FeatureGates(nn.Module):
 
     @staticmethod
     def stacked(gates: Sequence[_FeatureGates], x: Tensor) -> Tensor:
-        down = torch.cat([g.down for g in gates]) if len(gates) > 1 else gates[0].down
-        up = torch.cat([g.up for g in gates]) if len(gates) > 1 else gates[0].up
+        down, up = concat([g.down for g in gates]), concat([g.up for g in gates])
         e, d, r = down.shape
         low = (x @ down.permute(1, 0, 2).reshape(d, e * r)).view(-1, e, r).transpose(0, 1)
         return x * (2.0 * torch.sigmoid(torch.bmm(low, up)))
