@@ -506,8 +506,7 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
             field = current.model_fields.get(str(part))
             if field is None:
                 return []
-            annotation = field.annotation
-            current = _unwrap_model(annotation)
+            current = _unwrap_model(field.annotation)
         else:
             current = _unwrap_model(current)
     if isinstance(current, type) and issubclass(current, BaseModel):
@@ -516,14 +515,12 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 
 def _unwrap_model(annotation: Any) -> Any:
-    args = getattr(annotation, "__args__", None)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    if args:
-        for arg in reversed(args):
-            found = _unwrap_model(arg)
-            if isinstance(found, type) and issubclass(found, BaseModel):
-                return found
+    for arg in reversed(getattr(annotation, "__args__", None) or ()):
+        found = _unwrap_model(arg)
+        if isinstance(found, type) and issubclass(found, BaseModel):
+            return found
     return annotation
 
 

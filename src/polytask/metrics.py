@@ -50,19 +50,14 @@ def task_metrics(
     """Metrics for one task from raw outputs (logits or values) and encoded labels with NaN
     missing; ``weight`` (its sample weights) weighs the ``loss``."""
     mask = ~np.isnan(label)
-    if task_type(task).per_token:  # whole sentences: chunks need their boundaries
-        count = float(mask.sum())
-        if not count:
-            return {"count": 0.0}
-        return {"count": count, **task_type(task).evaluate(task, output, label)}
-    y = label[mask]
-    out = output[mask].astype(np.float64)
-    result: dict[str, float] = {"count": float(mask.sum())}
-    if y.size == 0:
-        return result
+    count = float(mask.sum())
+    if not count:
+        return {"count": 0.0}
+    kind = task_type(task)
+    if kind.per_token:  # whole sentences: chunks need their boundaries
+        return {"count": count, **kind.evaluate(task, output, label)}
     w = None if weight is None else weight[mask].astype(np.float64)
-    result.update(task_type(task).evaluate(task, out, y, w))
-    return result
+    return {"count": count, **kind.evaluate(task, output[mask].astype(np.float64), label[mask], w)}
 
 
 def all_metrics(

@@ -167,13 +167,12 @@ class HoME(MultiTaskNet):
         gates: dict[str, Tensor] = {}
         # Meta level: every meta expert in one op, each on its own gated view of x.
         banks = [cast(ExpertBank, b) for b in self.meta_experts]
+        views = x
         if self.feature_gates is not None:
             views = _FeatureGates.stacked(
                 list(cast(Sequence[_FeatureGates], self.feature_gates)), x
             )
-            meta = ExpertBank.stacked(banks, views)
-        else:
-            meta = ExpertBank.stacked(banks, x)
+        meta = ExpertBank.stacked(banks, views)
         shared_meta = meta[:ns]
         gs = self.meta_shared_gate(x)
         gates["meta.shared"] = gs[:, 0]
