@@ -14,6 +14,7 @@ experts' mixture as a residual.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import cast
 
@@ -136,14 +137,7 @@ class HoME(MultiTaskNet):
                 norm="batch" if params.expert_norm else "none",
             )
 
-        def gates(in_dim: int, num_gates: int, num_experts: int) -> Gates:
-            return Gates(
-                in_dim=in_dim,
-                num_gates=num_gates,
-                num_experts=num_experts,
-                temperature=params.gate_temperature,
-            )
-
+        gates = functools.partial(Gates, temperature=params.gate_temperature)
         d, g = inputs.out_dim, len(self.categories)
         # Meta level: bank 0 is the shared experts', bank 1 + c category c's.
         self.meta_experts = nn.ModuleList([bank(d, ns), *(bank(d, nc) for _ in range(g))])
@@ -152,14 +146,16 @@ class HoME(MultiTaskNet):
             if params.feature_gate
             else None
         )
-        self.meta_gates = gates(d, g, nc + ns)
-        self.meta_shared_gate = gates(d, 1, ns + g * nc)
+        self.meta_gates = gates(in_dim=d, num_gates=g, num_experts=nc + ns)
+        self.meta_shared_gate = gates(in_dim=d, num_gates=1, num_experts=ns + g * nc)
         # Task level.
         self.shared_experts = bank(width, ns)
         self.category_experts = nn.ModuleList(bank(width, nc) for _ in range(g))
         self.task_experts = nn.ModuleList(bank(width, nt) for _ in heads)
-        self.task_gates = gates(width, len(heads), nt + nc + ns)
-        self.self_gates = gates(width, len(heads), nt) if params.self_gate else None
+        self.task_gates = gates(in_dim=width, num_gates=len(heads), num_experts=nt + nc + ns)
+        self.self_gates = (
+            gates(in_dim=width, num_gates=len(heads), num_experts=nt) if params.self_gate else None
+        )
 
     def represent(self, x: Tensor, active: Sequence[int]) -> Representation:
         ns, nc, nt = self.ns, self.nc, self.nt

@@ -3,6 +3,7 @@ experts, one gate per task and, at inner levels, a shared gate."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, cast
 
@@ -51,27 +52,19 @@ class ExpertLevel(nn.Module):
         super().__init__()
         nt, ns = self.nt, self.ns = params.num_task_experts, params.num_shared_experts
 
-        def bank(num: int) -> ExpertBank:
-            return ExpertBank(
-                in_dim=in_dim,
-                num_experts=num,
-                units=params.expert_units,
-                activation=params.activation,
-                dropout=params.dropout,
-            )
-
-        def gates(num: int, experts: int) -> Gates:
-            return Gates(
-                in_dim=in_dim,
-                num_gates=num,
-                num_experts=experts,
-                temperature=params.gate_temperature,
-            )
-
-        self.task_experts = nn.ModuleList(bank(nt) for _ in range(num_tasks))
-        self.shared_experts = bank(ns) if ns else None
-        self.task_gates = gates(num_tasks, task_gate_experts)
-        self.shared_gate = gates(1, num_tasks * nt + ns) if inner and ns else None
+        bank = functools.partial(
+            ExpertBank,
+            in_dim=in_dim,
+            units=params.expert_units,
+            activation=params.activation,
+            dropout=params.dropout,
+        )
+        gates = functools.partial(Gates, in_dim=in_dim, temperature=params.gate_temperature)
+        self.task_experts = nn.ModuleList(bank(num_experts=nt) for _ in range(num_tasks))
+        self.shared_experts = bank(num_experts=ns) if ns else None
+        self.task_gates = gates(num_gates=num_tasks, num_experts=task_gate_experts)
+        shared = num_tasks * nt + ns  # the shared gate weighs every expert
+        self.shared_gate = gates(num_gates=1, num_experts=shared) if inner and ns else None
 
     def banks(self, tasks: Sequence[int] | None = None) -> list[ExpertBank]:
         """The expert banks of ``tasks`` (default all, in task order), then the shared one:

@@ -207,11 +207,8 @@ class Transformer(SequenceNet):
         )
 
     def body_groups(self) -> dict[str, list[nn.Parameter]]:
-        groups = {"encoder": list(self.encoder.parameters())}
-        groups["encoder"] += list(self.project.parameters())
-        if self.positions is not None:
-            groups["encoder"] += list(self.positions.parameters())
-        return groups
+        parts = [self.encoder, self.project, self.positions]
+        return {"encoder": [p for m in parts if m is not None for p in m.parameters()]}
 
     def _positions(self, t: int, device: torch.device) -> Tensor:
         if self.positions is not None:
