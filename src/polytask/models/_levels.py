@@ -17,20 +17,13 @@ from polytask.nn import Activation, ExpertBank, Gates
 class LevelParams(Protocol):
     """What the levels read from a model's parameters (PLEParams, STEMParams, AdaTTParams)."""
 
-    @property
-    def num_levels(self) -> int: ...
-    @property
-    def num_task_experts(self) -> int: ...
-    @property
-    def num_shared_experts(self) -> int: ...
-    @property
-    def expert_units(self) -> list[int]: ...
-    @property
-    def gate_temperature(self) -> float: ...
-    @property
-    def activation(self) -> Activation: ...
-    @property
-    def dropout(self) -> float: ...
+    num_levels: int
+    num_task_experts: int
+    num_shared_experts: int
+    expert_units: list[int]
+    gate_temperature: float
+    activation: Activation
+    dropout: float
 
 
 class ExpertLevel(nn.Module):

@@ -85,11 +85,6 @@ def estimate(head: Head, output: Tensor) -> Tensor:
     return task_type(head.type).link(output)
 
 
-def topological(heads: Sequence[Head]) -> list[str]:
-    """Head names with every ``inputs_from`` source before its target (`task_order`)."""
-    return task_order({h.name: h.inputs_from for h in heads})
-
-
 @dataclass
 class Representation:
     """What a model body hands to the towers: one ``[B, D]`` tensor for all tasks, or one per
@@ -121,7 +116,7 @@ class MultiTaskNet(nn.Module):
         self.inputs = inputs
         self.heads = list(heads)
         self.task_names = [h.name for h in self.heads]
-        self.order = topological(self.heads)
+        self.order = task_order({h.name: h.inputs_from for h in self.heads})
         self.auxiliary_outputs = {}
         # Lookups the forward needs every step, built once.
         self.head_by_name = {h.name: h for h in self.heads}
