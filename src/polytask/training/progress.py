@@ -129,31 +129,27 @@ def _in_notebook() -> bool:
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 
 
-class BatchBar:
-    """A bar over one epoch's batches; ``advance(n)`` moves it, a no-op when disabled."""
-
-    def __init__(self, update: Callable[[int], None] | None = None) -> None:
-        self._update = update
-
-    def advance(self, completed: int) -> None:
-        if self._update is not None:
-            self._update(completed)
+def _no_bar(completed: int) -> None:
+    """Advancing where no bar is drawn: nothing to do."""
 
 
 @contextmanager
-def batch_bar(enabled: bool, description: str, total: int, start: int) -> Iterator[BatchBar]:
-    """A transient batch bar on a terminal or in a notebook; nothing elsewhere."""
+def batch_bar(
+    enabled: bool, description: str, total: int, start: int
+) -> Iterator[Callable[[int], None]]:
+    """A transient bar over one epoch's batches on a terminal or in a notebook, nothing
+    elsewhere; yields ``advance(completed)``, which moves it."""
     if not enabled or not (_in_notebook() or sys.stderr.isatty()):
-        yield BatchBar()
+        yield _no_bar
         return
     if _in_notebook():
         try:
             from tqdm.auto import tqdm
         except ImportError:
-            yield BatchBar()
+            yield _no_bar
             return
         with tqdm(total=total, initial=start, desc=description, leave=False) as bar:
-            yield BatchBar(lambda n: bar.update(n - bar.n))
+            yield lambda n: bar.update(n - bar.n)
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -165,4 +161,4 @@ def batch_bar(enabled: bool, description: str, total: int, start: int) -> Iterat
         transient=True,
     ) as progress:
         handle = progress.add_task(description, total=total, completed=start)
-        yield BatchBar(lambda n: progress.update(handle, completed=n))
+        yield lambda n: progress.update(handle, completed=n)

@@ -233,7 +233,7 @@ class _Loop:
         state, result, cfg, checkpoints = self.state, self.state.result, self.cfg, self.checkpoints
         self.model.train()
         bar_at = (self.shown, f"epoch {state.epoch}/{cfg.epochs}", self.train.steps, state.position)
-        with batch_bar(*bar_at) as bar:
+        with batch_bar(*bar_at) as advance_bar:
             if state.position == 0 or state.loss_sums is None or state.loss_counts is None:
                 state.loss_sums = torch.zeros(len(self.names), device=self.device)
                 state.loss_counts = torch.zeros(len(self.names), device=self.device)
@@ -271,7 +271,7 @@ class _Loop:
                     result.interrupted = True
                     break
                 if self.shown and state.position % 20 == 0:
-                    bar.advance(state.position)
+                    advance_bar(state.position)
             return time.perf_counter() - began, began
 
     def end_epoch(
