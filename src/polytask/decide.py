@@ -85,7 +85,7 @@ def decide(
     def kpis_of(score: np.ndarray) -> dict[str, float]:
         found: dict[str, float] = {}
         for t in tasks:
-            kpis = model._kpis(t, groups, score, labels[t], k)
+            kpis = model._kpis(groups, score, labels[t], k)
             found.update({f"{t}.{m}": v for m, v in kpis.items()})
         return found
 

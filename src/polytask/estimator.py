@@ -514,14 +514,14 @@ class MultiTaskModel:
         k = self.config.decision.k
         for name in scores:
             if result[name].get("count"):
-                result[name].update(self._kpis(name, groups, scores[name], labels[name], k))
+                result[name].update(self._kpis(groups, scores[name], labels[name], k))
         spec = self._score_spec()
         if spec is not None:
             fused = fused_score(scores, spec, self._task_types(), groups)
             result["score"] = {}
             for name in scores:
                 if result[name].get("count"):
-                    kpis = self._kpis(name, groups, fused, labels[name], k)
+                    kpis = self._kpis(groups, fused, labels[name], k)
                     result["score"].update({f"{name}.{m}": v for m, v in kpis.items()})
         return result
 
@@ -570,11 +570,8 @@ class MultiTaskModel:
         return frame[column].to_numpy()
 
     @staticmethod
-    def _kpis(
-        task: str, groups: np.ndarray, score: np.ndarray, label: np.ndarray, k: int
-    ) -> dict[str, float]:
-        """Grouped ranking metrics of ``task``'s labels under the ranking by ``score``."""
-        del task
+    def _kpis(groups: np.ndarray, score: np.ndarray, label: np.ndarray, k: int) -> dict[str, float]:
+        """Grouped ranking metrics of a task's labels under the ranking by ``score``."""
         kind = "binary" if np.isin(label[~np.isnan(label)], (0.0, 1.0)).all() else "graded"
         found = grouped_metrics(kind, groups, score, label, k)
         return {m: v for m, v in found.items() if not m.endswith("_groups")}

@@ -12,12 +12,11 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import torch
 
 from polytask.data import EncodedData
@@ -85,13 +84,9 @@ def evaluate_split(
     tasks: dict[str, TaskSpec],
     data: EncodedData,
     batch_size: int,
-    *,
-    outputs: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Exact per-task metrics over the whole split; ``outputs`` are the network's outputs on
-    ``data`` when the caller has them already (one forward pass serves both)."""
-    if outputs is None:
-        outputs = predict_outputs(model, data, batch_size)
+    """Exact per-task metrics over the whole split."""
+    outputs = predict_outputs(model, data, batch_size)
     labels = {name: v.cpu().numpy() for name, v in data.labels.items()}  # weights too
     return all_metrics(tasks, outputs, labels)
 
