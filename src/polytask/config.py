@@ -24,6 +24,7 @@ from polytask.data.features import CategoricalFeature, FeaturesConfig, NumericFe
 from polytask.data.stream import StreamConfig
 from polytask.errors import ConfigError, closest
 from polytask.metrics import valid_monitors
+from polytask.modelfile import yaml_problem
 from polytask.models import MODELS, Head
 from polytask.tasks import TASK_TYPES, TaskSpec, task_order, task_type
 from polytask.training.settings import OptimizerConfig, SchedulerConfig, TrainingConfig
@@ -54,6 +55,9 @@ __all__ = [
 DEFAULT_MAX_PARAMETERS = 500_000_000
 """``model.max_parameters`` by default: 2 GiB of float32 weights (about 8 GiB with Adam's
 moments and the gradients)."""
+
+DATA_PATH_KEYS = ("path", "train", "validation", "test", "preprocessor")
+"""The keys of ``data`` that hold paths (resolved against the run file's folder)."""
 
 _RESERVED = {"mean", "loss"}  # monitor names ("mean.auc", "loss") must stay unambiguous
 
@@ -631,7 +635,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(
-                f"override {item!r}: value {text!r} is not valid YAML ({_yaml_problem(err)})"
+                f"override {item!r}: value {text!r} is not valid YAML ({yaml_problem(err)})"
             ) from None
         except ValueError as err:  # an integer of more than 4300 digits
             raise ConfigError(
@@ -641,40 +645,37 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    """A YAML error on one line: where, then what (PyYAML's own text spans several lines)."""
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    context = getattr(err, "context", None)
-    what = f"{context}, {problem}" if context else str(problem)
-    return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark else what
-
-
 def load_run_file(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, Path]:
     """Read, override and validate a YAML run file. Returns the config and the file's folder."""
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"run file {str(p)!r} does not exist")
-    if not p.is_file():
-        raise ConfigError(f"run file {str(p)!r} is not a file")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"run file {str(p)!r} cannot be read as UTF-8 text: {err}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"run file {str(p)!r} is not valid YAML: {_yaml_problem(err)}") from None
-    except ValueError as err:  # an integer of more than 4300 digits
-        raise ConfigError(
-            f"run file {str(p)!r}: a value cannot be read ({str(err).split(';')[0]}); "
-            "numbers in a config must fit in 64 bits"
-        ) from None
+    what = f"run file {str(p)!r}"
+    raw = read_yaml_file(p, what)
     if not isinstance(raw, dict):
-        raise ConfigError(f"run file {str(p)!r}: expected a mapping of sections, found {raw!r}")
+        raise ConfigError(f"{what}: expected a mapping of sections, found {raw!r}")
     raw = apply_overrides(raw, overrides or [])
     base = p.resolve().parent
     _cwd_paths(raw, overrides or [], base)
-    what = f"run file {str(p)!r}"
     return validate(RunConfig, raw, what=what, overrides=overrides or []), base
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """The YAML document of the file at ``path`` (a run file, a search space); every problem
+    reading it is a `ConfigError` that starts with ``what``."""
+    if not path.exists():
+        raise ConfigError(f"{what} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{what} is not a file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{what} cannot be read as UTF-8 text: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} is not valid YAML: {yaml_problem(err)}") from None
+    except ValueError as err:  # an integer of more than 4300 digits
+        raise ConfigError(
+            f"{what}: a value cannot be read ({str(err).split(';')[0]}); "
+            "numbers in a config must fit in 64 bits"
+        ) from None
 
 
 def _cwd_paths(raw: dict[str, Any], overrides: Sequence[str], base: Path) -> None:
@@ -685,7 +686,7 @@ def _cwd_paths(raw: dict[str, Any], overrides: Sequence[str], base: Path) -> Non
     if not isinstance(data, dict):
         return
     keys = {item.partition("=")[0].strip() for item in overrides}
-    for name in ("path", "train", "validation", "test", "preprocessor"):
+    for name in DATA_PATH_KEYS:
         value = data.get(name)
         if not ({"data", f"data.{name}"} & keys) or not isinstance(value, str):
             continue

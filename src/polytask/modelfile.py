@@ -174,8 +174,8 @@ def parse_json(path: Path, data: bytes) -> Any:
         raise ModelFileError(f"{path}: not valid JSON: nested too deeply") from None
 
 
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    """A YAML error on one line: where, then what."""
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: where, then what (PyYAML's own text spans several lines)."""
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
     context = getattr(err, "context", None)
@@ -192,11 +192,11 @@ def parse_yaml(path: Path, data: bytes) -> Any:
         raise ModelFileError(f"{path}: not UTF-8 text: {err.reason}") from None
     except yaml.constructor.ConstructorError as err:
         raise ModelFileError(
-            f"{path}: refused: {_yaml_problem(err)}; a model's config is plain YAML "
+            f"{path}: refused: {yaml_problem(err)}; a model's config is plain YAML "
             "and is read without constructing Python objects"
         ) from None
     except yaml.YAMLError as err:
-        raise ModelFileError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+        raise ModelFileError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
     except RecursionError:
         raise ModelFileError(f"{path}: not valid YAML: nested too deeply") from None
     except ValueError as err:  # e.g. an integer of more than 4300 digits

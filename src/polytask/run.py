@@ -20,7 +20,7 @@ import yaml
 
 from polytask import modelfile
 from polytask._atomic import atomic_write_text, clean_stale, leftover_pattern
-from polytask.config import DataConfig, RunConfig, SplitConfig
+from polytask.config import DATA_PATH_KEYS, DataConfig, RunConfig, SplitConfig
 from polytask.data import read_table
 from polytask.data.io import is_parquet
 from polytask.errors import (
@@ -126,9 +126,6 @@ def load_splits(
 def is_parquet_source(path: str) -> bool:
     """A Parquet file, a directory (of Parquet files) or a glob pattern."""
     return any(c in path for c in "*?[") or is_parquet(path)
-
-
-DATA_PATH_KEYS = ("path", "train", "validation", "test", "preprocessor")
 
 
 def run_config_dump(cfg: RunConfig, base: Path) -> dict[str, Any]:

@@ -37,9 +37,9 @@ from polytask._atomic import atomic_write_text
 from polytask._schema import Strict
 from polytask.config import (
     RunConfig,
-    _yaml_problem,
     format_validation_error,
     load_run_file,
+    read_yaml_file,
 )
 from polytask.errors import (
     ConfigError,
@@ -103,16 +103,8 @@ def load_space(
     path: str | Path, run_file: str | Path, overrides: Sequence[str] = ()
 ) -> dict[str, Dimension]:
     """Read and check a search-space file against ``run_file`` (with ``overrides``)."""
-    p = Path(path)
-    what = f"search space {str(p)!r}"
-    if not p.is_file():
-        raise ConfigError(f"{what} does not exist (or is not a file)")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{what} cannot be read as UTF-8 text: {err}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{what} is not valid YAML: {_yaml_problem(err)}") from None
+    what = f"search space {str(path)!r}"
+    raw = read_yaml_file(Path(path), what)
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(
             f"{what}: expected a mapping of run-file keys to ranges "
