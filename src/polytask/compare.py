@@ -29,7 +29,7 @@ from polytask._atomic import atomic_write_text
 from polytask.config import EstimatorConfig, ModelConfig, RunConfig, TaskConfig, validate
 from polytask.errors import ConfigError, MissingExtraError, PolytaskError, closest
 from polytask.metrics import HIGHER_IS_BETTER
-from polytask.tasks import task_type
+from polytask.tracking import task_monitor_metrics
 
 SINGLE_TASK = "single_task"
 """The baseline: one model per task, a shared-bottom network with the run's tower and input
@@ -172,12 +172,9 @@ def run_configs(
 def primary_metrics(cfg: EstimatorConfig) -> dict[str, str]:
     """Each task's compared metric: the monitor's (``mean.auc``, ``income.auc``) where the
     task reports it and it is not a loss, else the task type's usual one."""
-    metric = cfg.training.monitor.rpartition(".")[2]
-    kinds = {name: task_type(t) for name, t in cfg.task_specs().items()}
-    return {
-        name: metric if metric in kind.metrics and metric != "loss" else kind.primary_metric
-        for name, kind in kinds.items()
-    }
+    monitor = cfg.training.monitor
+    loss = monitor.rpartition(".")[2] == "loss"  # no task reports a metric named ""
+    return task_monitor_metrics(cfg.task_specs(), "" if loss else monitor)
 
 
 # ------------------------------------------------------------------------------ running

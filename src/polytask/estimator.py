@@ -826,7 +826,7 @@ class MultiTaskModel:
                     f"{weights_file}: tensor {name!r} holds NaN or infinite values; a model "
                     "with non-finite weights predicts garbage"
                 )
-        network = build_network(config, pre)
+        network = _build_network(config, pre)  # planned above
         try:
             weighting = build_weighting(config)
         except MissingExtraError as err:

@@ -123,8 +123,6 @@ def _ndcg_at_k(
     if (y < 0).any():
         raise ValueError("NDCG gains are the labels and must be >= 0; found a negative label")
     name = f"ndcg@{k}"
-    if y.size == 0:
-        return {name: float("nan"), f"{name}_groups": 0.0, f"{name}_skipped_groups": 0.0}
     discount = 1.0 / np.log2(np.arange(2, y.size + 2, dtype=np.float64))
 
     def dcg(order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,8 +148,6 @@ def _recall_at_k(
     if y.size and not np.isin(y, (0.0, 1.0)).all():
         raise ValueError("recall@k needs 0/1 labels")
     name = f"recall@{k}"
-    if y.size == 0:
-        return {name: float("nan"), f"{name}_groups": 0.0, f"{name}_skipped_groups": 0.0}
     order = _ranked(codes, s)
     g = codes[order]
     starts = _starts(g)
