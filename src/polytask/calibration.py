@@ -118,11 +118,6 @@ def fit_calibrator(method: str, logit: np.ndarray, label: np.ndarray) -> Calibra
     raise ValueError(f"unknown calibration method {method!r}; expected one of {list(METHODS)}")
 
 
-def _equal_mass_bins(p: np.ndarray, bins: int) -> list[np.ndarray]:
-    order = np.argsort(p, kind="stable")
-    return [b for b in np.array_split(order, min(bins, p.size)) if b.size]
-
-
 def reliability_curve(
     prob: np.ndarray, label: np.ndarray, bins: int = 10
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -134,7 +129,8 @@ def reliability_curve(
     if p.size == 0:
         empty = np.zeros(0)
         return empty, empty, empty
-    parts = _equal_mass_bins(p, bins)
+    order = np.argsort(p, kind="stable")
+    parts = [b for b in np.array_split(order, min(bins, p.size)) if b.size]
     mean_p = np.array([p[b].mean() for b in parts])
     rate = np.array([y[b].mean() for b in parts])
     count = np.array([b.size for b in parts], dtype=np.float64)

@@ -72,7 +72,7 @@ def decide(
     groups = model._group_column(frame, column, "decision data")
     encoded = model.encode(frame, labels=True, what="decision data")
     scores = model._task_scores(model._raw_outputs(encoded))
-    labels = model._label_values(encoded)  # in the labels' own units
+    labels = model._unscaled({k: v.cpu().numpy() for k, v in encoded.labels.items()})
     tasks = [t for t in scores if (~np.isnan(labels[t])).any()]
     if not tasks:
         raise DataError("decision data: no binary, regression or count task has labels here")

@@ -525,12 +525,9 @@ class MultiTaskModel:
                     result["score"].update({f"{name}.{m}": v for m, v in kpis.items()})
         return result
 
-    def _label_values(self, encoded: EncodedData) -> dict[str, np.ndarray]:
+    def _unscaled(self, encoded_labels: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each task's encoded labels in the label's own units (label scaling undone), float64
         with NaN where missing."""
-        return self._unscaled({k: v.cpu().numpy() for k, v in encoded.labels.items()})
-
-    def _unscaled(self, encoded_labels: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         labels = {k: v.astype(np.float64) for k, v in encoded_labels.items()}
         for name, task in self.preprocessor_.tasks.items():
             labels[name] = labels[name] * task.label_scale + task.label_shift

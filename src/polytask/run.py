@@ -475,7 +475,6 @@ def fit_preprocessor_to(cfg: RunConfig, base: Path, out: Path) -> dict[str, Any]
     ``training.stream`` the fit streams (``data.train`` a Parquet file, directory or glob);
     under torchrun it is sharded over the ranks and rank 0 writes. Returns a summary."""
     import torch
-    import torch.distributed as dist
 
     from polytask.data import Preprocessor
     from polytask.data.prefit import save_fitted
@@ -489,16 +488,15 @@ def fit_preprocessor_to(cfg: RunConfig, base: Path, out: Path) -> dict[str, Any]
     if stream is not None:
         assert isinstance(splits.train, Path)  # a streamed training set is not read here
         group = join_process_group(torch.device("cpu"))
-        chunk_rows = stream.chunk_rows
-        if group is None:
-            fit_preprocessor_streaming(pre, splits.train, chunk_rows=chunk_rows)
-        else:
-            shard = (group.rank, group.world_size)
-            fit_preprocessor_streaming(
-                pre, splits.train, chunk_rows=chunk_rows, shard=shard, gather=gather_counts
-            )
-        rows = ParquetSet(splits.train, []).rows
         processes = 1 if group is None else group.world_size
+        fit_preprocessor_streaming(
+            pre,
+            splits.train,
+            chunk_rows=stream.chunk_rows,
+            shard=(0, 1) if group is None else (group.rank, processes),
+            gather=None if group is None else gather_counts,
+        )
+        rows = ParquetSet(splits.train, []).rows
     else:
         frame = splits.train
         assert isinstance(frame, pd.DataFrame)
@@ -507,8 +505,7 @@ def fit_preprocessor_to(cfg: RunConfig, base: Path, out: Path) -> dict[str, Any]
     source = str(_resolve(base, cfg.data.train or cfg.data.path or ""))
     if is_main_process():
         save_fitted(pre, out, rows=rows, source=source)
-    if dist.is_available() and dist.is_initialized():
-        barrier()
+    barrier()
     return {
         "rows": rows,
         "processes": processes,
