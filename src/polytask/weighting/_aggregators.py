@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
 from polytask.errors import MissingExtraError, install_hint
@@ -149,14 +149,10 @@ class Aggregation(GradientWeighting):
         return f"{self.name}: {self.aggregator!r}"
 
 
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # The presets: one function per registry name, ``build(tasks=..., params=...)``.
 
 
-class ProjectionParams(_Params):
+class ProjectionParams(NoParams):
     pref_vector: dict[str, float] | None = Field(
         default=None, description="task -> preference; default uniform"
     )
@@ -185,7 +181,7 @@ def dualproj(*, tasks: Mapping[str, TaskSpec], params: ProjectionParams) -> Aggr
     return Aggregation(tasks=tasks, aggregator=aggregator, name="dualproj")
 
 
-class MGDAParams(_Params):
+class MGDAParams(NoParams):
     epsilon: float = Field(default=1e-3, gt=0, description="stop when the step falls below this")
     max_iters: int = Field(default=100, ge=1)
 
@@ -205,7 +201,7 @@ def pcgrad(*, tasks: Mapping[str, TaskSpec], params: NoParams) -> Aggregation:
     return Aggregation(tasks=tasks, aggregator=agg.PCGrad(), name="pcgrad")
 
 
-class CAGradParams(_Params):
+class CAGradParams(NoParams):
     c: float = Field(
         default=0.4, ge=0, description="radius of the ball around the mean gradient (paper: 0.4)"
     )
@@ -228,7 +224,7 @@ def imtl_g(*, tasks: Mapping[str, TaskSpec], params: NoParams) -> Aggregation:
     return Aggregation(tasks=tasks, aggregator=agg.IMTLG(), name="imtl_g")
 
 
-class AlignedMTLParams(_Params):
+class AlignedMTLParams(NoParams):
     pref_vector: dict[str, float] | None = Field(
         default=None, description="task -> preference; default uniform"
     )
@@ -246,7 +242,7 @@ def aligned_mtl(*, tasks: Mapping[str, TaskSpec], params: AlignedMTLParams) -> A
     return Aggregation(tasks=tasks, aggregator=aggregator, name="aligned_mtl")
 
 
-class NashMTLParams(_Params):
+class NashMTLParams(NoParams):
     max_norm: float = Field(default=1.0, ge=0, description="clip ||J^T w||; 0 disables")
     update_weights_every: int = Field(default=1, ge=1, description="re-solve every n steps")
     optim_niter: int = Field(default=20, ge=1, description="solver iterations")
@@ -266,7 +262,7 @@ def nash_mtl(*, tasks: Mapping[str, TaskSpec], params: NashMTLParams) -> Aggrega
     return Aggregation(tasks=tasks, aggregator=aggregator, name="nash_mtl")
 
 
-class GradVacParams(_Params):
+class GradVacParams(NoParams):
     beta: float = Field(default=0.5, ge=0, le=1, description="EMA decay of the target cosines")
     eps: float = Field(default=1e-8, ge=0)
 
@@ -279,7 +275,7 @@ def gradvac(*, tasks: Mapping[str, TaskSpec], params: GradVacParams) -> Aggregat
     return Aggregation(tasks=tasks, aggregator=aggregator, name="gradvac")
 
 
-class GradDropParams(_Params):
+class GradDropParams(NoParams):
     leak: dict[str, float] | None = Field(
         default=None, description="task -> fraction of its gradient kept whatever the sign"
     )
@@ -293,7 +289,7 @@ def graddrop(*, tasks: Mapping[str, TaskSpec], params: GradDropParams) -> Aggreg
     return Aggregation(tasks=tasks, aggregator=agg.GradDrop(leak=leak), name="graddrop")
 
 
-class ConFIGParams(_Params):
+class ConFIGParams(NoParams):
     pref_vector: dict[str, float] | None = Field(
         default=None, description="task -> preference; default 1 each"
     )
@@ -307,7 +303,7 @@ def conflict_free(*, tasks: Mapping[str, TaskSpec], params: ConFIGParams) -> Agg
     return Aggregation(tasks=tasks, aggregator=agg.ConFIG(pref), name="config")
 
 
-class FairGradParams(_Params):
+class FairGradParams(NoParams):
     alpha: float = Field(
         default=1.0, gt=0, description="alpha-fairness: 1 proportional fairness, large max-min"
     )
@@ -321,7 +317,7 @@ def fairgrad(*, tasks: Mapping[str, TaskSpec], params: FairGradParams) -> Aggreg
     return Aggregation(tasks=tasks, aggregator=aggregator, name="fairgrad")
 
 
-class ExcessMTLParams(_Params):
+class ExcessMTLParams(NoParams):
     robust_step_size: float = Field(default=1.0, gt=0, description="exponentiated-gradient step")
     n_warmup_steps: int = Field(default=0, ge=0, description="uniform-weight steps first")
 
