@@ -20,15 +20,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
 from polytask.tasks import TaskSpec
-from polytask.weighting.base import Weighting
+from polytask.weighting.base import NoParams, Weighting
 
 
-class DWAParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DWAParams(NoParams):
     temperature: float = Field(
         default=2.0, gt=0, description="T: larger spreads the weights less (paper: 2)"
     )

@@ -17,19 +17,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from polytask.tasks import TaskSpec
-from polytask.weighting.base import GradientUpdate, GradientWeighting
+from polytask.weighting.base import GradientUpdate, GradientWeighting, NoParams
 
 _MIN_WEIGHT = 1e-4
 """Floor applied before renormalising: a weight pushed to or below zero would switch its task
 off or reverse its loss (the paper relies on small steps to avoid this)."""
 
 
-class GradNormParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class GradNormParams(NoParams):
     alpha: float = Field(
         default=1.5, ge=0, description="strength of the pull toward equal training rates"
     )

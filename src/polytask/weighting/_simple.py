@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
 from polytask.tasks import TaskSpec
@@ -25,8 +25,7 @@ class Sum(Weighting):
         return loss
 
 
-class WeightedParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class WeightedParams(NoParams):
     weights: dict[str, float] = Field(
         default_factory=dict, description="task -> weight; tasks left out use their `weight`"
     )

@@ -16,15 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from polytask.tasks import TaskSpec, task_type
-from polytask.weighting.base import Weighting
+from polytask.weighting.base import NoParams, Weighting
 
 
-class UncertaintyParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class UncertaintyParams(NoParams):
     init_log_var: float = 0.0
     clamp: tuple[float, float] | None = Field(
         default=None, description="(min, max) bounds for s = log sigma^2"

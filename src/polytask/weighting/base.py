@@ -19,6 +19,8 @@ from polytask.tasks import TaskSpec
 
 
 class NoParams(BaseModel):
+    """No parameters; also the base of every weighting's parameters (unknown keys refused)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
