@@ -228,7 +228,7 @@ class FeatureInput(nn.Module):
                 parts.append(self._pool(spec, lists[spec.name], singles))
         if self.numeric is not None:
             parts.append(self.numeric(numeric))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return concat(parts, dim=1)
 
     def _table(self, spec: ListInput) -> tuple[Tensor, int]:
         """The weight a list column looks its values up in, and the offset of its rows."""
@@ -395,11 +395,9 @@ class ExpertBank(nn.Module):
             h = h.view(x.shape[0], w0.shape[0], w0.shape[2]).transpose(0, 1)
         else:
             h = torch.baddbmm(biases[0], x, w0)
-        if first.norm == "batch":
-            h = ExpertBank._normalise(banks, 0, h)
-        h = first._activate(h)
-        for i, (w, b) in enumerate(zip(weights[1:], biases[1:], strict=True), start=1):
-            h = torch.baddbmm(b, h, w)
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            if i > 0:
+                h = torch.baddbmm(b, h, w)
             if first.norm == "batch":
                 h = ExpertBank._normalise(banks, i, h)
             h = first._activate(h)

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from polytask.data import LABEL_PREFIX, Batch, EncodedData
-from polytask.data.stream import SplitShard
+from polytask.data.stream import SplitShard, share
 from polytask.errors import ConfigError, DataError
 from polytask.metrics import all_metrics
 from polytask.models import MultiTaskNet
@@ -112,7 +112,7 @@ def join_process_group(device: torch.device) -> ProcessGroup | None:
 
 def barrier() -> None:
     """Wait for every process of the group (a no-op in a single process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if current_group() is not None:
         dist.barrier()
 
 
@@ -343,10 +343,7 @@ class DistributedTraining(Reduction):
 
     def _gather_rows(self, mine: np.ndarray, n: int) -> np.ndarray:
         """This rank's block of rows -> all ``n`` rows in order (blocks padded to one size)."""
-        sizes = [
-            hi - lo
-            for lo, hi in (shard_bounds(n, r, self.world_size) for r in range(self.world_size))
-        ]
+        sizes = [share(n, r, self.world_size) for r in range(self.world_size)]
         local = torch.from_numpy(mine).to(self.device)
         padded = torch.zeros((max(sizes), *local.shape[1:]), dtype=local.dtype, device=self.device)
         padded[: len(local)] = local
