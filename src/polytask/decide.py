@@ -41,11 +41,6 @@ class Decision:
     maximize: str
 
 
-def _primary(model: MultiTaskModel, task: str) -> str:
-    kind = model.config.tasks[task].type
-    return f"{task}.gauc" if kind == "binary" else f"{task}.ndcg@{model.config.decision.k}"
-
-
 def decide(
     model: MultiTaskModel,
     data: Any,
@@ -97,8 +92,9 @@ def decide(
         return kpis_of(fused_score(scores, spec, types, groups))
 
     front = list(dict.fromkeys([maximize, *(c.kpi for c in constraints)]))
-    if len(front) < 2:
-        front = list(dict.fromkeys([*front, *(_primary(model, t) for t in tasks)]))
+    if len(front) < 2:  # then each task's primary KPI too
+        primary = [f"{t}.gauc" if types[t] == "binary" else f"{t}.ndcg@{k}" for t in tasks]
+        front = list(dict.fromkeys([*front, *primary]))
     try:
         table, chosen = search_weights(
             evaluate,

@@ -700,8 +700,7 @@ class MultiTaskModel:
         model's) and the fused ``score``; ``logits`` are the network's raw outputs (torch's
         or the ONNX graph's: the same)."""
         for name, cal in self.calibrators_.items():
-            raw = frame[name].to_numpy(dtype=np.float64)
-            frame[f"{name}.raw"] = raw
+            frame[f"{name}.raw"] = frame[name].to_numpy(dtype=np.float64)
             frame[name] = cal(logits[name])
         spec = self._score_spec()
         if spec is not None:
