@@ -211,31 +211,23 @@ class HoME(MultiTaskNet):
 
     def body_groups(self) -> dict[str, list[nn.Parameter]]:
         fg = list(self.feature_gates) if self.feature_gates is not None else []
-
-        def fg_params(i: int) -> list[nn.Parameter]:
-            return list(fg[i].parameters()) if fg else []
-
+        # Meta bank i, its feature gates and the task-level bank of the same experts: the
+        # shared ones (i = 0), then category i - 1's.
+        task_level = [self.shared_experts, *self.category_experts]
+        names = ["experts", *(f"experts.category.{c}" for c in self.categories)]
         groups: dict[str, list[nn.Parameter]] = {
-            "experts": [
-                *self.meta_experts[0].parameters(),
-                *fg_params(0),
-                *self.shared_experts.parameters(),
+            name: [
+                *self.meta_experts[i].parameters(),
+                *(fg[i].parameters() if fg else []),
+                *task_level[i].parameters(),
             ]
+            for i, name in enumerate(names)
         }
-        for c, name in enumerate(self.categories):
-            groups[f"experts.category.{name}"] = [
-                *self.meta_experts[1 + c].parameters(),
-                *fg_params(1 + c),
-                *self.category_experts[c].parameters(),
-            ]
         for k, name in enumerate(self.task_names):
             groups[f"experts.{name}"] = list(self.task_experts[k].parameters())
         groups["gates"] = list(self.meta_shared_gate.parameters())
         for c, name in enumerate(self.categories):
-            groups[f"gates.category.{name}"] = [
-                self.meta_gates.weight[c],
-                self.meta_gates.bias[c],
-            ]
+            groups[f"gates.category.{name}"] = [self.meta_gates.weight[c], self.meta_gates.bias[c]]
         for k, name in enumerate(self.task_names):
             own = [self.task_gates.weight[k], self.task_gates.bias[k]]
             if self.self_gates is not None:
