@@ -59,10 +59,6 @@ class GateNU(nn.Module):
         return self.scale * torch.sigmoid(self.out(torch.relu(self.hidden(x))))
 
 
-def _linears(tower: nn.Module) -> list[nn.Linear]:
-    return [m for m in tower.modules() if isinstance(m, nn.Linear)]
-
-
 class PEPNet(MultiTaskNet):
     """PEPNet (Chang et al., KDD 2023): EPNet on the feature input, then one tower per task
     whose every layer input is scaled by that task's PPNet gate.
@@ -105,12 +101,10 @@ class PEPNet(MultiTaskNet):
         gate_in = len(prior) + (inputs.out_dim if params.gate_context else 0)
         hidden, scale = params.gate_units, params.gate_scale
         self.epnet = GateNU(gate_in, hidden, len(inputs.fields), scale)
-        self.ppnet = nn.ModuleDict(
-            {
-                name: GateNU(gate_in, hidden, sum(m.in_features for m in _linears(tower)), scale)
-                for name, tower in self.towers.items()
-            }
-        )
+        self.ppnet = nn.ModuleDict()
+        for name, tower in self.towers.items():  # a scale per input unit of each linear layer
+            width = sum(m.in_features for m in tower.modules() if isinstance(m, nn.Linear))
+            self.ppnet[name] = GateNU(gate_in, hidden, width, scale)
 
     _field_of: Tensor
     _prior: Tensor
@@ -143,10 +137,8 @@ class PEPNet(MultiTaskNet):
         return h
 
     def body_groups(self) -> dict[str, list[nn.Parameter]]:
-        groups = {"gates": list(self.epnet.parameters())}
-        for name in self.task_names:
-            groups[f"gates.{name}"] = list(self.ppnet[name].parameters())
-        return groups
+        ppnet = {f"gates.{n}": list(self.ppnet[n].parameters()) for n in self.task_names}
+        return {"gates": list(self.epnet.parameters()), **ppnet}
 
     def last_shared_layer(self) -> list[nn.Parameter]:
         """EPNet's output layer: the last parameters every task's loss reaches."""
