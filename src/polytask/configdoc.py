@@ -71,18 +71,12 @@ def _model_class(annotation: Any) -> tuple[type[BaseModel] | None, str]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, ""
     origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is list and args:
-        model, suffix = _model_class(args[0])
-        return model, "[]" + suffix
-    if origin is dict and len(args) == 2:
-        model, suffix = _model_class(args[1])
-        return model, ".<name>" + suffix
-    if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            model, suffix = _model_class(arg)
-            if model is not None:
-                return model, suffix
+    if origin not in (list, dict, typing.Union, types.UnionType):
+        return None, ""
+    for arg in typing.get_args(annotation):  # a dict's keys are never models
+        model, suffix = _model_class(arg)
+        if model is not None:
+            return model, {list: "[]", dict: ".<name>"}.get(origin, "") + suffix
     return None, ""
 
 
