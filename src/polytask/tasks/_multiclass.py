@@ -65,12 +65,8 @@ class Multiclass(TaskType):
     ) -> dict[str, Any]:
         assert classes is not None
         p = softmax(output.reshape(-1, len(classes)))  # 0 rows: a flat array
-        columns: dict[str, Any] = {
-            name: np.asarray(classes, dtype=object)[p.argmax(axis=1)],
-        }
-        for j, cls in enumerate(classes):
-            columns[f"{name}.proba.{cls}"] = p[:, j]
-        return columns
+        probas = {f"{name}.proba.{cls}": p[:, j] for j, cls in enumerate(classes)}
+        return {name: np.asarray(classes, dtype=object)[p.argmax(axis=1)], **probas}
 
     def evaluate(
         self, spec: TaskSpec, output: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None
