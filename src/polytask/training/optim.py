@@ -25,11 +25,10 @@ _OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
-def _lookup(patterns: Mapping[str, float], group: str) -> float | None:
-    for pattern, value in patterns.items():
-        if fnmatch.fnmatchcase(group, pattern):
-            return value
-    return None
+def _lookup(patterns: Mapping[str, float], group: str, default: float) -> float:
+    """The value of the first pattern that matches ``group``, else ``default``."""
+    matches = (v for pattern, v in patterns.items() if fnmatch.fnmatchcase(group, pattern))
+    return next(matches, default)
 
 
 def _check_patterns(patterns: Mapping[str, float], groups: list[str], key: str) -> None:
@@ -48,18 +47,15 @@ def build_optimizer(
     names = list(groups)
     _check_patterns(cfg.group_lr, names, "group_lr")
     _check_patterns(cfg.group_weight_decay, names, "group_weight_decay")
-    param_groups: list[dict[str, Any]] = []
-    for name, params in groups.items():
-        lr = _lookup(cfg.group_lr, name)
-        wd = _lookup(cfg.group_weight_decay, name)
-        param_groups.append(
-            {
-                "params": params,
-                "name": name,
-                "lr": cfg.lr if lr is None else lr,
-                "weight_decay": cfg.weight_decay if wd is None else wd,
-            }
-        )
+    param_groups = [
+        {
+            "params": params,
+            "name": name,
+            "lr": _lookup(cfg.group_lr, name, cfg.lr),
+            "weight_decay": _lookup(cfg.group_weight_decay, name, cfg.weight_decay),
+        }
+        for name, params in groups.items()
+    ]
     kwargs: dict[str, Any] = {"lr": cfg.lr}
     if cfg.name == "sgd":
         kwargs["momentum"] = cfg.momentum

@@ -19,6 +19,7 @@ step as a `TrainingError` naming ``training.compile``, never as a bare dynamo tr
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
@@ -39,12 +40,9 @@ def autocast_context(
         return contextlib.nullcontext
     if precision != "bf16":
         raise ValueError(f"training.precision: expected 'fp32' or 'bf16', found {precision!r}")
-    device_type = torch.device(device).type
-
-    def ctx() -> contextlib.AbstractContextManager[Any]:
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-
-    return ctx
+    return functools.partial(
+        torch.autocast, device_type=torch.device(device).type, dtype=torch.bfloat16
+    )
 
 
 class TrainNet(nn.Module):
