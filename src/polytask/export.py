@@ -323,13 +323,6 @@ _CACHE: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], OnnxGraph]] = (
 )
 
 
-def _weights_version(network: nn.Module) -> tuple[Any, ...]:
-    """Identity and in-place version of every parameter and buffer: changes when the weights
-    do (an optimizer step, load_state_dict). ``keep_vars``: the tensors themselves, whose ids
-    are stable, not detached copies."""
-    return tuple((id(t), t._version) for t in network.state_dict(keep_vars=True).values())
-
-
 def graph_for(
     model: MultiTaskModel,
     onnx_file: str | os.PathLike[str] | None,
@@ -341,11 +334,12 @@ def graph_for(
     ``threads``: onnxruntime's intra-op threads (default: torch's, so both backends run
     with the same)."""
     threads = threads or torch.get_num_threads()
-    key = (
-        _weights_version(model.network_),
-        None if onnx_file is None else str(onnx_file),
-        threads,
-    )
+    # The identity and in-place version of every parameter and buffer change when the weights
+    # do (an optimizer step, load_state_dict); keep_vars: the tensors themselves, whose ids are
+    # stable, not detached copies.
+    tensors = model.network_.state_dict(keep_vars=True).values()
+    weights = tuple((id(t), t._version) for t in tensors)
+    key = (weights, None if onnx_file is None else str(onnx_file), threads)
     cached = _CACHE.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]

@@ -171,12 +171,6 @@ RUN_FILES = ("model", "metrics.json", "config.yaml", "checkpoints", "history.csv
 it never touches anything else there."""
 
 
-def _is_leftover(name: str) -> bool:
-    """Whether ``name`` is what a killed write of one of `RUN_FILES` left in a run folder
-    (`polytask._atomic.leftover_pattern`)."""
-    return any(leftover_pattern(f).fullmatch(name) for f in RUN_FILES)
-
-
 def _written_by_polytask(path: Path) -> bool:
     """Whether ``path`` (one of `RUN_FILES` in a run folder) is something polytask wrote.
     Files of runs from before run ids are recognised by their shape."""
@@ -224,7 +218,10 @@ def prepare_output(out: Path, *, overwrite: bool = False, resume: bool = False) 
         with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
         raise OutputError(f"cannot write in {where}: {os_reason(err)}") from None
-    present = sorted(e.name for e in out.iterdir() if not _is_leftover(e.name))
+    leftovers = [leftover_pattern(f) for f in RUN_FILES]  # what killed writes of them left
+    present = sorted(
+        e.name for e in out.iterdir() if not any(p.fullmatch(e.name) for p in leftovers)
+    )
     if present and not (overwrite or resume):
         shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
         raise OutputError(
@@ -478,7 +475,7 @@ def fit_preprocessor_to(cfg: RunConfig, base: Path, out: Path) -> dict[str, Any]
 
     from polytask.data import Preprocessor
     from polytask.data.prefit import save_fitted
-    from polytask.data.stream import ParquetSet, fit_preprocessor_streaming
+    from polytask.data.stream import fit_preprocessor_streaming
     from polytask.training.distributed import join_process_group
     from polytask.training.inputs import gather_counts
 
@@ -496,7 +493,7 @@ def fit_preprocessor_to(cfg: RunConfig, base: Path, out: Path) -> dict[str, Any]
             shard=(0, 1) if group is None else (group.rank, processes),
             gather=None if group is None else gather_counts,
         )
-        rows = ParquetSet(splits.train, []).rows
+        rows = count_rows(splits.train)
     else:
         frame = splits.train
         assert isinstance(frame, pd.DataFrame)
