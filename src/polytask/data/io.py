@@ -17,7 +17,6 @@ import pyarrow as pa
 
 from polytask.errors import DataError
 
-TableLike = pd.DataFrame | str | os.PathLike[str]
 TableFormat = Literal["csv", "tsv", "parquet"]
 
 _FORMATS = ("csv", "parquet")

@@ -139,15 +139,13 @@ class AlternateBatches:
     def epoch(self) -> Iterator[tuple[str, Batch]]:
         sizes = {k: len(d) for k, d in self.datasets.items()}
         start, self._resume_at = self._resume_at, None
+        generator = self.generator
         if start is None:
-            self._sequence_start = self.generator.get_state()
-            sequence = task_sequence(sizes, self.steps, self.sampling, self.generator)
-            start = 0
-        else:
+            self._sequence_start, start = generator.get_state(), 0
+        else:  # the saved epoch's sequence, drawn again from its saved state
             assert self._sequence_start is not None
-            replay = torch.Generator().set_state(self._sequence_start)
-            sequence = task_sequence(sizes, self.steps, self.sampling, replay)
-        for task in sequence[start:]:
+            generator = torch.Generator().set_state(self._sequence_start)
+        for task in task_sequence(sizes, self.steps, self.sampling, generator)[start:]:
             yield task, self.streams[task].next()
 
     @property
