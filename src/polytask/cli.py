@@ -262,11 +262,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from polytask.data import write_table
     from polytask.estimator import MultiTaskModel
+    from polytask.export import ONNX_FILE
 
     model = MultiTaskModel.load(args.model_dir)
     if args.group is not None:
         model.config.decision.group = args.group
-    backend = _backend_options(args)
+    backend: dict[str, Any] = {}
+    if args.backend == "onnx":  # MODEL_DIR/model.onnx unless --onnx-file names another graph
+        onnx_file = args.onnx_file or str(Path(args.model_dir) / ONNX_FILE)
+        backend = {"backend": "onnx", "onnx_file": onnx_file}
+    elif args.onnx_file is not None:
+        raise PolytaskError("--onnx-file is read by --backend onnx only")
     # A file streams chunk by chunk whatever its format, so memory stays flat in its rows;
     # a model with decision.group scores each group as a whole, so it reads the file whole.
     whole = model.config.decision.group is not None and args.chunk_rows is None
@@ -280,19 +286,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     write_table(predictions, args.output)
     print(f"wrote {len(predictions)} rows x {predictions.shape[1]} columns to {args.output}")
     return 0
-
-
-def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`predict`'s backend arguments: the onnx backend reads MODEL_DIR/model.onnx unless
-    --onnx-file names another graph."""
-    if args.backend == "torch":
-        if args.onnx_file is not None:
-            raise PolytaskError("--onnx-file is read by --backend onnx only")
-        return {}
-    from polytask.export import ONNX_FILE
-
-    onnx_file = args.onnx_file or str(Path(args.model_dir) / ONNX_FILE)
-    return {"backend": "onnx", "onnx_file": onnx_file}
 
 
 def cmd_export(args: argparse.Namespace) -> int:

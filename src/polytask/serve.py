@@ -96,10 +96,11 @@ class Service:
         )
         empty = self.model.predict(pd.DataFrame({c: [] for c in self.columns}))
         self.outputs = [str(c) for c in empty.columns]
+        classes = self.model.preprocessor_.classes_
         self._metadata = {
             "model": self.model.config.model.name,
             "tasks": {
-                name: {"type": t.type, **self._classes(name)}
+                name: {"type": t.type, **({"classes": classes[name]} if name in classes else {})}
                 for name, t in self.model.config.tasks.items()
             },
             "features": self.kinds,
@@ -112,10 +113,6 @@ class Service:
         }
         if backend == "onnx":
             self._metadata["onnx_contract_version"] = CONTRACT_VERSION
-
-    def _classes(self, task: str) -> dict[str, Any]:
-        classes = self.model.preprocessor_.classes_.get(task)
-        return {"classes": classes} if classes is not None else {}
 
     def metadata(self) -> dict[str, Any]:
         return self._metadata
