@@ -250,11 +250,7 @@ def tune(
         settings = [f"{k}={json.dumps(v)}" for k, v in values.items()]
         run, _ = load_run_file(run_file, [*overrides, *settings, "training.progress=false"])
         settings_of[trial.number] = settings
-        key = json.dumps(
-            [run.features.model_dump(mode="json"), {t: c.model_dump(mode="json")
-                                                     for t, c in run.tasks.items()}],
-            sort_keys=True,
-        )  # fmt: skip
+        key = json.dumps(run.model_dump(mode="json", include={"features", "tasks"}), sort_keys=True)
         if key not in encoded:
             pre = Preprocessor(features=run.features, tasks=run.task_specs())
             train = pre.fit_transform(train_table, labels=True, what="training set")
