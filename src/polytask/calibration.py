@@ -28,23 +28,6 @@ from polytask.tasks import sigmoid
 METHODS: tuple[str, ...] = ("isotonic", "platt", "temperature")
 
 
-def _labelled(logit: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    z = np.asarray(logit, dtype=np.float64).ravel()
-    y = np.asarray(label, dtype=np.float64).ravel()
-    if z.shape != y.shape:
-        raise ValueError(f"logits and labels differ in length: {z.size} vs {y.size}")
-    keep = ~np.isnan(y)
-    z, y = z[keep], y[keep]
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("calibration needs 0/1 labels")
-    if y.size == 0 or y.min() == y.max():
-        raise ValueError(
-            f"calibration needs both classes among the labelled rows; found {int(y.size)} rows "
-            f"with {int(y.sum())} positive"
-        )
-    return z, y
-
-
 @dataclass
 class Calibrator:
     """A fitted monotone map from logit to probability; see the module docstring."""
@@ -85,7 +68,19 @@ class Calibrator:
 
 def fit_calibrator(method: str, logit: np.ndarray, label: np.ndarray) -> Calibrator:
     """Fit ``method`` on validation logits and 0/1 labels (NaN labels are left out)."""
-    z, y = _labelled(logit, label)
+    z = np.asarray(logit, dtype=np.float64).ravel()
+    y = np.asarray(label, dtype=np.float64).ravel()
+    if z.shape != y.shape:
+        raise ValueError(f"logits and labels differ in length: {z.size} vs {y.size}")
+    keep = ~np.isnan(y)
+    z, y = z[keep], y[keep]
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("calibration needs 0/1 labels")
+    if y.size == 0 or y.min() == y.max():
+        raise ValueError(
+            f"calibration needs both classes among the labelled rows; found {int(y.size)} rows "
+            f"with {int(y.sum())} positive"
+        )
     if method == "temperature":
         from scipy.optimize import minimize_scalar
 
