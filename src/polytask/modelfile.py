@@ -256,11 +256,7 @@ def check_schema(path: Path, schema: type[BaseModel], raw: Any) -> Any:
     try:
         return schema.model_validate(raw, strict=True)
     except ValidationError as err:
-        raise ModelFileError(f"{path}: {_first_problem(err)}") from None
-
-
-def _first_problem(err: ValidationError) -> str:
-    problems = err.errors()
+        problems = err.errors()
     e = problems[0]
     key = ".".join(str(x) for x in e["loc"]) or "(top level)"
     found = e.get("input")
@@ -268,11 +264,9 @@ def _first_problem(err: ValidationError) -> str:
     if len(shown) > 60:
         shown = shown[:57] + "..."
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-    if e["type"] == "missing":
-        return f"{key}: required key is missing{more}"
-    if e["type"] == "extra_forbidden":
-        return f"{key}: unknown key{more}"
-    return f"{key}: {e['msg']} (found {shown}){more}"
+    plain = {"missing": "required key is missing", "extra_forbidden": "unknown key"}
+    what = plain.get(e["type"], f"{e['msg']} (found {shown})")
+    raise ModelFileError(f"{path}: {key}: {what}{more}")
 
 
 # ----------------------------------------------------------------------------- safetensors
