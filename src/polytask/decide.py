@@ -110,8 +110,7 @@ def decide(
         raise ConfigError(f"decide: {err}") from None
     row = table.iloc[chosen]
     weights = {t: float(row[f"w.{t}"]) for t in tasks}
-    kpi_names = [c for c in table.columns if "." in c and not c.startswith("w.")]
-    kpis = {c: float(row[c]) for c in kpi_names}
+    kpis = {c: float(row[c]) for c in table.columns if "." in c and not c.startswith("w.")}
     model.config.decision.score = ScoreConfig.model_validate(
         {"form": form, "weights": weights, "transforms": transforms}
     )

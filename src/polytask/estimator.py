@@ -584,8 +584,7 @@ class MultiTaskModel:
         calibrated probabilities. Returns ``self``."""
         self._check_fitted()
         if methods is not None:
-            raw = self.config.model_dump(mode="json")
-            raw["calibration"] = dict(methods)
+            raw = {**self.config.model_dump(mode="json"), "calibration": dict(methods)}
             self.config = validate(EstimatorConfig, raw, what="calibration methods")
         chosen = self.config.calibration
         if not chosen:

@@ -314,12 +314,10 @@ def create_app(service: Service) -> Any:
 
 
 def app_from_env() -> Any:
-    """The app of a uvicorn worker process: its options come from the parent in ``$%s``."""
+    """The app of a uvicorn worker process: its options come from the parent in
+    ``$POLYTASK_SERVE_OPTIONS``."""
     options = json.loads(os.environ[_ENV])
     return create_app(Service(**options))
-
-
-app_from_env.__doc__ = (app_from_env.__doc__ or "") % _ENV
 
 
 def serve(
