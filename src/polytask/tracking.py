@@ -95,10 +95,8 @@ def epochs_apart(
 ) -> str | None:
     """A sentence when some task's best epoch is more than ``gap`` epochs from the monitor's
     best epoch, else None."""
-    if monitor_epoch is None or not best:
-        return None
-    if all(abs(b["epoch"] - monitor_epoch) <= gap for b in best.values()):
-        return None
+    if monitor_epoch is None or all(abs(b["epoch"] - monitor_epoch) <= gap for b in best.values()):
+        return None  # all() of no tasks is True
     peaks = ", ".join(
         f"{t} at {b['epoch']} ({b['metric']} {b['value']:.4f})" for t, b in best.items()
     )
