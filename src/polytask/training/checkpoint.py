@@ -337,14 +337,14 @@ def load_latest(folder: str | Path) -> Checkpoint | None:
         except ModelFileError as err:
             problems.append(str(err))
             continue
-        for bad in candidates[: len(problems)]:
+        for bad, problem in zip(candidates, problems, strict=False):  # the newer ones
             aside = bad.with_name(f"{bad.name}.corrupt")
             if aside.exists():
                 shutil.rmtree(aside)
             bad.rename(aside)
             warnings.warn(
                 f"skipped unreadable checkpoint {bad} (moved to {aside.name}): "
-                f"{problems[candidates.index(bad)]}; resuming from {path}",
+                f"{problem}; resuming from {path}",
                 CheckpointWarning,
                 stacklevel=2,
             )
@@ -496,10 +496,10 @@ def open_checkpoints(
             check_compatible(checkpoint, config, fingerprint)
             start = restore(checkpoint, parts, group)
             latest = checkpoint.path
-    elif list_checkpoints(folder):
+    elif existing := list_checkpoints(folder):
         raise ConfigError(
             f"checkpoint folder {folder} already holds checkpoints (newest: "
-            f"{list_checkpoints(folder)[0].name}); resume that run with resume=True "
+            f"{existing[0].name}); resume that run with resume=True "
             "(polytask train --resume), or remove the folder to start over"
         )
     writer = Checkpointer(
