@@ -57,6 +57,7 @@ from polytask.training import FitResult, build, fit_loop, gate_statistics, predi
 from polytask.training.checkpoint import Checkpointer, TrainingParts, _strip, open_checkpoints
 from polytask.training.distributed import (
     DistributedTraining,
+    ProcessGroup,
     current_group,
     evaluate_shard,
     is_main_process,
@@ -277,11 +278,7 @@ class MultiTaskModel:
         """
         cfg = self._fit_config(epochs, batch_size, checkpoint_every, checkpoint_dir, resume)
         tcfg, tasks = cfg.training, cfg.task_specs()
-        if tcfg.num_threads:
-            torch.set_num_threads(tcfg.num_threads)
-        device = resolve_device(tcfg.device)
-        group = join_process_group(device)  # torchrun's processes: each on its own device
-        device = device if group is None else group.device
+        device, group = _training_device(tcfg)
         data = read_training_data(
             train,
             validation,
@@ -316,9 +313,7 @@ class MultiTaskModel:
                 fingerprint=data.fingerprint(),
                 group=group,
             )
-        for callback in callbacks:  # Tracker measures the model with them before epoch 1
-            if (bind := getattr(callback, "bind", None)) is not None:
-                bind(parts.network, data.validation)
+        _bind(callbacks, parts.network, data.validation)
         try:
             result = fit_loop(
                 model=trained, weighting=parts.weighting, tasks=tasks, optimizer=parts.optimizer,
@@ -863,6 +858,24 @@ class MultiTaskModel:
             f"MultiTaskModel(model={self.config.model.name!r}, tasks={list(self.config.tasks)}, "
             f"loss={self.config.loss.weighting!r}, {fitted})"
         )
+
+
+def _training_device(training: TrainingConfig) -> tuple[torch.device, ProcessGroup | None]:
+    """The device a fit trains on, and its process group when torchrun started several
+    processes (each rank on its own device); sets ``training.num_threads``."""
+    if training.num_threads:
+        torch.set_num_threads(training.num_threads)
+    device = resolve_device(training.device)
+    group = join_process_group(device)
+    return (device, None) if group is None else (group.device, group)
+
+
+def _bind(callbacks: Sequence[EpochCallback], network: MultiTaskNet, validation: Any) -> None:
+    """``bind(network, validation)`` of each callback that has it, before the first epoch
+    (`polytask.tracking.Tracker` measures the model with them)."""
+    for callback in callbacks:
+        if (bind := getattr(callback, "bind", None)) is not None:
+            bind(network, validation)
 
 
 class _UnavailableWeighting(Weighting):

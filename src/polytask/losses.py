@@ -13,11 +13,6 @@ from torch import Tensor
 from polytask.tasks import TaskSpec, task_type, weight_key
 
 
-def elementwise_loss(task: TaskSpec, output: Tensor, target: Tensor) -> Tensor:
-    """Unreduced loss ``[B]`` for targets with NaN already replaced (the task type's)."""
-    return task_type(task).loss(task, output, target)
-
-
 def masked_loss(
     task: TaskSpec, output: Tensor, label: Tensor, weight: Tensor | None = None
 ) -> Tensor:
@@ -32,7 +27,7 @@ def masked_loss(
         weight = None if weight is None else weight.reshape(-1)
     mask = ~torch.isnan(label)
     target = torch.where(mask, label, 0.0)
-    per_row = torch.where(mask, elementwise_loss(task, output, target), 0.0)
+    per_row = torch.where(mask, task_type(task).loss(task, output, target), 0.0)
     if weight is None:
         return per_row.sum(0) / mask.sum(0).clamp(min=1)
     w = torch.where(mask, weight, 0.0)

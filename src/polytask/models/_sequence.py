@@ -190,9 +190,9 @@ class Transformer(SequenceNet):
     ) -> None:
         super().__init__(inputs=inputs, heads=heads, params=params, width=params.width)
         self.project = nn.Linear(inputs.out_dim, params.width)
-        self.learned = params.positions == "learned"
         self.max_positions = params.max_positions
-        self.positions = nn.Embedding(params.max_positions, params.width) if self.learned else None
+        learned = params.positions == "learned"
+        self.positions = nn.Embedding(params.max_positions, params.width) if learned else None
         self.width = params.width
         self.encoder = nn.ModuleList(
             nn.TransformerEncoderLayer(
