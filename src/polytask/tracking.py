@@ -23,6 +23,7 @@ from polytask._atomic import atomic_write_text
 from polytask.errors import ConfigError, MissingExtraError, install_hint
 from polytask.metrics import HIGHER_IS_BETTER
 from polytask.tasks import TaskSpec, task_type
+from polytask.training.checkpoint import flatten
 
 BEST_EPOCH_GAP = 2
 """``polytask train`` says so when a task's best validation epoch is more than this many
@@ -230,7 +231,7 @@ class MLflowLogger:
                 f"training.loggers: mlflow cannot start a run at tracking URI {uri!r}: "
                 f"{str(err).split('. ')[0]}"
             ) from None
-        items = list(_flatten(params).items())
+        items = [(k, str(v)[:250]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
             mlflow.log_params(dict(items[i : i + 100]))
 
@@ -261,15 +262,6 @@ class MLflowLogger:
 
     def close(self, failed: bool = False) -> None:
         self.mlflow.end_run(status="FAILED" if failed else "FINISHED")
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
-    if isinstance(value, Mapping):
-        out: dict[str, str] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): str(value)[:250]}
 
 
 class Tracker:

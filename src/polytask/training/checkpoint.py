@@ -357,12 +357,13 @@ def load_latest(folder: str | Path) -> Checkpoint | None:
 
 
 # ---------------------------------------------------------------------------------- resume
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as one mapping of dotted keys (``model.num_experts``) to leaf values."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(flatten(value, f"{name}."))
         else:
             flat[name] = value
     return flat
@@ -372,7 +373,7 @@ def check_compatible(checkpoint: Checkpoint, config: Mapping[str, Any], fingerpr
     """Refuse to resume a run whose settings or data differ from the checkpoint's in a way
     that changes the steps already taken; only the `MAY_DIFFER` keys may change."""
     missing = object()
-    old, new = _flatten(checkpoint.meta.get("config", {})), _flatten(config)
+    old, new = flatten(checkpoint.meta.get("config", {})), flatten(config)
     differing = sorted(
         k
         for k in old.keys() | new.keys()
