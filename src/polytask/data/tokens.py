@@ -29,12 +29,10 @@ import torch
 
 from polytask.data.encoded import EncodedData
 from polytask.data.features import TokenFeatures
-from polytask.data.preprocess import Preprocessor, _category_codes
+from polytask.data.preprocess import UNKNOWN_INDEX, Preprocessor, _category_codes
 from polytask.errors import DataError
 from polytask.tasks import task_type
 
-PAD_INDEX = 0
-UNKNOWN_INDEX = 1
 WORD, SHAPE, CHARS = 0, 1, 2
 """Where a token's word index, shape index and first character index sit in the last
 dimension of ``categorical``."""
@@ -120,9 +118,7 @@ class SentencePreprocessor(Preprocessor):
         self.classes_ = classes
         self.train_columns_ = [str(c) for c in df.columns]
         self._set_tags()
-        if not encode:
-            return None
-        return self.transform(df, labels=True, what=what)
+        return self.transform(df, labels=True, what=what) if encode else None
 
     def _set_tags(self) -> None:
         self.tasks = {
