@@ -88,26 +88,6 @@ def _parquet_chunks(
         yield schema.empty_table().select(present).to_pandas()
 
 
-class _ParquetAppender:
-    """Each frame becomes row group(s) of one file; the first frame fixes the schema."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.writer: pq.ParquetWriter | None = None
-
-    def __call__(self, frame: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema)
-        elif table.schema != self.writer.schema:
-            table = table.cast(self.writer.schema)
-        self.writer.write_table(table)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 @contextmanager
 def write_chunks(path: str | os.PathLike[str]) -> Iterator[Callable[[pd.DataFrame], None]]:
     """Yield ``write(frame)``, appending frames to a CSV or Parquet file (by extension) that
@@ -121,6 +101,16 @@ def write_chunks(path: str | os.PathLike[str]) -> Iterator[Callable[[pd.DataFram
             # the header goes with the first frame (a frame's CSV is never empty)
             yield lambda frame: frame.to_csv(handle, header=handle.tell() == 0, index=False)
         else:
-            append = _ParquetAppender(tmp)
-            stack.callback(append.close)
+            writer: pq.ParquetWriter | None = None
+
+            def append(frame: pd.DataFrame) -> None:
+                # each frame becomes row group(s) of one file; the first frame fixes the schema
+                nonlocal writer
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                if writer is None:
+                    writer = stack.enter_context(pq.ParquetWriter(tmp, table.schema))
+                elif table.schema != writer.schema:
+                    table = table.cast(writer.schema)
+                writer.write_table(table)
+
             yield append
