@@ -137,10 +137,8 @@ class AITM(MultiTaskNet):
 
     def body_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = {f"encoders.{n}": list(self.encoders[n].parameters()) for n in self.task_names}
-        groups.update(
-            {f"transfer.{n}": list(self.transfer[n].parameters()) for n in self.chain[1:]}
-        )
-        return groups
+        transfer = {f"transfer.{n}": list(self.transfer[n].parameters()) for n in self.chain[1:]}
+        return groups | transfer
 
     def last_shared_layer(self) -> list[nn.Parameter]:
         """AITM shares only the input: the embeddings and the numeric projection."""

@@ -79,12 +79,6 @@ def experts_with(
     )
 
 
-def estimate(head: Head, output: Tensor) -> Tensor:
-    """A task's estimate from its raw output through its type's link: probability (binary),
-    value (regression), class probabilities (multiclass); always 2-D ``[B, estimate_dim]``."""
-    return task_type(head.type).link(output)
-
-
 @dataclass
 class Representation:
     """What a model body hands to the towers: one ``[B, D]`` tensor for all tasks, or one per
@@ -240,7 +234,7 @@ class MultiTaskNet(nn.Module):
             if head.inputs_from:
                 feats = []
                 for src in head.inputs_from:
-                    est = estimate(self.head_by_name[src], outputs[src])
+                    est = task_type(self.head_by_name[src].type).link(outputs[src])
                     feats.append(est.detach() if head.detach else est)
                 h = torch.cat([h, *feats], dim=-1)
             out = self.tower(name, h, rep)
