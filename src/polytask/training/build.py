@@ -81,18 +81,14 @@ def build_network(
         for name, t in tasks.items()
     ]
     entry = MODELS[model]
-    network: MultiTaskNet = entry.build(
-        inputs=inputs, heads=heads, params=entry.params.model_validate(params)
-    )
-    return network
+    return entry.build(inputs=inputs, heads=heads, params=entry.params.model_validate(params))
 
 
 def build_weighting(name: str, params: Mapping[str, Any], tasks: dict[str, TaskSpec]) -> Weighting:
     """The weighting ``name`` means with its ``params``; errors name the ``loss`` section."""
     entry = WEIGHTINGS[name]
     try:
-        weighting: Weighting = entry.build(tasks=tasks, params=entry.params.model_validate(params))
-        return weighting
+        return entry.build(tasks=tasks, params=entry.params.model_validate(params))
     except MissingExtraError as err:
         raise MissingExtraError(f"loss: {err}") from None
     except ValueError as err:

@@ -283,8 +283,7 @@ class DistributedTraining(Reduction):
         self, step: TrainStep, batch: Batch, scale: Tensor | None, task: str | None
     ) -> tuple[Tensor, Tensor]:
         """Through the DDP module, whose backward averages the gradients over ranks."""
-        objective, losses = self.ddp(batch, scale, task)
-        return objective, losses
+        return self.ddp(batch, scale, task)
 
     def prepare(self) -> None:
         # A gradient-weighting step runs the network without DDP (its reducer only averages
@@ -338,8 +337,7 @@ class DistributedTraining(Reduction):
             metrics = all_metrics(tasks, outputs, labels)
         # One computation, broadcast: ranks on different machines could round differently,
         # and early stopping must decide the same everywhere.
-        result: dict[str, dict[str, float]] = broadcast_from_main(metrics, self.device)
-        return result
+        return broadcast_from_main(metrics, self.device)
 
     def _gather_rows(self, mine: np.ndarray, n: int) -> np.ndarray:
         """This rank's block of rows -> all ``n`` rows in order (blocks padded to one size)."""

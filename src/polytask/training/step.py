@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from polytask.data import LABEL_PREFIX, Batch
 from polytask.losses import add_terms, task_loss, task_losses
 from polytask.models import MultiTaskNet
-from polytask.tasks import TaskSpec, weight_key
+from polytask.tasks import TaskSpec
 from polytask.training._aggregate import (
     backward_objective,
     parameter_split,
@@ -34,13 +34,9 @@ from polytask.training._aggregate import (
 from polytask.weighting import GradientWeighting, Weighting
 
 
-def batch_labels(batch: Batch, tasks: dict[str, TaskSpec]) -> dict[str, Tensor]:
-    """Each task's labels, and a weighted task's weights (under `weight_key`)."""
-    labels = {name: batch[LABEL_PREFIX + name] for name in tasks}
-    for name, t in tasks.items():
-        if t.sample_weight:
-            labels[weight_key(name)] = batch[LABEL_PREFIX + weight_key(name)]
-    return labels
+def batch_labels(batch: Batch) -> dict[str, Tensor]:
+    """The batch's labels by task, and a weighted task's weights (under `weight_key`)."""
+    return {n[len(LABEL_PREFIX) :]: v for n, v in batch.items() if n.startswith(LABEL_PREFIX)}
 
 
 def task_loss_vector(
@@ -48,7 +44,7 @@ def task_loss_vector(
 ) -> Tensor:
     """``[K]`` the batch's task losses, attached, with the model's own loss terms
     (`MultiTaskNet.training_forward`) added to their tasks', times ``scale [K]`` if given."""
-    labels = batch_labels(batch, tasks)
+    labels = batch_labels(batch)
     outputs, terms = model.training_forward(batch, labels)
     losses = add_terms(task_losses(tasks, outputs, labels), list(tasks), terms)
     return losses if scale is None else losses * scale
@@ -73,8 +69,7 @@ def forward_objective(
         losses = task_loss_vector(model, tasks, batch, scale)
         return weighting(losses), losses
     k = weighting.task_index[task]
-    # A task's own dataset (alternate training) may lack the other tasks' labels.
-    labels = {n[len(LABEL_PREFIX) :]: v for n, v in batch.items() if n.startswith(LABEL_PREFIX)}
+    labels = batch_labels(batch)  # a task's own dataset (alternate) may lack the others'
     outputs, terms = model.training_forward(batch, labels, [task])
     loss = task_loss(tasks[task], task, outputs, labels)
     if task in terms:
