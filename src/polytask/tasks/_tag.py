@@ -67,14 +67,12 @@ def decode(output: np.ndarray, tags: list[str], lengths: np.ndarray) -> np.ndarr
 
 
 class Tag(Multiclass):
-    """Multiclass per token: the loss (cross-entropy), its key and the estimate's width are
-    `Multiclass`'s, as the loss layer flattens a batch's sentences to their real tokens
-    (``[M, C]`` logits, ``[M]`` tags)."""
+    """Multiclass per token: the loss (cross-entropy), its key, the estimate's width and the
+    primary metric (accuracy) are `Multiclass`'s, as the loss layer flattens a batch's
+    sentences to their real tokens (``[M, C]`` logits, ``[M]`` tags)."""
 
     name: ClassVar[str] = "tag"
-    losses: ClassVar[tuple[str, ...]] = ("cross_entropy",)
     metrics: ClassVar[tuple[str, ...]] = ("accuracy", "f1", "precision", "recall", "loss")
-    primary_metric: ClassVar[str] = "accuracy"
     higher_is_better: ClassVar[frozenset[str]] = frozenset(
         {"accuracy", "f1", "precision", "recall"}
     )
