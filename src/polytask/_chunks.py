@@ -12,14 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-
-def _split(tag: str) -> tuple[str, str]:
-    """``"B-NP"`` -> ``("B", "NP")``; ``"O"`` -> ``("O", "")`` (conlleval splits at the first
-    ``-``)."""
-    prefix, _, kind = tag.partition("-")
-    return prefix, kind
-
-
 _ENDS = {("B", "B"), ("B", "O"), ("I", "B"), ("I", "O"), ("E", "E"), ("E", "I"), ("E", "O")}
 _STARTS = {("B", "B"), ("I", "B"), ("O", "B"), ("O", "I"), ("E", "E"), ("E", "I"), ("O", "E")}
 
@@ -43,7 +35,7 @@ def chunks(tags: Sequence[str]) -> set[tuple[int, int, str]]:
     found: set[tuple[int, int, str]] = set()
     prev, prev_type, start = "O", "", -1
     for i, tag in enumerate([*tags, "O"]):  # the boundary: an O after the last token
-        prefix, kind = _split(tag)
+        prefix, _, kind = tag.partition("-")  # at the first "-", as conlleval: "O" -> O, ""
         starts = i < len(tags) and _starts(prev, prefix, prev_type, kind)
         if start >= 0 and (starts or _ends(prev, prefix, prev_type, kind)):
             found.add((start, i - 1, prev_type))

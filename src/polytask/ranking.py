@@ -103,9 +103,8 @@ def _positions(g: np.ndarray) -> np.ndarray:
     """0-based position of each row within its group, for rows sorted by group."""
     starts = _starts(g)
     first = np.zeros(g.size, dtype=np.int64)
-    if g.size:
-        first[starts] = starts
-        first = np.maximum.accumulate(first)
+    first[starts] = starts
+    first = np.maximum.accumulate(first)  # an empty array stays empty
     return np.arange(g.size) - first
 
 
@@ -122,7 +121,6 @@ def _ndcg_at_k(
     codes, s, y = _labelled(codes_in, score, label)
     if (y < 0).any():
         raise ValueError("NDCG gains are the labels and must be >= 0; found a negative label")
-    name = f"ndcg@{k}"
     discount = 1.0 / np.log2(np.arange(2, y.size + 2, dtype=np.float64))
 
     def dcg(order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +134,7 @@ def _ndcg_at_k(
     ideal, grp_i = dcg(_ranked(codes, y))
     assert np.array_equal(grp_a, grp_i)  # both sorted by group code
     ok = ideal > 0
-    return _summary(name, actual[ok] / ideal[ok], ok)
+    return _summary(f"ndcg@{k}", actual[ok] / ideal[ok], ok)
 
 
 def _recall_at_k(
@@ -147,14 +145,13 @@ def _recall_at_k(
     codes, s, y = _labelled(codes_in, score, label)
     if y.size and not np.isin(y, (0.0, 1.0)).all():
         raise ValueError("recall@k needs 0/1 labels")
-    name = f"recall@{k}"
     order = _ranked(codes, s)
     g = codes[order]
     starts = _starts(g)
     hits = np.add.reduceat(np.where(_positions(g) < k, y[order], 0.0), starts)
     positives = np.add.reduceat(y[order], starts)
     ok = positives > 0
-    return _summary(name, hits[ok] / positives[ok], ok)
+    return _summary(f"recall@{k}", hits[ok] / positives[ok], ok)
 
 
 def grouped_metrics(
