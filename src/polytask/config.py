@@ -546,12 +546,10 @@ def format_validation_error(
             valid = _field_names(root, loc[:-1])
             hint = closest(str(loc[-1]), valid)
             line = f"{key}: unknown key; valid keys here are {sorted(valid)}{hint}"
-        elif not key:  # a check across sections (e.g. tasks vs features) names its keys itself
+        elif not key or not loc:  # a check across sections (tasks vs features) names its keys
             line = msg
         elif e["type"] in {"missing"}:
             line = f"{key}: required key is missing"
-        elif not loc:
-            line = msg
         elif isinstance(found, dict | list) or e["type"].startswith("value_error"):
             line = f"{key}: {msg}"
         else:

@@ -159,14 +159,6 @@ def check_objectives(cfg: RunConfig, objectives: Sequence[str]) -> list[str]:
     return list(objectives)
 
 
-def _optuna() -> Any:
-    try:
-        import optuna
-    except ImportError:
-        raise MissingExtraError(f"polytask tune needs optuna: {install_hint('tune')}") from None
-    return optuna
-
-
 @dataclass
 class TuneResult:
     objectives: list[str]
@@ -208,7 +200,10 @@ def tune(
     from polytask.metrics import monitor_mode, monitor_value
     from polytask.run import load_splits, run_config_dump
 
-    optuna = _optuna()
+    try:
+        import optuna
+    except ImportError:
+        raise MissingExtraError(f"polytask tune needs optuna: {install_hint('tune')}") from None
     if trials < 1:
         raise ConfigError(f"--trials: expected at least 1, found {trials}")
     cfg, base = load_run_file(run_file, list(overrides))
@@ -228,7 +223,7 @@ def tune(
     train_table, valid_table = splits.train, splits.validation
     assert isinstance(train_table, pd.DataFrame)  # not streamed
     assert isinstance(valid_table, pd.DataFrame)  # not sharded
-    directions = ["maximize" if monitor_mode(n) == "max" else "minimize" for n in names]
+    directions: list[Any] = ["maximize" if monitor_mode(n) == "max" else "minimize" for n in names]
     single = len(names) == 1
     seed = cfg.training.seed
     optuna.logging.set_verbosity(optuna.logging.WARNING)
