@@ -417,14 +417,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     model, table, name = _model_and_table(args, default_split="validation")
-    methods = None
-    if args.method:
-        methods = {}
-        for item in args.method:
-            task, sep, method = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--method {item!r}: expected TASK=isotonic|platt|temperature")
-            methods[task] = method
+    for item in args.method or []:
+        if "=" not in item:
+            raise ConfigError(f"--method {item!r}: expected TASK=isotonic|platt|temperature")
+    methods = dict(item.split("=", 1) for item in args.method) if args.method else None
     before = model.evaluate(table)
     model.calibrate(table, methods)
     after = model.evaluate(table)
@@ -765,12 +761,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Overrides may come before or after --out: collect every leftover that is not an option
     # (apply_overrides says "needs key=value" of one without '=').
     args, extra = parser.parse_known_args(argv)
-    if args.command == "compare":  # --models NAME ... swallows the overrides after it
-        extra += [m for m in args.models if "=" in m]
-        args.models = [m for m in args.models if "=" not in m]
-    if args.command == "tune" and args.objectives:
-        extra += [m for m in args.objectives if "=" in m]
-        args.objectives = [m for m in args.objectives if "=" not in m]
+    for key in ("models", "objectives"):  # compare's --models, tune's --objectives NAME ...
+        if names := getattr(args, key, None):  # swallow the overrides after them
+            extra += [m for m in names if "=" in m]
+            setattr(args, key, [m for m in names if "=" not in m])
     if extra:
         if args.command not in ("train", "compare", "tune") or any(
             x.startswith("-") for x in extra

@@ -92,10 +92,8 @@ def group_rank(values: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
     s = pd.Series(np.asarray(values, dtype=np.float64))
     if groups is None:
         return s.rank(method="average").to_numpy() / max(len(s), 1)
-    key = pd.Series(np.asarray(groups))
-    ranks = s.groupby(key.to_numpy(), sort=False).rank(method="average")
-    sizes = s.groupby(key.to_numpy(), sort=False).transform("size")
-    return (ranks / sizes).to_numpy()
+    grouped = s.groupby(np.asarray(groups), sort=False)
+    return (grouped.rank(method="average") / grouped.transform("size")).to_numpy()
 
 
 def _factor(values: np.ndarray, transform: str, groups: np.ndarray | None) -> np.ndarray:

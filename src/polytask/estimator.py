@@ -141,12 +141,11 @@ def plan_network(cfg: EstimatorConfig, preprocessor: _Sizes) -> MultiTaskNet:
 
 
 def _build_network(cfg: EstimatorConfig, preprocessor: _Sizes) -> MultiTaskNet:
-    model = cfg.model
     return build.build_network(
         cfg.features,
         cfg.task_specs(),
-        model.name,
-        model.params,
+        cfg.model.name,
+        cfg.model.params,
         cast(Preprocessor, preprocessor),  # only its sizes are read
     )
 
@@ -512,17 +511,16 @@ class MultiTaskModel:
             return result
         groups = self._group_column(frame, group_column, "evaluation data")
         k = self.config.decision.k
-        for name in scores:
-            if result[name].get("count"):
-                result[name].update(self._kpis(groups, scores[name], labels[name], k))
+        counted = [name for name in scores if result[name].get("count")]
+        for name in counted:
+            result[name].update(self._kpis(groups, scores[name], labels[name], k))
         spec = self._score_spec()
         if spec is not None:
             fused = fused_score(scores, spec, self._task_types(), groups)
             result["score"] = {}
-            for name in scores:
-                if result[name].get("count"):
-                    kpis = self._kpis(groups, fused, labels[name], k)
-                    result["score"].update({f"{name}.{m}": v for m, v in kpis.items()})
+            for name in counted:
+                kpis = self._kpis(groups, fused, labels[name], k)
+                result["score"].update({f"{name}.{m}": v for m, v in kpis.items()})
         return result
 
     def _unscaled(self, encoded_labels: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -397,10 +397,8 @@ def _train_and_write(
         "test": rows.get("test", 0),
     }
     gates_on = encoded.get("test", encoded.get("validation"))
-    if gates_on is not None:
-        gates = model.gate_statistics(gates_on)
-        if gates:
-            metrics["gates"] = gates
+    if gates_on is not None and (gates := model.gate_statistics(gates_on)):
+        metrics["gates"] = gates
     _write_run(model, metrics, cfg, base, out, checkpoint_dir)
     if tracker is not None:
         files = [out / "config.yaml", out / "metrics.json"]
