@@ -111,7 +111,7 @@ def epochs_apart(
 # ------------------------------------------------------------------------------ scalars
 def scalars(record: Mapping[str, Any]) -> dict[str, float]:
     """One epoch's record as flat ``name -> value`` scalars (names with ``/``)."""
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     for task, value in record.get("train_loss", {}).items():
         out[f"train/loss/{task}"] = value
     for task, metrics in record.get("validation", {}).items():
@@ -128,10 +128,8 @@ def scalars(record: Mapping[str, Any]) -> dict[str, float]:
             out[f"weighting/{head}/{task}"] = float(value)
     for gate, entropy in record.get("gate_entropy", {}).items():
         out[f"gates/entropy/{gate}"] = entropy
-    if "train_samples_per_s" in record:
-        out["throughput/train_samples_per_s"] = record["train_samples_per_s"]
-    if "seconds" in record:
-        out["time/epoch_seconds"] = record["seconds"]
+    out["throughput/train_samples_per_s"] = record.get("train_samples_per_s")  # None: left out
+    out["time/epoch_seconds"] = record.get("seconds")
     if record.get("skipped_batches"):
         out["train/skipped_batches"] = float(record["skipped_batches"])
     return {k: float(v) for k, v in out.items() if v is not None}

@@ -227,16 +227,9 @@ def tune(
     single = len(names) == 1
     seed = cfg.training.seed
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if single:
-        study = optuna.create_study(
-            direction=directions[0],
-            sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
-        )
-    else:
-        study = optuna.create_study(
-            directions=directions, sampler=optuna.samplers.NSGAIISampler(seed=seed)
-        )
+    sampler = optuna.samplers.TPESampler if single else optuna.samplers.NSGAIISampler
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if single else None
+    study = optuna.create_study(directions=directions, sampler=sampler(seed=seed), pruner=pruner)
     encoded: dict[str, tuple[Any, Any, Any]] = {}  # one encoding per features+tasks sections
     settings_of: dict[int, list[str]] = {}
 
