@@ -486,11 +486,9 @@ class StreamingBatches:
             try:
                 for chunk in self._chunks(order):
                     while not stop.is_set():
-                        try:
+                        with contextlib.suppress(queue.Full):
                             q.put(chunk, timeout=0.1)
                             break
-                        except queue.Full:
-                            continue
                     if stop.is_set():
                         return
                 q.put(done)
@@ -646,13 +644,9 @@ class ShardedStream:
         return self.steps * self.batch_size
 
     def epoch(self) -> Iterator[tuple[str | None, Batch]]:
-        start, self._resume_at = self._resume_at, None
-        if start is None or self._current is None:
-            e, start = self._active, 0
-        else:
-            e = self._current
-        self._current = self._active = e
-        self._finished = None
+        # `load_state_dict` sets the saved epoch as the active one, with where to resume in it
+        e, start = self._active, self._resume_at or 0
+        self._current, self._resume_at, self._finished = e, None, None
         plan = self.plan(e)
         if start >= plan.steps:  # resumed after the epoch's last step: nothing to replay
             self._active, self._finished = e + 1, plan.steps * self.batch_size
