@@ -221,12 +221,8 @@ class RowEncoder:
                 t = type(v)
                 if v is None:
                     cat[i, j] = MISSING_INDEX
-                elif t is str:
-                    cat[i, j] = index.get(v, UNKNOWN_INDEX)
-                elif t is bool:
-                    cat[i, j] = index.get("True" if v else "False", UNKNOWN_INDEX)
-                elif t is int and -(2**53) < v < 2**53:
-                    cat[i, j] = index.get(str(v), UNKNOWN_INDEX)
+                elif t is str or t is bool or (t is int and -(2**53) < v < 2**53):
+                    cat[i, j] = index.get(str(v), UNKNOWN_INDEX)  # str(True) is "True"
                 else:
                     return None
         scaled = []
