@@ -257,8 +257,7 @@ def export_onnx(model: MultiTaskModel, path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     if target.is_dir():
         raise ExportError(f"output {str(target)!r} is a folder; expected the path of a file")
-    data = onnx_bytes(model)
-    atomic_write_bytes(target, data)
+    atomic_write_bytes(target, onnx_bytes(model))
     return target
 
 

@@ -395,16 +395,15 @@ def read_folder(path: Path) -> ModelFolder:
     )
     history: list[dict[str, Any]] = []
     if history_data is not None:
-        raw_history = parse_json(path / HISTORY, history_data)
-        if not isinstance(raw_history, list):
+        history = parse_json(path / HISTORY, history_data)
+        if not isinstance(history, list):
             raise ModelFileError(f"{path / HISTORY}: expected a JSON list of epochs")
-        for i, record in enumerate(raw_history):
+        for i, record in enumerate(history):
             if not isinstance(record, dict):
                 raise ModelFileError(
                     f"{path / HISTORY}: epoch {i + 1}: expected a JSON object, found "
                     f"{type(record).__name__}"
                 )
-        history = raw_history
     calibration = None
     if calibration_data is not None:
         calibration = parse_json(path / CALIBRATION, calibration_data)

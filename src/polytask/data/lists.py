@@ -82,11 +82,9 @@ def _not_lists(where: str, example: object) -> DataError:
 def _first_bad(values: np.ndarray) -> object | None:
     """The first value that is neither a list, text nor missing (for an error message)."""
     for v in values:
-        if v is None or isinstance(v, list | tuple | np.ndarray | str):
-            continue
-        if isinstance(v, float) and np.isnan(v):
-            continue
-        return v
+        missing = v is None or (isinstance(v, float) and np.isnan(v))
+        if not missing and not isinstance(v, list | tuple | np.ndarray | str):
+            return v
     return None
 
 

@@ -413,8 +413,7 @@ class Preprocessor:
         list_lengths: dict[str, int] = {}
         for feat in features.lists:
             lc = list_values(df[feat.name], feat.name, feat.sep, what)
-            longest = int(lc.lengths.max(initial=0))
-            list_lengths[feat.name] = feat.max_len or max(longest, 1)
+            list_lengths[feat.name] = feat.max_len or max(int(lc.lengths.max(initial=0)), 1)
             owner = self._owner(feat)
             if owner.hash_buckets is None:
                 vc = pd.Series(lc.values).value_counts()
