@@ -102,18 +102,10 @@ def plot_weights(history: Sequence[Mapping[str, Any]], path: Path) -> Path | Non
     keys = [k for k in history[-1] if k.partition(".")[0] in ("weight", "sigma")]
     if not keys:
         return None
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    epochs = [r["epoch"] for r in history]
-    for key in keys:
-        ax.plot(epochs, [r.get(key, math.nan) for r in history], "o-", label=key)
+    series = {key: [r.get(key, math.nan) for r in history] for key in keys}
     kind = "sigma" if keys[0].startswith("sigma") else "weight"
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"task {kind}")
-    ax.set_title(f"task {kind}s over epochs")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return save(fig, path)
+    axes = (f"task {kind}", f"task {kind}s over epochs")
+    return _over_epochs([r["epoch"] for r in history], series, axes, path)
 
 
 def plot_gates(gates: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
@@ -126,9 +118,8 @@ def plot_gates(gates: Mapping[str, Mapping[str, Any]], path: Path) -> Path | Non
     names = list(gates)
     width = max(len(g["mean_weight"]) for g in gates.values())
     grid = np.full((len(names), width), np.nan)
-    for i, name in enumerate(names):
-        weights = gates[name]["mean_weight"]
-        grid[i, : len(weights)] = weights
+    for i, g in enumerate(gates.values()):
+        grid[i, : len(g["mean_weight"])] = g["mean_weight"]
     fig, ax = plt.subplots(figsize=(max(4.5, 1.8 + 0.6 * width), max(2.6, 1.2 + 0.5 * len(names))))
     image = ax.imshow(grid, cmap="viridis", vmin=0.0, aspect="auto")
     ax.set_xticks(range(width), [f"e{e}" for e in range(width)])
@@ -150,18 +141,25 @@ def plot_gate_entropy(history: Sequence[Mapping[str, Any]], path: Path) -> Path 
     records = [r for r in history if r.get("gate_entropy")]
     if not records:
         return None
+    series = {
+        gate: [r["gate_entropy"].get(gate, math.nan) for r in records]
+        for gate in records[-1]["gate_entropy"]
+    }
+    axes = ("entropy of the mean gate weight (nats)", "gate entropy over epochs (validation)")
+    return _over_epochs([r["epoch"] for r in records], series, axes, path)
+
+
+def _over_epochs(
+    epochs: list[Any], series: Mapping[str, list[float]], axes: tuple[str, str], path: Path
+) -> Path:
+    """One line per entry of ``series`` over ``epochs``; ``axes``: the y label and the title."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for gate in records[-1]["gate_entropy"]:
-        ax.plot(
-            [r["epoch"] for r in records],
-            [r["gate_entropy"].get(gate, math.nan) for r in records],
-            "o-",
-            label=gate,
-        )
+    for name, values in series.items():
+        ax.plot(epochs, values, "o-", label=name)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("entropy of the mean gate weight (nats)")
-    ax.set_title("gate entropy over epochs (validation)")
+    ax.set_ylabel(axes[0])
+    ax.set_title(axes[1])
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save(fig, path)

@@ -234,8 +234,7 @@ class MLflowLogger:
             mlflow.log_params(dict(items[i : i + 100]))
 
     def log_epoch(self, epoch: int, values: Mapping[str, float]) -> None:
-        finite = {k: v for k, v in values.items() if math.isfinite(v)}
-        self.mlflow.log_metrics(finite, step=epoch)
+        self.mlflow.log_metrics({k: v for k, v in values.items() if math.isfinite(v)}, step=epoch)
 
     def log_step(self, step: int, values: Mapping[str, float]) -> None:
         self.mlflow.log_metrics(dict(values), step=step)

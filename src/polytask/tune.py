@@ -94,9 +94,8 @@ class Dimension(Strict):
         if self.choices is not None:
             return list(self.choices)
         assert self.low is not None and self.high is not None
-        if self.integer:
-            return [int(self.low), int(self.high)]
-        return [float(self.low), float(self.high)]
+        number = int if self.integer else float
+        return [number(self.low), number(self.high)]
 
 
 def load_space(
