@@ -110,9 +110,8 @@ class Service:
             "polytask_version": __version__,
             "model_polytask_version": meta.get("polytask_version"),
             "format_version": meta.get("format_version"),
+            **({"onnx_contract_version": CONTRACT_VERSION} if backend == "onnx" else {}),
         }
-        if backend == "onnx":
-            self._metadata["onnx_contract_version"] = CONTRACT_VERSION
 
     def metadata(self) -> dict[str, Any]:
         return self._metadata

@@ -571,8 +571,7 @@ class Preprocessor:
                         self._require_columns(df, [col], what)
                     y = np.full(n, np.nan, dtype=np.float32)
                 else:
-                    y = self._encode_label(df, name, what)
-                    y = task_type(spec).scale_label(y, spec)
+                    y = task_type(spec).scale_label(self._encode_label(df, name, what), spec)
                 label_tensors[name] = torch.from_numpy(y)
                 weights = self._encode_weights(df, name, y, what)
                 if weights is not None:

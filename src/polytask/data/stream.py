@@ -227,7 +227,7 @@ class FitCounts:
     raised alone would leave the others waiting in the collective)."""
 
 
-def _add_counts(total: dict[str, int], values: pd.Series) -> None:
+def _add_counts(total: dict[str, int], values: Mapping[str, int] | pd.Series) -> None:
     for key, n in values.items():
         total[str(key)] = total.get(str(key), 0) + int(n)
 
@@ -248,10 +248,8 @@ def merge_counts(parts: Sequence[FitCounts]) -> FitCounts:
             out.any_nan[name] = out.any_nan.get(name, False) or flag
         for name, values in part.classes.items():
             out.classes.setdefault(name, set()).update(values)
-        for name, n in part.labelled.items():
-            out.labelled[name] = out.labelled.get(name, 0) + n
-        for name, n in part.positives.items():
-            out.positives[name] = out.positives.get(name, 0) + n
+        _add_counts(out.labelled, part.labelled)
+        _add_counts(out.positives, part.positives)
         for name, x in part.label_max.items():
             out.label_max[name] = max(out.label_max.get(name, 0.0), x)
         for name, n in part.list_lengths.items():
