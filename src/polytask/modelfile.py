@@ -115,6 +115,7 @@ def read_regular(path: Path, cap: int) -> bytes:
 
 
 _KINDS = (
+    (stat.S_ISLNK, "a symbolic link"),
     (stat.S_ISDIR, "a folder"),
     (stat.S_ISFIFO, "a FIFO"),
     (stat.S_ISCHR, "a device"),
@@ -125,10 +126,6 @@ _KINDS = (
 
 def _check_regular(path: Path, st: os.stat_result, cap: int) -> None:
     mode = st.st_mode
-    if stat.S_ISLNK(mode):
-        raise ModelFileError(
-            f"{path}: is a symbolic link; polytask reads only regular files in a model folder"
-        )
     if not stat.S_ISREG(mode):
         kind = next((k for is_, k in _KINDS if is_(mode)), "not a regular file")
         raise ModelFileError(
