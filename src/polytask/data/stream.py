@@ -496,10 +496,7 @@ class StreamingBatches:
         thread = threading.Thread(target=work, daemon=True, name="polytask-stream")
         thread.start()
         try:
-            while True:
-                item = q.get()
-                if item is done:
-                    return
+            for item in iter(q.get, done):
                 if isinstance(item, BaseException):
                     raise item
                 yield item
