@@ -366,8 +366,7 @@ def _train_and_write(
     for name, split in tables.items():
         if isinstance(split, Path):
             assert cfg.training.stream is not None
-            chunk_rows = cfg.training.stream.chunk_rows
-            sharded[name] = model.evaluate_sharded(split, chunk_rows=chunk_rows)
+            sharded[name] = model.evaluate_sharded(split, chunk_rows=cfg.training.stream.chunk_rows)
             rows[name] = count_rows(split)
     if not is_main_process():
         barrier()  # distributed training: rank 0 holds the same model, evaluates and writes
