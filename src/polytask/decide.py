@@ -88,8 +88,7 @@ def decide(
     own_kpi = {kpi: value for t in tasks for kpi, value in own[t].items() if kpi.startswith(t)}
 
     def evaluate(weights: dict[str, float]) -> dict[str, float]:
-        spec = ScoreSpec(form, weights, transforms)
-        return kpis_of(fused_score(scores, spec, types, groups))
+        return kpis_of(fused_score(scores, ScoreSpec(form, weights, transforms), types, groups))
 
     front = list(dict.fromkeys([maximize, *(c.kpi for c in constraints)]))
     if len(front) < 2:  # then each task's primary KPI too

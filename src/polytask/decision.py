@@ -177,8 +177,7 @@ def simplex_candidates(tasks: Sequence[str], trials: int, seed: int) -> list[dic
     """Each task alone, the uniform point, then ``trials`` seeded Dirichlet(1) draws."""
     n = len(tasks)
     points = [np.eye(n)[i] for i in range(n)] + [np.full(n, 1.0 / n)]
-    rng = np.random.default_rng(seed)
-    points += list(rng.dirichlet(np.ones(n), size=trials))
+    points += list(np.random.default_rng(seed).dirichlet(np.ones(n), size=trials))
     return [{t: float(w) for t, w in zip(tasks, p, strict=True)} for p in points]
 
 

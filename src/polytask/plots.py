@@ -47,7 +47,8 @@ def save(fig: Any, path: Path, dpi: int = 90) -> Path:
     return path
 
 
-def _grid(n: int, plt: Any, size: tuple[float, float] = (4.2, 3.2)) -> tuple[Any, list[Any]]:
+def _grid(n: int, size: tuple[float, float] = (4.2, 3.2)) -> tuple[Any, list[Any]]:
+    plt = pyplot()
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
@@ -65,9 +66,8 @@ def plot_curves(
 ) -> Path:
     """Per task: training and validation loss, the judged validation metric on a second
     axis, and the best epochs."""
-    plt = pyplot()
     tasks = list(history[0]["train_loss"])
-    fig, axes = _grid(len(tasks), plt)
+    fig, axes = _grid(len(tasks))
     epochs = [r["epoch"] for r in history]
     for ax, task in zip(axes, tasks, strict=True):
         ax.plot(epochs, [r["train_loss"][task] for r in history], "o-", label="train loss")
@@ -169,8 +169,7 @@ def plot_calibration(curves: Mapping[str, tuple[Any, Any, float]], path: Path) -
     """Reliability curves ``{task: (mean predicted, observed rate, ECE)}``."""
     if not curves:
         return None
-    plt = pyplot()
-    fig, axes = _grid(len(curves), plt, size=(3.8, 3.6))
+    fig, axes = _grid(len(curves), size=(3.8, 3.6))
     for ax, (task, (mean_p, rate, ece)) in zip(axes, curves.items(), strict=True):
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
         ax.plot(mean_p, rate, "o-", label=f"model (ECE {ece:.4f})")

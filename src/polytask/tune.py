@@ -281,8 +281,7 @@ def tune(
         for t in study.trials
     ]
     result = TuneResult(objectives=names, directions=directions, trials=trial_rows)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         raise ConfigError(f"polytask tune: none of the {trials} trial(s) completed")
     result.best = [study.best_trial.number] if single else [t.number for t in study.best_trials]
     result.written.append(_write_trials(result, out / "trials.csv"))
