@@ -119,6 +119,14 @@ def test_state_round_trip(toy_frame: pd.DataFrame) -> None:
     assert (ea.categorical == eb.categorical).all() and (ea.numeric == eb.numeric).all()
 
 
+def test_decode_class_inverts_the_label_encoding() -> None:
+    train = pd.DataFrame({"c": ["x"] * 4, "kind": ["b", "c", "a", "b"]})
+    pre = _pre({"categorical": ["c"]}, {"kind": {"type": "multiclass"}}).fit(train)
+    codes = pre.transform(train).labels["kind"].numpy().astype(np.int64)
+    assert codes.tolist() == [1, 2, 0, 1]  # the sorted classes' indices
+    assert list(pre.decode_class("kind", codes)) == ["b", "c", "a", "b"]
+
+
 def test_transform_before_fit_is_an_error() -> None:
     from polytask import NotFittedError
 

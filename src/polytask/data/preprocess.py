@@ -632,6 +632,9 @@ class Preprocessor:
         vocab = np.asarray([None, None, *vocabularies[column]], dtype=object)
         return vocab[np.asarray(indices)]
 
+    def decode_class(self, task: str, indices: np.ndarray) -> np.ndarray:
+        return np.asarray(self.classes_[task], dtype=object)[np.asarray(indices)]
+
     # ---------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Plain-JSON state: vocabularies, numeric statistics, label classes."""

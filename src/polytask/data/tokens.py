@@ -33,6 +33,7 @@ from polytask.data.preprocess import UNKNOWN_INDEX, Preprocessor, _category_code
 from polytask.errors import DataError
 from polytask.tasks import task_type
 
+PAD_INDEX = 0
 WORD, SHAPE, CHARS = 0, 1, 2
 """Where a token's word index, shape index and first character index sit in the last
 dimension of ``categorical``."""
